@@ -1,0 +1,42 @@
+/// Any error a driver wraps.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A driver error, classified once by the driver that knows what it means; the engine maps
+/// each class to one action (stop, retry, or dump again).
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The server, its settings or the selection need an operator's change; retrying cannot help.
+    /// The message says what to change.
+    #[error("{0}")]
+    Misconfigured(String),
+    /// Network or server trouble that a retry from the last committed position may cure.
+    #[error("{context}")]
+    Transient {
+        context: String,
+        #[source]
+        source: BoxError,
+    },
+    /// The stored position can no longer be streamed from (slot dropped, binlog purged):
+    /// a new dump is needed.
+    #[error("{0}")]
+    PositionLost(String),
+    /// The source sent something this driver cannot decode.
+    #[error("{0}")]
+    Protocol(String),
+    /// The engine stopped listening (shutdown); not a failure.
+    #[error("stopped")]
+    Stopped,
+}
+
+impl DriverError {
+    pub fn transient(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::Transient {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient { .. })
+    }
+}

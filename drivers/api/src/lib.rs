@@ -1,0 +1,233 @@
+//! The boundary between etcd-sync's engine and its database drivers.
+//!
+//! A driver turns a source database into a consistent snapshot ([`Driver::dump`]) followed by a
+//! stream of committed transactions ([`Driver::stream`]). It knows nothing of etcd: the engine
+//! encodes the [`Value`]s it receives and decides when a [`Position`] is durable.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+mod error;
+pub use error::{BoxError, DriverError};
+
+/// One column value as the source delivered it, already in the shape it takes in JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    /// The source did not send this column because it did not change (PostgreSQL's unchanged
+    /// TOAST values); the engine takes it from the row already in etcd.
+    Unchanged,
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    /// Encoded as a JSON number; NaN and the infinities become strings.
+    Float(f64),
+    /// A JSON number literal the source printed in canonical form (validated by the driver).
+    Number(String),
+    Text(String),
+    /// Encoded as base64.
+    Bytes(Vec<u8>),
+    /// Compact JSON text, embedded as is.
+    Json(String),
+    Array(Vec<Value>),
+}
+
+/// A row: one value per column of its [`TableSchema`], in column order.
+pub type Row = Vec<Value>;
+
+/// A table's name as the engine uses it in keys.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableId {
+    /// `None` for the connection's default schema (PostgreSQL `public`, MySQL's `database.name`).
+    pub schema: Option<String>,
+    pub name: String,
+}
+
+impl fmt::Display for TableId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.schema {
+            Some(schema) => write!(f, "{schema}.{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// A column as the engine needs it: its JSON field name and, for messages, its source type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    pub type_name: String,
+}
+
+/// The shape of a table at one point of the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSchema {
+    pub id: TableId,
+    pub columns: Vec<Column>,
+    /// Indices into `columns` of the primary key, in key order; never empty.
+    pub key: Vec<usize>,
+}
+
+impl TableSchema {
+    pub fn key_column_names(&self) -> Vec<&str> {
+        self.key
+            .iter()
+            .map(|&i| self.columns[i].name.as_str())
+            .collect()
+    }
+}
+
+/// A point in the source's change stream, opaque to the engine and stored in etcd as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Position(pub serde_json::Value);
+
+/// One row-level change inside a source transaction.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Insert {
+        table: Arc<TableSchema>,
+        row: Row,
+    },
+    Update {
+        table: Arc<TableSchema>,
+        /// The old row (at least its key columns) when the source sent it; the engine compares
+        /// its key with the new one to catch primary-key changes.
+        old: Option<Row>,
+        row: Row,
+    },
+    /// `old` holds at least the key columns.
+    Delete {
+        table: Arc<TableSchema>,
+        old: Row,
+    },
+    Truncate {
+        tables: Vec<Arc<TableSchema>>,
+    },
+}
+
+/// What the stream hands the engine, in source commit order.
+#[derive(Debug)]
+pub enum StreamEvent {
+    /// Changes of the transaction in progress; a large transaction arrives as many of these.
+    Changes(Vec<Change>),
+    /// The transaction in progress committed; `position` is where to resume after it.
+    Commit {
+        position: Position,
+        committed_at: Option<SystemTime>,
+    },
+}
+
+/// What the dump hands the engine.
+#[derive(Debug)]
+pub enum DumpEvent {
+    TableStarted {
+        table: Arc<TableSchema>,
+        estimated_rows: Option<u64>,
+    },
+    Rows {
+        table: Arc<TableSchema>,
+        rows: Vec<Row>,
+    },
+    TableDone {
+        table: Arc<TableSchema>,
+        rows: u64,
+    },
+}
+
+/// Outcome of one prerequisite check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckStatus {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// One line of `sync check`: what was checked, what was found, and the fix when it failed.
+#[derive(Debug, Clone)]
+pub struct CheckItem {
+    pub status: CheckStatus,
+    pub what: String,
+    pub detail: String,
+}
+
+impl CheckItem {
+    pub fn ok(what: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self::new(CheckStatus::Ok, what, detail)
+    }
+    pub fn warn(what: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self::new(CheckStatus::Warn, what, detail)
+    }
+    pub fn fail(what: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self::new(CheckStatus::Fail, what, detail)
+    }
+    fn new(status: CheckStatus, what: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            what: what.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// The tables chosen for sync and the ones passed over.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    pub tables: Vec<Arc<TableSchema>>,
+    /// Tables left out, with the reason (for `check` and the start-up warning).
+    pub skipped: Vec<(TableId, String)>,
+}
+
+/// Which tables the user asked for: names as written in the config.
+#[derive(Debug, Clone, Default)]
+pub struct TableFilter {
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+}
+
+/// A source database.
+///
+/// Futures are `Send` so the engine can run each long-running loop on its own task.
+pub trait Driver: Send + Sync + 'static {
+    /// Checks connectivity and every server prerequisite; never fails for a failed check.
+    fn check(&self) -> impl Future<Output = Vec<CheckItem>> + Send;
+
+    /// Resolves the table filter against the database. A table named in `include` that is
+    /// missing or has no primary key is an error; others without a key are skipped.
+    fn select_tables(&self) -> impl Future<Output = Result<Selection, DriverError>> + Send;
+
+    /// Takes a consistent snapshot of `tables`, sends every row, and returns the position the
+    /// stream continues from: nothing committed after the snapshot is missed or seen twice.
+    fn dump(
+        &self,
+        tables: &[Arc<TableSchema>],
+        out: mpsc::Sender<DumpEvent>,
+        cancel: CancellationToken,
+    ) -> impl Future<Output = Result<Position, DriverError>> + Send;
+
+    /// Streams committed transactions after `from` until `cancel` fires or an error occurs.
+    /// `acks` carries the newest position the engine has made durable; the driver may then let
+    /// the server discard what came before it.
+    fn stream(
+        &self,
+        from: Position,
+        tables: &[Arc<TableSchema>],
+        out: mpsc::Sender<StreamEvent>,
+        acks: watch::Receiver<Position>,
+        cancel: CancellationToken,
+    ) -> impl Future<Output = Result<(), DriverError>> + Send;
+
+    /// Reads every row of `tables` in one consistent snapshot without touching replication
+    /// state (for `verify`).
+    fn read_snapshot(
+        &self,
+        tables: &[Arc<TableSchema>],
+        out: mpsc::Sender<DumpEvent>,
+    ) -> impl Future<Output = Result<(), DriverError>> + Send;
+}

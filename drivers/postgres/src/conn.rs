@@ -1,0 +1,363 @@
+//! A replication connection (`replication=database`) on the wire protocol: tokio-postgres
+//! cannot speak CopyBoth, so this module frames messages itself and leaves message bodies to
+//! `postgres-protocol`.
+
+use std::io;
+
+use bytes::{Buf, Bytes, BytesMut};
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::{md5_hash, sasl};
+use postgres_protocol::message::{backend, frontend};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Where and as whom to connect; shared by the query and replication connections.
+#[derive(Clone)]
+pub struct ConnectParams {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+    pub database: String,
+    pub application_name: String,
+}
+
+impl std::fmt::Debug for ConnectParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectParams")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("database", &self.database)
+            .finish()
+    }
+}
+
+/// Session settings that make output functions print what [`crate::types`] expects, on the
+/// COPY connections and the walsender alike.
+pub const SESSION_SETTINGS: &[(&str, &str)] = &[
+    ("DateStyle", "ISO"),
+    ("IntervalStyle", "postgres"),
+    ("TimeZone", "UTC"),
+    ("extra_float_digits", "1"),
+    ("bytea_output", "hex"),
+    ("client_encoding", "UTF8"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("connection to {addr} failed: {source}")]
+    Connect { addr: String, source: io::Error },
+    #[error("connection lost: {0}")]
+    Io(#[from] io::Error),
+    #[error("{severity} {code}: {message}{}", detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    Server {
+        severity: String,
+        code: String,
+        message: String,
+        detail: Option<String>,
+    },
+    #[error("{0}")]
+    Auth(String),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl ConnError {
+    /// The SQLSTATE of a server error.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ConnError::Server { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// A raw backend message: its tag and body.
+struct Frame {
+    tag: u8,
+    body: Bytes,
+}
+
+pub struct ReplicationConnection {
+    stream: TcpStream,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+}
+
+/// One row of a simple query's result, as text.
+pub type TextRow = Vec<Option<String>>;
+
+impl ReplicationConnection {
+    pub async fn connect(params: &ConnectParams) -> Result<Self, ConnError> {
+        let addr = format!("{}:{}", params.host, params.port);
+        let stream = TcpStream::connect(&addr)
+            .await
+            .map_err(|source| ConnError::Connect { addr, source })?;
+        stream.set_nodelay(true)?;
+        let mut conn = Self {
+            stream,
+            read_buf: BytesMut::with_capacity(64 * 1024),
+            write_buf: BytesMut::with_capacity(1024),
+        };
+        let options: String = SESSION_SETTINGS
+            .iter()
+            .map(|(name, value)| format!("-c {name}={value} "))
+            .collect();
+        let startup = [
+            ("user", params.user.as_str()),
+            ("database", params.database.as_str()),
+            ("replication", "database"),
+            ("application_name", params.application_name.as_str()),
+            ("options", options.trim_end()),
+        ];
+        frontend::startup_message(startup.iter().copied(), &mut conn.write_buf)?;
+        conn.flush().await?;
+        conn.authenticate(params).await?;
+        // Parameter statuses and the backend key until the server is ready.
+        loop {
+            let frame = conn.read_frame().await?;
+            match frame.tag {
+                b'Z' => return Ok(conn),
+                b'E' => return Err(server_error(frame)),
+                _ => {}
+            }
+        }
+    }
+
+    async fn authenticate(&mut self, params: &ConnectParams) -> Result<(), ConnError> {
+        let password = || {
+            params.password.as_deref().ok_or_else(|| {
+                ConnError::Auth(format!(
+                    "the server asks user {:?} for a password but database.password is not set",
+                    params.user
+                ))
+            })
+        };
+        let mut scram: Option<sasl::ScramSha256> = None;
+        loop {
+            let frame = self.read_frame().await?;
+            if frame.tag == b'E' {
+                return Err(server_error(frame));
+            }
+            match parse(frame)? {
+                backend::Message::AuthenticationOk => return Ok(()),
+                backend::Message::AuthenticationCleartextPassword => {
+                    frontend::password_message(password()?.as_bytes(), &mut self.write_buf)?;
+                }
+                backend::Message::AuthenticationMd5Password(body) => {
+                    let hash =
+                        md5_hash(params.user.as_bytes(), password()?.as_bytes(), body.salt());
+                    frontend::password_message(hash.as_bytes(), &mut self.write_buf)?;
+                }
+                backend::Message::AuthenticationSasl(body) => {
+                    let mut mechanisms = body.mechanisms();
+                    let mut supported = false;
+                    while let Some(mechanism) = mechanisms.next()? {
+                        supported |= mechanism == sasl::SCRAM_SHA_256;
+                    }
+                    if !supported {
+                        return Err(ConnError::Auth(
+                            "the server offers no SASL mechanism this client supports (SCRAM-SHA-256)"
+                                .into(),
+                        ));
+                    }
+                    let state = sasl::ScramSha256::new(
+                        password()?.as_bytes(),
+                        sasl::ChannelBinding::unsupported(),
+                    );
+                    frontend::sasl_initial_response(
+                        sasl::SCRAM_SHA_256,
+                        state.message(),
+                        &mut self.write_buf,
+                    )?;
+                    scram = Some(state);
+                }
+                backend::Message::AuthenticationSaslContinue(body) => {
+                    let state = scram
+                        .as_mut()
+                        .ok_or_else(|| ConnError::Protocol("SASL continue before start".into()))?;
+                    state.update(body.data())?;
+                    frontend::sasl_response(state.message(), &mut self.write_buf)?;
+                }
+                backend::Message::AuthenticationSaslFinal(body) => {
+                    let state = scram
+                        .as_mut()
+                        .ok_or_else(|| ConnError::Protocol("SASL final before start".into()))?;
+                    state.finish(body.data())?;
+                    continue;
+                }
+                _ => return Err(ConnError::Auth(
+                    "the server asks for an authentication method this client does not support \
+                         (use scram-sha-256, md5, password or trust in pg_hba.conf)"
+                        .into(),
+                )),
+            }
+            self.flush().await?;
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), ConnError> {
+        self.stream.write_all(&self.write_buf).await?;
+        self.write_buf.clear();
+        Ok(())
+    }
+
+    /// Reads one message. Cancel-safe: bytes read before a cancellation stay in the buffer.
+    async fn read_frame(&mut self) -> Result<Frame, ConnError> {
+        loop {
+            if self.read_buf.len() >= 5 {
+                let len = u32::from_be_bytes([
+                    self.read_buf[1],
+                    self.read_buf[2],
+                    self.read_buf[3],
+                    self.read_buf[4],
+                ]) as usize;
+                if len < 4 {
+                    return Err(ConnError::Protocol(format!("message length {len}")));
+                }
+                if self.read_buf.len() > len {
+                    let tag = self.read_buf[0];
+                    let mut frame = self.read_buf.split_to(len + 1);
+                    frame.advance(5);
+                    return Ok(Frame {
+                        tag,
+                        body: frame.freeze(),
+                    });
+                }
+                self.read_buf.reserve(len + 1 - self.read_buf.len());
+            }
+            if self.stream.read_buf(&mut self.read_buf).await? == 0 {
+                return Err(ConnError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection",
+                )));
+            }
+        }
+    }
+
+    /// Runs a simple query and returns the rows of its (last) result set as text.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<TextRow>, ConnError> {
+        frontend::query(sql, &mut self.write_buf)?;
+        self.flush().await?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            let frame = self.read_frame().await?;
+            match frame.tag {
+                b'Z' => break,
+                b'E' => error = Some(server_error(frame)),
+                b'D' => {
+                    if let backend::Message::DataRow(row) = parse(frame)? {
+                        let buffer = row.buffer();
+                        let mut ranges = row.ranges();
+                        let mut values = Vec::new();
+                        while let Some(range) = ranges.next()? {
+                            values.push(
+                                range.map(|r| String::from_utf8_lossy(&buffer[r]).into_owned()),
+                            );
+                        }
+                        rows.push(values);
+                    }
+                }
+                b'T' => rows.clear(),
+                _ => {}
+            }
+        }
+        match error {
+            Some(e) => Err(e),
+            None => Ok(rows),
+        }
+    }
+
+    /// Sends `START_REPLICATION` and waits for the server to enter CopyBoth mode.
+    pub async fn start_replication(&mut self, sql: &str) -> Result<(), ConnError> {
+        frontend::query(sql, &mut self.write_buf)?;
+        self.flush().await?;
+        loop {
+            let frame = self.read_frame().await?;
+            match frame.tag {
+                b'W' => return Ok(()),
+                b'E' => return Err(server_error(frame)),
+                b'N' => {}
+                other => {
+                    return Err(ConnError::Protocol(format!(
+                        "unexpected message {:?} after START_REPLICATION",
+                        other as char
+                    )))
+                }
+            }
+        }
+    }
+
+    /// The next CopyData payload of the replication stream; `None` when the server ended it.
+    /// Cancel-safe.
+    pub async fn recv_copy_data(&mut self) -> Result<Option<Bytes>, ConnError> {
+        loop {
+            let frame = self.read_frame().await?;
+            match frame.tag {
+                b'd' => return Ok(Some(frame.body)),
+                b'c' => return Ok(None),
+                b'E' => return Err(server_error(frame)),
+                _ => {}
+            }
+        }
+    }
+
+    pub async fn send_copy_data(&mut self, data: &[u8]) -> Result<(), ConnError> {
+        frontend::CopyData::new(data)?.write(&mut self.write_buf);
+        self.flush().await
+    }
+
+    /// Ends the session politely; errors are irrelevant at that point.
+    pub async fn terminate(mut self) {
+        frontend::terminate(&mut self.write_buf);
+        let _ = self.flush().await;
+    }
+}
+
+fn parse(frame: Frame) -> Result<backend::Message, ConnError> {
+    let mut buf = BytesMut::with_capacity(frame.body.len() + 5);
+    buf.extend_from_slice(&[frame.tag]);
+    buf.extend_from_slice(&((frame.body.len() + 4) as u32).to_be_bytes());
+    buf.extend_from_slice(&frame.body);
+    backend::Message::parse(&mut buf)?
+        .ok_or_else(|| ConnError::Protocol("incomplete message".into()))
+}
+
+fn server_error(frame: Frame) -> ConnError {
+    let mut severity = String::from("ERROR");
+    let mut code = String::new();
+    let mut message = String::new();
+    let mut detail = None;
+    if let Ok(backend::Message::ErrorResponse(body)) = parse(frame) {
+        let mut fields = body.fields();
+        while let Ok(Some(field)) = fields.next() {
+            let value = || String::from_utf8_lossy(field.value_bytes()).into_owned();
+            match field.type_() {
+                b'S' => severity = value(),
+                b'C' => code = value(),
+                b'M' => message = value(),
+                b'D' => detail = Some(value()),
+                _ => {}
+            }
+        }
+    }
+    ConnError::Server {
+        severity,
+        code,
+        message,
+        detail,
+    }
+}
+
+/// Quotes an identifier for SQL and replication commands.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quotes a string literal.
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}

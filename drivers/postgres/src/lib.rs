@@ -1,0 +1,701 @@
+//! PostgreSQL driver for etcd-sync: a snapshot with COPY inside an exported replication-slot
+//! snapshot, then the slot's pgoutput stream.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use etcd_sync_api::{
+    CheckItem, DriverError, DumpEvent, Position, Row, Selection, StreamEvent, TableFilter,
+    TableSchema,
+};
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::{Client, NoTls};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+mod catalog;
+mod conn;
+mod error;
+pub mod lsn;
+pub mod pgoutput;
+mod stream;
+pub mod types;
+
+use catalog::{PgTable, TypeCatalog};
+pub use conn::ConnectParams;
+use conn::{quote_ident, quote_literal, ReplicationConnection, SESSION_SETTINGS};
+use error::{conn_error, pg_error};
+pub use lsn::Lsn;
+
+/// Rows per batch handed to the engine during the dump.
+const DUMP_BATCH_ROWS: usize = 512;
+
+/// What the PostgreSQL driver needs from the config.
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    pub connect: ConnectParams,
+    pub slot: String,
+    pub publication: String,
+    pub filter: TableFilter,
+    /// Connections that COPY tables in parallel during the dump, sharing one snapshot.
+    pub dump_connections: usize,
+}
+
+pub struct PostgresDriver {
+    config: PostgresConfig,
+}
+
+/// Where a stream resumes: the end of the last transaction applied.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct PgPosition {
+    lsn: String,
+}
+
+pub(crate) fn position_of(lsn: Lsn) -> Position {
+    Position(serde_json::json!({ "lsn": lsn.to_string() }))
+}
+
+fn lsn_of(position: &Position) -> Result<Lsn, DriverError> {
+    let parsed: PgPosition = serde_json::from_value(position.0.clone()).map_err(|e| {
+        DriverError::Misconfigured(format!(
+            "the stored position {} is not a PostgreSQL position ({e}); was the state written \
+             by another driver? Delete the state to start over",
+            position.0
+        ))
+    })?;
+    parsed.lsn.parse().map_err(DriverError::Misconfigured)
+}
+
+pub(crate) fn system_time(pg_micros: i64) -> SystemTime {
+    let unix_micros = pg_micros + pgoutput::PG_EPOCH_OFFSET_MICROS;
+    UNIX_EPOCH + Duration::from_micros(unix_micros.max(0) as u64)
+}
+
+impl PostgresDriver {
+    pub fn new(config: PostgresConfig) -> Self {
+        Self { config }
+    }
+
+    async fn query_client(&self) -> Result<Client, DriverError> {
+        let p = &self.config.connect;
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&p.host)
+            .port(p.port)
+            .user(&p.user)
+            .dbname(&p.database)
+            .application_name(&p.application_name)
+            .connect_timeout(Duration::from_secs(10))
+            .options(
+                SESSION_SETTINGS
+                    .iter()
+                    .map(|(name, value)| format!("-c {name}={value}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            );
+        if let Some(password) = &p.password {
+            config.password(password);
+        }
+        let context = format!("connecting to PostgreSQL at {}:{}", p.host, p.port);
+        let (client, connection) = config
+            .connect(NoTls)
+            .await
+            .map_err(|e| pg_error(&context, e))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!("PostgreSQL query connection ended: {e}");
+            }
+        });
+        Ok(client)
+    }
+
+    async fn replication_connection(&self) -> Result<ReplicationConnection, DriverError> {
+        let p = &self.config.connect;
+        ReplicationConnection::connect(p).await.map_err(|e| {
+            conn_error(
+                &format!("opening a replication connection to {}:{}", p.host, p.port),
+                e,
+            )
+        })
+    }
+
+    /// Server prerequisites; each failure says what to change.
+    async fn prerequisites(&self, client: &Client) -> Result<Vec<CheckItem>, DriverError> {
+        let mut items = Vec::new();
+        let version: String = query_one(client, "SHOW server_version").await?;
+        items.push(CheckItem::ok("server", format!("PostgreSQL {version}")));
+
+        let wal_level: String = query_one(client, "SHOW wal_level").await?;
+        items.push(if wal_level == "logical" {
+            CheckItem::ok("wal_level", "logical")
+        } else {
+            CheckItem::fail(
+                "wal_level",
+                format!(
+                    "wal_level is '{wal_level}' but logical replication needs 'logical': set \
+                     wal_level = logical in postgresql.conf (or ALTER SYSTEM SET wal_level = logical) \
+                     and restart PostgreSQL"
+                ),
+            )
+        });
+
+        let row = client
+            .query_one(
+                "SELECT rolreplication OR rolsuper, current_user::text FROM pg_roles \
+                 WHERE rolname = current_user",
+                &[],
+            )
+            .await
+            .map_err(|e| pg_error("reading the role", e))?;
+        let (can_replicate, user): (bool, String) = (row.get(0), row.get(1));
+        items.push(if can_replicate {
+            CheckItem::ok(
+                "replication privilege",
+                format!("user {user} has REPLICATION"),
+            )
+        } else {
+            CheckItem::fail(
+                "replication privilege",
+                format!(
+                    "user {user} lacks the REPLICATION attribute: run ALTER ROLE {} REPLICATION",
+                    quote_ident(&user)
+                ),
+            )
+        });
+
+        let row = client
+            .query_one(
+                "SELECT current_setting('max_replication_slots')::int, \
+                        (SELECT count(*)::int FROM pg_replication_slots), \
+                        (SELECT count(*)::int FROM pg_replication_slots WHERE slot_name = $1), \
+                        current_setting('max_wal_senders')::int, \
+                        (SELECT count(*)::int FROM pg_stat_replication)",
+                &[&self.config.slot],
+            )
+            .await
+            .map_err(|e| pg_error("reading replication settings", e))?;
+        let (max_slots, slots, ours, max_senders, senders): (i32, i32, i32, i32, i32) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        items.push(if ours == 1 || slots < max_slots {
+            CheckItem::ok(
+                "replication slots",
+                format!("{slots} of max_replication_slots = {max_slots} in use; slot {} {}", self.config.slot, if ours == 1 { "exists" } else { "will be created" }),
+            )
+        } else {
+            CheckItem::fail(
+                "replication slots",
+                format!("all {max_slots} replication slots are in use: raise max_replication_slots in postgresql.conf and restart, or drop an unused slot"),
+            )
+        });
+        items.push(if senders < max_senders {
+            CheckItem::ok(
+                "WAL senders",
+                format!("{senders} of max_wal_senders = {max_senders} in use"),
+            )
+        } else {
+            CheckItem::fail(
+                "WAL senders",
+                format!("all {max_senders} WAL senders are in use: raise max_wal_senders in postgresql.conf and restart"),
+            )
+        });
+        Ok(items)
+    }
+
+    /// Fails with the first failed prerequisite's explanation.
+    async fn require_prerequisites(&self, client: &Client) -> Result<(), DriverError> {
+        let items = self.prerequisites(client).await?;
+        match items
+            .into_iter()
+            .find(|i| i.status == etcd_sync_api::CheckStatus::Fail)
+        {
+            Some(item) => Err(DriverError::Misconfigured(item.detail)),
+            None => Ok(()),
+        }
+    }
+
+    async fn selected(
+        &self,
+        client: &Client,
+    ) -> Result<(Selection, Vec<PgTable>, TypeCatalog), DriverError> {
+        let types = TypeCatalog::load(client).await?;
+        let (selection, tables) =
+            catalog::select_tables(client, &types, &self.config.filter).await?;
+        Ok((selection, tables, types))
+    }
+
+    /// Tables as the driver knows them, matched to the schemas the engine holds.
+    fn matching<'a>(
+        all: &'a [PgTable],
+        wanted: &[Arc<TableSchema>],
+    ) -> Result<Vec<&'a PgTable>, DriverError> {
+        wanted
+            .iter()
+            .map(|w| {
+                all.iter().find(|t| t.schema.id == w.id).ok_or_else(|| {
+                    DriverError::transient(
+                        "matching tables",
+                        format!("table {} disappeared from the database", w.id),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Creates the publication for the selected tables, or adds those it lacks.
+    async fn ensure_publication(
+        &self,
+        client: &Client,
+        tables: &[&PgTable],
+    ) -> Result<(), DriverError> {
+        let publication = &self.config.publication;
+        let existing = client
+            .query_opt(
+                "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+                &[publication],
+            )
+            .await
+            .map_err(|e| pg_error("reading the publication", e))?;
+        let names = |ts: &[&PgTable]| {
+            ts.iter()
+                .map(|t| catalog::qualified_name(&t.schema.id))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match existing {
+            None => {
+                let sql = format!(
+                    "CREATE PUBLICATION {} FOR TABLE {}",
+                    quote_ident(publication),
+                    names(tables)
+                );
+                info!(%publication, "creating the publication");
+                client
+                    .batch_execute(&sql)
+                    .await
+                    .map_err(|e| pg_error(&format!("creating publication {publication}"), e))?;
+            }
+            Some(row) if row.get::<_, bool>(0) => {}
+            Some(_) => {
+                let rows = client
+                    .query(
+                        "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+                        &[publication],
+                    )
+                    .await
+                    .map_err(|e| pg_error("reading the publication's tables", e))?;
+                let published: Vec<_> = rows
+                    .iter()
+                    .map(|r| catalog::table_id(r.get(0), r.get(1)))
+                    .collect();
+                let missing: Vec<&PgTable> = tables
+                    .iter()
+                    .copied()
+                    .filter(|t| !published.contains(&t.schema.id))
+                    .collect();
+                if !missing.is_empty() {
+                    let sql = format!(
+                        "ALTER PUBLICATION {} ADD TABLE {}",
+                        quote_ident(publication),
+                        names(&missing)
+                    );
+                    info!(%publication, tables = %names(&missing), "adding tables to the publication");
+                    client
+                        .batch_execute(&sql)
+                        .await
+                        .map_err(|e| pg_error(&format!("altering publication {publication}"), e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens a connection inside the exported snapshot (or a fresh REPEATABLE READ one).
+    async fn snapshot_client(&self, snapshot: Option<&str>) -> Result<Client, DriverError> {
+        let client = self.query_client().await?;
+        let mut sql = String::from("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;");
+        if let Some(name) = snapshot {
+            sql.push_str(&format!(
+                "SET TRANSACTION SNAPSHOT {};",
+                quote_literal(name)
+            ));
+        }
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| pg_error("opening the snapshot transaction", e))?;
+        Ok(client)
+    }
+
+    /// COPYs `tables` over `connections` connections sharing `snapshot`, biggest first.
+    async fn copy_tables(
+        &self,
+        tables: Vec<PgTable>,
+        snapshot: Option<&str>,
+        connections: usize,
+        out: &mpsc::Sender<DumpEvent>,
+        cancel: &CancellationToken,
+    ) -> Result<(), DriverError> {
+        let mut queue: Vec<PgTable> = tables;
+        queue.sort_by_key(|t| std::cmp::Reverse(t.estimated_rows.unwrap_or(0)));
+        let queue = Arc::new(Mutex::new(VecDeque::from(queue)));
+        let mut clients = Vec::new();
+        for _ in 0..connections.max(1) {
+            clients.push(self.snapshot_client(snapshot).await?);
+        }
+        let workers = clients.into_iter().map(|client| {
+            let queue = queue.clone();
+            let out = out.clone();
+            let cancel = cancel.clone();
+            async move {
+                loop {
+                    let next = queue.lock().map(|mut q| q.pop_front()).unwrap_or(None);
+                    let Some(table) = next else { break };
+                    copy_table(&client, &table, &out, &cancel).await?;
+                }
+                client
+                    .batch_execute("COMMIT")
+                    .await
+                    .map_err(|e| pg_error("ending the snapshot transaction", e))
+            }
+        });
+        futures_util::future::try_join_all(workers).await?;
+        Ok(())
+    }
+}
+
+async fn query_one(client: &Client, sql: &str) -> Result<String, DriverError> {
+    let rows = client
+        .simple_query(sql)
+        .await
+        .map_err(|e| pg_error(sql, e))?;
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .ok_or_else(|| DriverError::Protocol(format!("{sql} returned no row")))
+}
+
+/// Sends one table's rows, read with COPY in text format.
+async fn copy_table(
+    client: &Client,
+    table: &PgTable,
+    out: &mpsc::Sender<DumpEvent>,
+    cancel: &CancellationToken,
+) -> Result<(), DriverError> {
+    let schema = &table.schema;
+    send(
+        out,
+        DumpEvent::TableStarted {
+            table: schema.clone(),
+            estimated_rows: table.estimated_rows,
+        },
+    )
+    .await?;
+    let columns = schema
+        .columns
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "COPY {} ({columns}) TO STDOUT",
+        catalog::qualified_name(&schema.id)
+    );
+    let context = format!("copying table {}", schema.id);
+    let stream = client
+        .copy_out(&sql)
+        .await
+        .map_err(|e| pg_error(&context, e))?;
+    futures_util::pin_mut!(stream);
+    let mut pending = BytesMut::new();
+    let mut fields = Vec::new();
+    let mut batch: Vec<Row> = Vec::with_capacity(DUMP_BATCH_ROWS);
+    let mut total = 0u64;
+    loop {
+        let chunk: Option<Bytes> = tokio::select! {
+            _ = cancel.cancelled() => return Err(DriverError::Stopped),
+            chunk = stream.next() => chunk.transpose().map_err(|e| pg_error(&context, e))?,
+        };
+        let Some(chunk) = chunk else { break };
+        pending.extend_from_slice(&chunk);
+        while let Some(newline) = pending.iter().position(|&b| b == b'\n') {
+            let line = pending.split_to(newline + 1);
+            types::split_copy_line(&line[..newline], &mut fields)
+                .map_err(|e| DriverError::Protocol(format!("{context}: {e}")))?;
+            batch.push(text_row(&fields, &table.types, &schema.id)?);
+            if batch.len() == DUMP_BATCH_ROWS {
+                total += batch.len() as u64;
+                let rows = std::mem::replace(&mut batch, Vec::with_capacity(DUMP_BATCH_ROWS));
+                send(
+                    out,
+                    DumpEvent::Rows {
+                        table: schema.clone(),
+                        rows,
+                    },
+                )
+                .await?;
+            }
+        }
+    }
+    if !pending.is_empty() {
+        return Err(DriverError::Protocol(format!(
+            "{context}: COPY ended inside a row"
+        )));
+    }
+    total += batch.len() as u64;
+    if !batch.is_empty() {
+        send(
+            out,
+            DumpEvent::Rows {
+                table: schema.clone(),
+                rows: batch,
+            },
+        )
+        .await?;
+    }
+    send(
+        out,
+        DumpEvent::TableDone {
+            table: schema.clone(),
+            rows: total,
+        },
+    )
+    .await
+}
+
+async fn send<T>(out: &mpsc::Sender<T>, event: T) -> Result<(), DriverError> {
+    out.send(event).await.map_err(|_| DriverError::Stopped)
+}
+
+fn text_row(
+    fields: &[Option<String>],
+    types: &[types::PgType],
+    table: &etcd_sync_api::TableId,
+) -> Result<Row, DriverError> {
+    if fields.len() != types.len() {
+        return Err(DriverError::Protocol(format!(
+            "table {table}: a row has {} columns, expected {}",
+            fields.len(),
+            types.len()
+        )));
+    }
+    fields
+        .iter()
+        .zip(types)
+        .map(|(field, ty)| match field {
+            None => Ok(etcd_sync_api::Value::Null),
+            Some(text) => ty
+                .to_value(text)
+                .map_err(|e| DriverError::Protocol(format!("table {table}: {e}"))),
+        })
+        .collect()
+}
+
+impl etcd_sync_api::Driver for PostgresDriver {
+    async fn check(&self) -> Vec<CheckItem> {
+        let p = &self.config.connect;
+        let client = match self.query_client().await {
+            Ok(client) => client,
+            Err(e) => {
+                return vec![CheckItem::fail(
+                    "connection",
+                    format!(
+                        "cannot connect to {}:{} as {}: {}",
+                        p.host,
+                        p.port,
+                        p.user,
+                        error_chain(&e)
+                    ),
+                )]
+            }
+        };
+        let mut items = vec![CheckItem::ok(
+            "connection",
+            format!(
+                "connected to {}:{} database {} as {}",
+                p.host, p.port, p.database, p.user
+            ),
+        )];
+        match self.prerequisites(&client).await {
+            Ok(more) => items.extend(more),
+            Err(e) => items.push(CheckItem::fail("prerequisites", error_chain(&e))),
+        }
+        match self.selected(&client).await {
+            Ok((selection, _, _)) => {
+                for table in &selection.tables {
+                    items.push(CheckItem::ok(
+                        format!("table {}", table.id),
+                        format!("primary key ({})", table.key_column_names().join(", ")),
+                    ));
+                }
+                for (table, reason) in &selection.skipped {
+                    items.push(CheckItem::warn(
+                        format!("table {table}"),
+                        format!("skipped: {reason}"),
+                    ));
+                }
+                if selection.tables.is_empty() {
+                    items.push(CheckItem::fail(
+                        "tables",
+                        "no table selected: create one with a primary key or fix tables.include",
+                    ));
+                }
+            }
+            Err(e) => items.push(CheckItem::fail("tables", error_chain(&e))),
+        }
+        items
+    }
+
+    async fn select_tables(&self) -> Result<Selection, DriverError> {
+        let client = self.query_client().await?;
+        let (selection, _, _) = self.selected(&client).await?;
+        Ok(selection)
+    }
+
+    async fn dump(
+        &self,
+        tables: &[Arc<TableSchema>],
+        out: mpsc::Sender<DumpEvent>,
+        cancel: CancellationToken,
+    ) -> Result<Position, DriverError> {
+        let client = self.query_client().await?;
+        self.require_prerequisites(&client).await?;
+        let (_, all, _) = self.selected(&client).await?;
+        let tables: Vec<PgTable> = Self::matching(&all, tables)?.into_iter().cloned().collect();
+        let refs: Vec<&PgTable> = tables.iter().collect();
+        // Before the slot: decoding looks the publication up as of each change's time.
+        self.ensure_publication(&client, &refs).await?;
+
+        let slot = &self.config.slot;
+        let mut repl = self.replication_connection().await?;
+        let exists = client
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+                &[slot],
+            )
+            .await
+            .map_err(|e| pg_error("reading replication slots", e))?
+            .is_some();
+        if exists {
+            // A new snapshot needs a new slot: only its creation exports one.
+            info!(%slot, "dropping the replication slot to take a new snapshot");
+            repl.simple_query(&format!("DROP_REPLICATION_SLOT {}", quote_ident(slot)))
+                .await
+                .map_err(|e| conn_error(&format!("dropping replication slot {slot}"), e))?;
+        }
+        let rows = repl
+            .simple_query(&format!(
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT",
+                quote_ident(slot)
+            ))
+            .await
+            .map_err(|e| conn_error(&format!("creating replication slot {slot}"), e))?;
+        let (consistent_point, snapshot) = match rows.first().map(|r| r.as_slice()) {
+            Some([_, Some(lsn), Some(snapshot), ..]) => (lsn.clone(), snapshot.clone()),
+            _ => {
+                return Err(DriverError::Protocol(
+                    "CREATE_REPLICATION_SLOT returned no snapshot".into(),
+                ))
+            }
+        };
+        let lsn: Lsn = consistent_point.parse().map_err(DriverError::Protocol)?;
+        info!(%slot, %lsn, %snapshot, "replication slot created; copying tables in its snapshot");
+
+        // The exporting connection must stay open and idle until every COPY connection has
+        // imported the snapshot; it is kept until the copy ends.
+        let copied = self
+            .copy_tables(
+                tables,
+                Some(&snapshot),
+                self.config.dump_connections,
+                &out,
+                &cancel,
+            )
+            .await;
+        repl.terminate().await;
+        copied?;
+        Ok(position_of(lsn))
+    }
+
+    async fn stream(
+        &self,
+        from: Position,
+        tables: &[Arc<TableSchema>],
+        out: mpsc::Sender<StreamEvent>,
+        acks: watch::Receiver<Position>,
+        cancel: CancellationToken,
+    ) -> Result<(), DriverError> {
+        let start = lsn_of(&from)?;
+        let client = self.query_client().await?;
+        self.require_prerequisites(&client).await?;
+        let slot = &self.config.slot;
+        let row = client
+            .query_opt(
+                "SELECT wal_status::text, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[slot],
+            )
+            .await
+            .map_err(|e| pg_error("reading replication slots", e))?;
+        match row {
+            None => {
+                return Err(DriverError::PositionLost(format!(
+                    "replication slot {slot} does not exist (dropped, or a failover to a server without it)"
+                )))
+            }
+            Some(row) if row.get::<_, Option<String>>(0).as_deref() == Some("lost") => {
+                return Err(DriverError::PositionLost(format!(
+                    "replication slot {slot} was invalidated (wal_status = lost): the server removed WAL it \
+                     still needed; consider raising max_slot_wal_keep_size"
+                )))
+            }
+            Some(_) => {}
+        }
+        let (_, all, types) = self.selected(&client).await?;
+        let tables: Vec<PgTable> = Self::matching(&all, tables)?.into_iter().cloned().collect();
+        let mut repl = self.replication_connection().await?;
+        let sql = format!(
+            "START_REPLICATION SLOT {} LOGICAL {start} (proto_version '1', publication_names {})",
+            quote_ident(slot),
+            quote_literal(&quote_ident(&self.config.publication)),
+        );
+        repl.start_replication(&sql)
+            .await
+            .map_err(|e| match e.code() {
+                Some("42704") => DriverError::PositionLost(format!(
+                    "replication slot {slot} does not exist: {e}"
+                )),
+                _ => conn_error("starting replication", e),
+            })?;
+        info!(%slot, from = %start, "streaming changes");
+        let session = stream::Session::new(repl, client, types, tables, start, out, acks);
+        session.run(cancel).await
+    }
+
+    async fn read_snapshot(
+        &self,
+        tables: &[Arc<TableSchema>],
+        out: mpsc::Sender<DumpEvent>,
+    ) -> Result<(), DriverError> {
+        let client = self.query_client().await?;
+        let (_, all, _) = self.selected(&client).await?;
+        let tables: Vec<PgTable> = Self::matching(&all, tables)?.into_iter().cloned().collect();
+        self.copy_tables(tables, None, 1, &out, &CancellationToken::new())
+            .await
+    }
+}
+
+/// An error with its causes, on one line.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,362 @@
+//! One streaming session on a replication slot: decodes pgoutput into the engine's changes,
+//! and reports to the server what the engine has made durable.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use etcd_sync_api::{Change, DriverError, Position, Row, StreamEvent, TableId, TableSchema, Value};
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::catalog::{self, PgTable, TypeCatalog};
+use crate::conn::ReplicationConnection;
+use crate::error::conn_error;
+use crate::lsn::Lsn;
+use crate::pgoutput::{self, LogicalMessage, ReplicationMessage, TupleValue};
+use crate::types::PgType;
+use crate::{lsn_of, position_of, system_time};
+
+/// Changes per [`StreamEvent::Changes`]: large transactions travel in pieces of this size.
+const CHANGES_PER_EVENT: usize = 256;
+/// How often the server hears from us even when nothing changed (its default timeout is 60 s).
+const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a shutdown waits for the engine's last acknowledgement.
+const SHUTDOWN_ACK_WAIT: Duration = Duration::from_secs(10);
+
+struct Relation {
+    schema: Arc<TableSchema>,
+    types: Vec<PgType>,
+}
+
+pub struct Session {
+    repl: ReplicationConnection,
+    acks: watch::Receiver<Position>,
+    decoder: Decoder,
+}
+
+/// Turns pgoutput messages into stream events; owns everything but the connection.
+struct Decoder {
+    client: Client,
+    types: TypeCatalog,
+    /// Primary-key column names of the selected tables.
+    keys: HashMap<TableId, Vec<String>>,
+    /// Relations announced by the server; `None` for tables not selected.
+    relations: HashMap<u32, Option<Relation>>,
+    out: mpsc::Sender<StreamEvent>,
+    in_transaction: bool,
+    transaction_has_changes: bool,
+    batch: Vec<Change>,
+    /// End of the last transaction handed to the engine.
+    last_sent: Lsn,
+    /// Newest position the engine made durable.
+    acked: Lsn,
+    /// What we may confirm to the server: `acked`, or further when nothing is outstanding.
+    confirmable: Lsn,
+    confirmed: Lsn,
+}
+
+impl Session {
+    pub fn new(
+        repl: ReplicationConnection,
+        client: Client,
+        types: TypeCatalog,
+        tables: Vec<PgTable>,
+        start: Lsn,
+        out: mpsc::Sender<StreamEvent>,
+        acks: watch::Receiver<Position>,
+    ) -> Self {
+        let keys = tables
+            .iter()
+            .map(|t| {
+                let names = t
+                    .schema
+                    .key_column_names()
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect();
+                (t.schema.id.clone(), names)
+            })
+            .collect();
+        Self {
+            repl,
+            acks,
+            decoder: Decoder {
+                client,
+                types,
+                keys,
+                relations: HashMap::new(),
+                out,
+                in_transaction: false,
+                transaction_has_changes: false,
+                batch: Vec::new(),
+                last_sent: start,
+                acked: start,
+                confirmable: start,
+                confirmed: Lsn(0),
+            },
+        }
+    }
+
+    pub async fn run(mut self, cancel: CancellationToken) -> Result<(), DriverError> {
+        let mut status_timer = tokio::time::interval(STATUS_INTERVAL);
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                changed = self.acks.changed() => {
+                    if changed.is_err() {
+                        return Err(DriverError::Stopped);
+                    }
+                    self.take_ack()?;
+                    self.send_status(false).await?;
+                }
+                _ = status_timer.tick() => self.send_status(true).await?,
+                data = self.repl.recv_copy_data() => {
+                    let data = data.map_err(|e| conn_error("reading the replication stream", e))?;
+                    let Some(data) = data else {
+                        return Err(DriverError::transient("reading the replication stream", "the server ended the stream"));
+                    };
+                    if self.decoder.handle(data).await? {
+                        self.send_status(false).await?;
+                    }
+                }
+            }
+        }
+        self.shutdown().await
+    }
+
+    fn take_ack(&mut self) -> Result<(), DriverError> {
+        let lsn = lsn_of(&self.acks.borrow_and_update())?;
+        let d = &mut self.decoder;
+        d.acked = d.acked.max(lsn);
+        d.confirmable = d.confirmable.max(lsn);
+        Ok(())
+    }
+
+    /// Tells the server what it may discard; with `always`, even when nothing moved (so that
+    /// it knows we are alive).
+    async fn send_status(&mut self, always: bool) -> Result<(), DriverError> {
+        let d = &mut self.decoder;
+        if !always && d.confirmable == d.confirmed {
+            return Ok(());
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        let message = pgoutput::standby_status_update(d.confirmable, now, false);
+        self.repl
+            .send_copy_data(&message)
+            .await
+            .map_err(|e| conn_error("sending a standby status update", e))?;
+        if d.confirmable != d.confirmed {
+            debug!(lsn = %d.confirmable, "confirmed to the server");
+        }
+        d.confirmed = d.confirmable;
+        Ok(())
+    }
+
+    /// Stops taking data, lets the engine commit what it holds, and confirms its last position.
+    async fn shutdown(mut self) -> Result<(), DriverError> {
+        // Replacing our sender drops it, so the engine sees the end of the stream.
+        self.decoder.out = mpsc::channel(1).0;
+        let mut session = self;
+        let wait = async {
+            while session.acks.changed().await.is_ok() {
+                session.take_ack()?;
+            }
+            Ok::<_, DriverError>(())
+        };
+        if tokio::time::timeout(SHUTDOWN_ACK_WAIT, wait).await.is_err() {
+            warn!("the engine did not finish within {SHUTDOWN_ACK_WAIT:?}; confirming what it acknowledged");
+        }
+        session.send_status(true).await?;
+        session.repl.terminate().await;
+        Ok(())
+    }
+}
+
+impl Decoder {
+    /// Handles one CopyData payload; returns whether the confirmable position moved.
+    async fn handle(&mut self, data: Bytes) -> Result<bool, DriverError> {
+        let message = pgoutput::decode_replication_message(data)
+            .map_err(|e| DriverError::Protocol(e.to_string()))?;
+        match message {
+            ReplicationMessage::Keepalive { wal_end, .. } => Ok(self.advance_idle(wal_end)),
+            ReplicationMessage::XLogData { data, .. } => {
+                let message = pgoutput::decode_logical_message(data)
+                    .map_err(|e| DriverError::Protocol(e.to_string()))?;
+                self.logical(message).await
+            }
+        }
+    }
+
+    /// Between transactions with everything handed over acknowledged, the slot may move to
+    /// `lsn`: nothing before it is still owed to etcd. Keeps an idle slot from holding WAL.
+    fn advance_idle(&mut self, lsn: Lsn) -> bool {
+        if !self.in_transaction && self.last_sent <= self.acked && lsn > self.confirmable {
+            self.confirmable = lsn;
+            return true;
+        }
+        false
+    }
+
+    async fn logical(&mut self, message: LogicalMessage) -> Result<bool, DriverError> {
+        match message {
+            LogicalMessage::Begin { .. } => {
+                self.in_transaction = true;
+                self.transaction_has_changes = false;
+            }
+            LogicalMessage::Commit {
+                end_lsn,
+                commit_time_micros,
+                ..
+            } => {
+                self.in_transaction = false;
+                if !self.transaction_has_changes {
+                    return Ok(self.advance_idle(end_lsn));
+                }
+                self.flush_batch().await?;
+                self.send(StreamEvent::Commit {
+                    position: position_of(end_lsn),
+                    committed_at: Some(system_time(commit_time_micros)),
+                })
+                .await?;
+                self.last_sent = end_lsn;
+            }
+            LogicalMessage::Relation(relation) => self.relation(relation).await?,
+            LogicalMessage::Insert { relation, new } => {
+                if let Some(rel) = self.selected(relation)? {
+                    let change = Change::Insert {
+                        table: rel.schema.clone(),
+                        row: to_row(rel, new)?,
+                    };
+                    self.push(change).await?;
+                }
+            }
+            LogicalMessage::Update { relation, old, new } => {
+                if let Some(rel) = self.selected(relation)? {
+                    let change = Change::Update {
+                        table: rel.schema.clone(),
+                        old: old.map(|old| to_row(rel, old)).transpose()?,
+                        row: to_row(rel, new)?,
+                    };
+                    self.push(change).await?;
+                }
+            }
+            LogicalMessage::Delete { relation, old } => {
+                if let Some(rel) = self.selected(relation)? {
+                    let change = Change::Delete {
+                        table: rel.schema.clone(),
+                        old: to_row(rel, old)?,
+                    };
+                    self.push(change).await?;
+                }
+            }
+            LogicalMessage::Truncate { relations } => {
+                let mut tables = Vec::new();
+                for oid in relations {
+                    if let Some(rel) = self.selected(oid)? {
+                        tables.push(rel.schema.clone());
+                    }
+                }
+                if !tables.is_empty() {
+                    self.push(Change::Truncate { tables }).await?;
+                }
+            }
+            LogicalMessage::Type { .. } | LogicalMessage::Origin | LogicalMessage::Message => {}
+        }
+        Ok(false)
+    }
+
+    fn selected(&self, oid: u32) -> Result<Option<&Relation>, DriverError> {
+        match self.relations.get(&oid) {
+            Some(rel) => Ok(rel.as_ref()),
+            None => Err(DriverError::Protocol(format!(
+                "a change for relation {oid} came before its Relation message"
+            ))),
+        }
+    }
+
+    async fn relation(&mut self, relation: pgoutput::Relation) -> Result<(), DriverError> {
+        let id = catalog::table_id(&relation.namespace, &relation.name);
+        let Some(key) = self.keys.get(&id) else {
+            self.relations.insert(relation.oid, None);
+            return Ok(());
+        };
+        if relation
+            .columns
+            .iter()
+            .any(|c| !self.types.knows(c.type_oid))
+        {
+            // A type created after start-up (an enum, a domain...).
+            self.types = TypeCatalog::load(&self.client).await?;
+        }
+        let columns: Vec<(String, u32)> = relation
+            .columns
+            .iter()
+            .map(|c| (c.name.clone(), c.type_oid))
+            .collect();
+        let table = catalog::build_table(id, &columns, key, &self.types, None)?;
+        debug!(table = %table.schema.id, columns = columns.len(), "relation");
+        self.relations.insert(
+            relation.oid,
+            Some(Relation {
+                schema: table.schema,
+                types: table.types,
+            }),
+        );
+        Ok(())
+    }
+
+    async fn push(&mut self, change: Change) -> Result<(), DriverError> {
+        self.transaction_has_changes = true;
+        self.batch.push(change);
+        if self.batch.len() >= CHANGES_PER_EVENT {
+            self.flush_batch().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush_batch(&mut self) -> Result<(), DriverError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(CHANGES_PER_EVENT));
+        self.send(StreamEvent::Changes(batch)).await
+    }
+
+    async fn send(&self, event: StreamEvent) -> Result<(), DriverError> {
+        self.out.send(event).await.map_err(|_| DriverError::Stopped)
+    }
+}
+
+fn to_row(rel: &Relation, tuple: Vec<TupleValue>) -> Result<Row, DriverError> {
+    if tuple.len() != rel.types.len() {
+        return Err(DriverError::Protocol(format!(
+            "table {}: a tuple has {} columns, the relation {}",
+            rel.schema.id,
+            tuple.len(),
+            rel.types.len()
+        )));
+    }
+    tuple
+        .into_iter()
+        .zip(&rel.types)
+        .map(|(value, ty)| match value {
+            TupleValue::Null => Ok(Value::Null),
+            TupleValue::Unchanged => Ok(Value::Unchanged),
+            TupleValue::Text(bytes) => {
+                let text = std::str::from_utf8(&bytes).map_err(|_| {
+                    DriverError::Protocol(format!("table {}: a value is not UTF-8", rel.schema.id))
+                })?;
+                ty.to_value(text)
+                    .map_err(|e| DriverError::Protocol(format!("table {}: {e}", rel.schema.id)))
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# Installs (from Debian's packages) and starts the servers the tests and `make run` use:
+# PostgreSQL with wal_level=logical, a second PostgreSQL with wal_level=replica (to test that
+# error), and etcd, each on a private port with its own data dir. Idempotent.
+#
+#   tools/testenv.sh up     install what is missing, start what is not running, write the env file
+#   tools/testenv.sh down   stop the servers (data dirs are kept)
+#   tools/testenv.sh env    print the env file's path
+set -euo pipefail
+
+DIR=${TESTENV_DIR:-/tmp/etcd-sync-testenv}
+PG_PORT=${TESTENV_PG_PORT:-55432}
+PG_REPLICA_PORT=${TESTENV_PG_REPLICA_PORT:-55433}
+ETCD_PORT=${TESTENV_ETCD_PORT:-52379}
+ETCD_PEER_PORT=$((ETCD_PORT + 1))
+PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+ENV_FILE=$DIR/env
+
+log() { echo "testenv: $*" >&2; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+install_packages() {
+  local missing=()
+  command -v etcd >/dev/null || missing+=(etcd-server)
+  command -v etcdctl >/dev/null || missing+=(etcd-client)
+  command -v protoc >/dev/null || missing+=(protobuf-compiler)
+  [ -x "$PG_BIN/postgres" ] || missing+=(postgresql-15)
+  command -v openssl >/dev/null || missing+=(openssl)
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  # Debian's etcd-server package may start a system etcd on 2379; ours runs on its own port.
+}
+
+# Runs a PostgreSQL binary as the postgres user: the server refuses to run as root.
+pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+start_postgres() { # name port wal_level
+  local name=$1 port=$2 wal_level=$3
+  local data=$DIR/$name sock=$DIR/$name-sock
+  if pg "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$port"; then
+    log "$name already running on port $port"
+    return
+  fi
+  if [ ! -f "$data/PG_VERSION" ]; then
+    log "initialising $name in $data"
+    mkdir -p "$data" "$sock"
+    [ "$(id -u)" = 0 ] && chown postgres:postgres "$data" "$sock"
+    chmod 700 "$data"
+    local pwfile
+    pwfile=$(mktemp)
+    echo postgres >"$pwfile"
+    chmod 644 "$pwfile"
+    pg "$PG_BIN/initdb" -D "$data" -U postgres --pwfile="$pwfile" \
+      --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C.UTF-8 >/dev/null
+    rm -f "$pwfile"
+    cat >>"$data/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $port
+unix_socket_directories = '$sock'
+wal_level = $wal_level
+max_replication_slots = 100
+max_wal_senders = 100
+max_connections = 300
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+shared_buffers = 128MB
+log_min_messages = warning
+CONF
+    cat >"$data/pg_hba.conf" <<CONF
+local all all trust
+host all all 127.0.0.1/32 scram-sha-256
+host replication all 127.0.0.1/32 scram-sha-256
+CONF
+  fi
+  log "starting $name on port $port"
+  pg "$PG_BIN/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 start >/dev/null
+  # The agent's role: it may log in, replicate and create databases (tests make their own).
+  pg "$PG_BIN/psql" -q -h "$sock" -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 <<SQL
+DO \$\$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'sync') THEN
+    CREATE ROLE sync LOGIN REPLICATION CREATEDB PASSWORD 'sync';
+  END IF;
+END \$\$;
+SQL
+  pg "$PG_BIN/psql" -q -h "$sock" -p "$port" -U postgres -d postgres -tAc \
+    "SELECT 1 FROM pg_database WHERE datname = 'app'" | grep -q 1 ||
+    pg "$PG_BIN/psql" -q -h "$sock" -p "$port" -U postgres -d postgres -c "CREATE DATABASE app OWNER sync"
+}
+
+start_etcd() {
+  if ETCDCTL_API=3 etcdctl --endpoints "http://127.0.0.1:$ETCD_PORT" endpoint health >/dev/null 2>&1; then
+    log "etcd already running on port $ETCD_PORT"
+    return
+  fi
+  log "starting etcd on port $ETCD_PORT"
+  mkdir -p "$DIR/etcd"
+  setsid nohup etcd --name testenv --data-dir "$DIR/etcd" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster "testenv=http://127.0.0.1:$ETCD_PEER_PORT" \
+    --auto-compaction-mode revision --auto-compaction-retention 100000 \
+    --quota-backend-bytes 8589934592 \
+    >"$DIR/etcd.log" 2>&1 </dev/null &
+  echo $! >"$DIR/etcd.pid"
+  for _ in $(seq 1 100); do
+    ETCDCTL_API=3 etcdctl --endpoints "http://127.0.0.1:$ETCD_PORT" endpoint health >/dev/null 2>&1 && return
+    sleep 0.2
+  done
+  log "etcd did not become healthy; see $DIR/etcd.log"
+  tail -20 "$DIR/etcd.log" >&2
+  exit 1
+}
+
+write_env() {
+  cat >"$ENV_FILE" <<ENV
+ETCD_SYNC_TEST_PG_HOST=127.0.0.1
+ETCD_SYNC_TEST_PG_PORT=$PG_PORT
+ETCD_SYNC_TEST_PG_REPLICA_PORT=$PG_REPLICA_PORT
+ETCD_SYNC_TEST_PG_ADMIN_USER=postgres
+ETCD_SYNC_TEST_PG_ADMIN_PASSWORD=postgres
+ETCD_SYNC_TEST_PG_USER=sync
+ETCD_SYNC_TEST_PG_PASSWORD=sync
+ETCD_SYNC_TEST_ETCD=http://127.0.0.1:$ETCD_PORT
+ENV
+  log "settings written to $ENV_FILE"
+}
+
+up() {
+  install_packages
+  mkdir -p "$DIR"
+  chmod 755 "$DIR"
+  start_postgres pg "$PG_PORT" logical
+  start_postgres pg-replica "$PG_REPLICA_PORT" replica
+  start_etcd
+  write_env
+}
+
+down() {
+  for name in pg pg-replica; do
+    [ -f "$DIR/$name/postmaster.pid" ] && pg "$PG_BIN/pg_ctl" -D "$DIR/$name" -m fast -w stop >/dev/null && log "stopped $name"
+  done
+  if [ -f "$DIR/etcd.pid" ]; then
+    kill "$(cat "$DIR/etcd.pid")" 2>/dev/null && log "stopped etcd"
+    rm -f "$DIR/etcd.pid"
+  fi
+  true
+}
+
+case "${1:-up}" in
+  up) up ;;
+  down) down ;;
+  env) echo "$ENV_FILE" ;;
+  *) echo "usage: $0 [up|down|env]" >&2; exit 2 ;;
+esac
