@@ -1,1 +1,66 @@
+//! etcd-sync: keeps an etcd prefix equal to a PostgreSQL (or MySQL) database.
+//!
+//! The binary (`src/main.rs`) is a thin shell over this library: [`config`] reads the YAML,
+//! [`engine`] runs the dump and sync phases against a [`etcd_sync_api::Driver`], [`etcd`] owns
+//! every write to etcd, and [`encode`] is the key/value contract.
 
+pub mod check;
+pub mod config;
+pub mod encode;
+pub mod engine;
+pub mod etcd;
+pub mod verify;
+
+use config::{Config, DriverKind};
+use etcd_sync_api::TableFilter;
+use etcd_sync_postgres::{ConnectParams, PostgresConfig, PostgresDriver};
+
+/// An error with its causes, on one line.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// The engine's settings from the config.
+pub fn engine_settings(config: &Config) -> engine::Settings {
+    engine::Settings {
+        endpoints: config.etcd.endpoints.clone(),
+        prefix: config.prefix().to_owned(),
+        state_prefix: config.state_prefix(),
+        max_txn_ops: config.etcd.max_txn_ops,
+        max_txn_bytes: config.etcd.max_txn_bytes,
+        dump_txns_in_flight: config.etcd.dump_txns_in_flight,
+    }
+}
+
+/// The PostgreSQL driver for a config whose `database.driver` is `postgres`.
+pub fn postgres_driver(config: &Config) -> PostgresDriver {
+    debug_assert_eq!(config.database.driver, DriverKind::Postgres);
+    let db = &config.database;
+    PostgresDriver::new(PostgresConfig {
+        connect: ConnectParams {
+            host: db.host.clone(),
+            port: config.port(),
+            user: db.user.clone(),
+            password: db.password.as_ref().map(|p| p.expose().to_owned()),
+            database: db.name.clone(),
+            application_name: "etcd-sync".into(),
+        },
+        slot: db.postgres.slot.clone(),
+        publication: db.postgres.publication.clone(),
+        filter: TableFilter {
+            include: config.tables.include.clone(),
+            exclude: config.tables.exclude.clone(),
+        },
+        dump_connections: db.postgres.dump_connections,
+    })
+}

@@ -1,1 +1,152 @@
-fn main() {}
+//! The `sync` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use etcd_sync::config::{Config, DriverKind};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "sync",
+    version,
+    about = "Keeps an etcd prefix equal to a SQL database"
+)]
+struct Cli {
+    /// The YAML config file.
+    #[arg(long, short = 'c', env = "SYNC_CONFIG_FILE")]
+    config_file: PathBuf,
+    /// Log level (RUST_LOG, when set, wins).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    #[arg(long, value_enum, default_value = "human")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand, Clone, Copy)]
+enum Command {
+    /// Dump, then follow the change stream until SIGINT/SIGTERM (the default).
+    Run,
+    /// Check connectivity and every prerequisite; exit 1 when something is wrong.
+    Check,
+    /// Compare the database with etcd; exit 1 on any difference.
+    Verify,
+}
+
+fn init_logging(cli: &Cli) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!("{},h2=warn,tower=warn,hyper=warn", cli.log_level))
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+fn cancel_on_signals(token: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: committing what was applied, then exiting"),
+            _ = int.recv() => info!("SIGINT: committing what was applied, then exiting"),
+        }
+        token.cancel();
+    });
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&cli.config_file)?;
+    let settings = etcd_sync::engine_settings(&config);
+    if config.database.driver != DriverKind::Postgres {
+        anyhow::bail!("database.driver: only postgres is available in this build");
+    }
+    let driver = etcd_sync::postgres_driver(&config);
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            let cancel = CancellationToken::new();
+            cancel_on_signals(cancel.clone())?;
+            info!(
+                version = env!("CARGO_PKG_VERSION"),
+                prefix = %settings.prefix,
+                state_prefix = %settings.state_prefix,
+                "etcd-sync starting"
+            );
+            etcd_sync::engine::run(driver, settings, cancel)
+                .await
+                .map_err(|e| anyhow::anyhow!(etcd_sync::error_chain(&e)))?;
+            info!("stopped cleanly");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check => {
+            let ok = etcd_sync::check::run(&driver, &settings).await;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Verify => {
+            let reports = etcd_sync::verify::verify(driver, &settings)
+                .await
+                .map_err(|e| anyhow::anyhow!(etcd_sync::error_chain(&e)))
+                .context("verify")?;
+            let mut equal = true;
+            for r in &reports {
+                equal &= r.is_equal();
+                println!(
+                    "table {}: {} rows, {} keys, {} missing, {} extra, {} different",
+                    r.table, r.rows, r.keys, r.missing, r.extra, r.different
+                );
+                for example in &r.examples {
+                    println!("  {example}");
+                }
+            }
+            println!(
+                "{}",
+                if equal {
+                    "etcd equals the database"
+                } else {
+                    "etcd differs from the database"
+                }
+            );
+            Ok(if equal {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,485 @@
+//! The YAML config: parsing (unknown fields refused, `${VAR}` expanded in string values) and
+//! validation that reports every problem at once.
+
+use std::fmt;
+use std::path::Path;
+
+use serde::{Deserialize, Deserializer};
+
+/// Defaults, in one place.
+pub mod defaults {
+    pub const POSTGRES_PORT: u16 = 5432;
+    pub const SLOT: &str = "etcd_sync";
+    pub const PUBLICATION: &str = "etcd_sync";
+    pub const DUMP_CONNECTIONS: usize = 2;
+    pub const ENDPOINT: &str = "http://127.0.0.1:2379";
+    pub const PREFIX: &str = "/sync";
+    pub const STATE_PREFIX_ROOT: &str = "/etcd-sync";
+    /// etcd's own default `--max-txn-ops`.
+    pub const MAX_TXN_OPS: usize = 128;
+    /// Below etcd's default `--max-request-bytes` (1.5 MiB) with room for the txn's framing.
+    pub const MAX_TXN_BYTES: usize = 1024 * 1024;
+    pub const DUMP_TXNS_IN_FLIGHT: usize = 8;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("config file {path} has {} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))]
+    Invalid { path: String, problems: Vec<String> },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub tables: TablesConfig,
+    #[serde(default)]
+    pub etcd: EtcdConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverKind {
+    Postgres,
+    Mysql,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub driver: DriverKind,
+    #[serde(default = "default_host", deserialize_with = "env_string")]
+    pub host: String,
+    pub port: Option<u16>,
+    #[serde(deserialize_with = "env_string")]
+    pub user: String,
+    #[serde(default, deserialize_with = "env_secret")]
+    pub password: Option<Secret>,
+    #[serde(deserialize_with = "env_string")]
+    pub name: String,
+    #[serde(default)]
+    pub postgres: PostgresOptions,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresOptions {
+    #[serde(default = "default_slot", deserialize_with = "env_string")]
+    pub slot: String,
+    #[serde(default = "default_publication", deserialize_with = "env_string")]
+    pub publication: String,
+    #[serde(default = "default_dump_connections")]
+    pub dump_connections: usize,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self {
+            slot: default_slot(),
+            publication: default_publication(),
+            dump_connections: default_dump_connections(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TablesConfig {
+    #[serde(default)]
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    #[serde(default = "default_endpoints", deserialize_with = "env_strings")]
+    pub endpoints: Vec<String>,
+    #[serde(default = "default_prefix", deserialize_with = "env_string")]
+    pub prefix: String,
+    /// Default: `/etcd-sync/<database.name>`; see [`Config::state_prefix`].
+    #[serde(default, deserialize_with = "env_opt_string")]
+    pub state_prefix: Option<String>,
+    #[serde(default = "default_max_txn_ops")]
+    pub max_txn_ops: usize,
+    #[serde(default = "default_max_txn_bytes")]
+    pub max_txn_bytes: usize,
+    #[serde(default = "default_dump_txns_in_flight")]
+    pub dump_txns_in_flight: usize,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        Self {
+            endpoints: default_endpoints(),
+            prefix: default_prefix(),
+            state_prefix: None,
+            max_txn_ops: default_max_txn_ops(),
+            max_txn_bytes: default_max_txn_bytes(),
+            dump_txns_in_flight: default_dump_txns_in_flight(),
+        }
+    }
+}
+
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_slot() -> String {
+    defaults::SLOT.into()
+}
+fn default_publication() -> String {
+    defaults::PUBLICATION.into()
+}
+fn default_dump_connections() -> usize {
+    defaults::DUMP_CONNECTIONS
+}
+fn default_endpoints() -> Vec<String> {
+    vec![defaults::ENDPOINT.into()]
+}
+fn default_prefix() -> String {
+    defaults::PREFIX.into()
+}
+fn default_max_txn_ops() -> usize {
+    defaults::MAX_TXN_OPS
+}
+fn default_max_txn_bytes() -> usize {
+    defaults::MAX_TXN_BYTES
+}
+fn default_dump_txns_in_flight() -> usize {
+    defaults::DUMP_TXNS_IN_FLIGHT
+}
+
+/// A password: never printed, in `Debug` or anywhere else.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Expands `${VAR}` and `${VAR:-default}`; `$$` is a literal `$`.
+pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(dollar) = rest.find('$') {
+        out.push_str(&rest[..dollar]);
+        let after = &rest[dollar + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body
+                .find('}')
+                .ok_or_else(|| format!("unclosed ${{ in {text:?}"))?;
+            let expr = &body[..end];
+            let (name, fallback) = match expr.split_once(":-") {
+                Some((name, fallback)) => (name, Some(fallback)),
+                None => (expr, None),
+            };
+            let valid =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(format!("invalid variable name {name:?} in ${{...}}"));
+            }
+            match (lookup(name), fallback) {
+                (Some(value), _) => out.push_str(&value),
+                (None, Some(fallback)) => out.push_str(fallback),
+                (None, None) => return Err(format!("environment variable {name} is not set")),
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn expand<E: serde::de::Error>(text: String) -> Result<String, E> {
+    expand_env(&text, |name| std::env::var(name).ok()).map_err(E::custom)
+}
+
+fn env_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    expand(String::deserialize(d)?)
+}
+
+fn env_opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Option::<String>::deserialize(d)?.map(expand).transpose()
+}
+
+fn env_strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .into_iter()
+        .map(expand)
+        .collect()
+}
+
+fn env_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+    Ok(env_opt_string(d)?.map(Secret))
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let display = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: display.clone(),
+            source,
+        })?;
+        Self::parse(&text, &display)
+    }
+
+    pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
+        let config: Config = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            })
+        }
+    }
+
+    /// The data prefix without a trailing slash.
+    pub fn prefix(&self) -> &str {
+        self.etcd.prefix.trim_end_matches('/')
+    }
+
+    /// Where the agent keeps its own state; never under [`Config::prefix`].
+    pub fn state_prefix(&self) -> String {
+        match &self.etcd.state_prefix {
+            Some(p) => p.trim_end_matches('/').to_owned(),
+            None => format!("{}/{}", defaults::STATE_PREFIX_ROOT, self.database.name),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.database.port.unwrap_or(match self.database.driver {
+            DriverKind::Postgres => defaults::POSTGRES_PORT,
+            DriverKind::Mysql => 3306,
+        })
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let db = &self.database;
+        if db.driver == DriverKind::Mysql {
+            p.push(
+                "database.driver: mysql is not available in this build yet; use postgres".into(),
+            );
+        }
+        if db.host.is_empty() {
+            p.push("database.host: must not be empty".into());
+        }
+        if db.port == Some(0) {
+            p.push("database.port: must be between 1 and 65535".into());
+        }
+        if db.user.is_empty() {
+            p.push("database.user: must not be empty".into());
+        }
+        if db.name.is_empty() {
+            p.push("database.name: must not be empty".into());
+        }
+        let pg = &db.postgres;
+        if !is_identifier(&pg.slot) {
+            p.push(format!(
+                "database.postgres.slot: {:?} is not a valid slot name (lower-case letters, digits and _, at most 63)",
+                pg.slot
+            ));
+        }
+        if pg.publication.is_empty() {
+            p.push("database.postgres.publication: must not be empty".into());
+        }
+        if pg.dump_connections == 0 || pg.dump_connections > 64 {
+            p.push("database.postgres.dump_connections: must be between 1 and 64".into());
+        }
+        for (field, names) in [
+            ("tables.include", &self.tables.include),
+            ("tables.exclude", &self.tables.exclude),
+        ] {
+            for name in names {
+                let parts: Vec<&str> = name.split('.').collect();
+                if parts.len() > 2 || parts.iter().any(|s| s.is_empty()) {
+                    p.push(format!(
+                        "{field}: {name:?} is not a table name (\"table\" or \"schema.table\")"
+                    ));
+                }
+            }
+        }
+        let etcd = &self.etcd;
+        if etcd.endpoints.is_empty() {
+            p.push("etcd.endpoints: needs at least one endpoint".into());
+        }
+        for endpoint in &etcd.endpoints {
+            if let Err(e) = check_endpoint(endpoint) {
+                p.push(format!("etcd.endpoints: {endpoint:?} {e}"));
+            }
+        }
+        let prefix = self.prefix();
+        let state = self.state_prefix();
+        if prefix.is_empty() {
+            p.push(
+                "etcd.prefix: must not be empty or \"/\" (the agent deletes stale keys under it)"
+                    .into(),
+            );
+        }
+        if state.is_empty() {
+            p.push("etcd.state_prefix: must not be empty".into());
+        }
+        if !prefix.is_empty() && !state.is_empty() && prefixes_overlap(prefix, &state) {
+            p.push(format!(
+                "etcd.state_prefix: {state:?} overlaps etcd.prefix {prefix:?}; the agent's state must live outside the data prefix"
+            ));
+        }
+        if etcd.max_txn_ops < 2 {
+            p.push("etcd.max_txn_ops: must be at least 2 (one operation is the state)".into());
+        }
+        if etcd.max_txn_bytes < 4096 {
+            p.push("etcd.max_txn_bytes: must be at least 4096".into());
+        }
+        if etcd.dump_txns_in_flight == 0 || etcd.dump_txns_in_flight > 256 {
+            p.push("etcd.dump_txns_in_flight: must be between 1 and 256".into());
+        }
+        p
+    }
+}
+
+fn is_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    let url = url::Url::parse(endpoint)
+        .map_err(|e| format!("is not a URL ({e}); write it as http://host:2379"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "has scheme {:?}; use http:// or https://",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("has no host".into());
+    }
+    if url.port().is_none() {
+        return Err("has no port; etcd's client port is usually 2379".into());
+    }
+    Ok(())
+}
+
+/// Whether one key prefix contains the other (compared as path segments).
+fn prefixes_overlap(a: &str, b: &str) -> bool {
+    let a = format!("{a}/");
+    let b = format!("{b}/");
+    a.starts_with(&b) || b.starts_with(&a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "database:\n  driver: postgres\n  user: sync\n  name: app\n";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.yaml")
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.port(), 5432);
+        assert_eq!(c.prefix(), "/sync");
+        assert_eq!(c.state_prefix(), "/etcd-sync/app");
+        assert_eq!(c.etcd.max_txn_ops, 128);
+        assert_eq!(c.database.postgres.slot, "etcd_sync");
+    }
+
+    #[test]
+    fn unknown_field_is_named_with_its_line() {
+        let err = parse(&format!("{MINIMAL}  hots: x\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `hots`"), "{err}");
+        assert!(err.contains("line 5"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let err = parse("database:\n  driver: postgres\n  user: u\n  name: n\n  port: abc\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("database.port"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = format!(
+            "{MINIMAL}etcd:\n  endpoints: [\"127.0.0.1:2379\"]\n  prefix: /a\n  state_prefix: /a/state\n  max_txn_ops: 1\n"
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("etcd.endpoints"), "{err}");
+        assert!(err.contains("etcd.state_prefix"), "{err}");
+        assert!(err.contains("etcd.max_txn_ops"), "{err}");
+        assert!(err.contains("3 problem"), "{err}");
+    }
+
+    #[test]
+    fn env_vars_expand_and_missing_ones_are_named() {
+        let lookup = |name: &str| (name == "PW").then(|| "s3cret".to_string());
+        assert_eq!(expand_env("${PW}", lookup).unwrap(), "s3cret");
+        assert_eq!(expand_env("a${NOPE:-b}c", lookup).unwrap(), "abc");
+        assert_eq!(expand_env("$$5 and $x", lookup).unwrap(), "$5 and $x");
+        let err = expand_env("${NOPE}", lookup).unwrap_err();
+        assert!(err.contains("NOPE"), "{err}");
+        assert!(expand_env("${A", lookup).is_err());
+    }
+
+    #[test]
+    fn missing_env_var_names_the_field() {
+        let text = format!("{MINIMAL}  password: ${{ETCD_SYNC_SURELY_UNSET_VAR}}\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("database.password"), "{err}");
+        assert!(err.contains("ETCD_SYNC_SURELY_UNSET_VAR"), "{err}");
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug() {
+        let text = format!("{MINIMAL}  password: hunter2\n");
+        let c = parse(&text).unwrap();
+        assert_eq!(c.database.password.as_ref().unwrap().expose(), "hunter2");
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn prefix_overlap() {
+        assert!(prefixes_overlap("/a", "/a/b"));
+        assert!(prefixes_overlap("/a", "/a"));
+        assert!(!prefixes_overlap("/a", "/ab"));
+    }
+}

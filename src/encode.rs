@@ -1,0 +1,264 @@
+//! Keys and values: the contract consumers read. Both phases and both drivers go through these
+//! functions, which is what makes a dumped and a streamed row byte-identical.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use base64::Engine as _;
+use etcd_sync_api::{TableId, TableSchema, Value};
+use serde_json::value::RawValue;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum EncodeError {
+    #[error(
+        "table {table}: column {column} is unchanged and no previous row is known to take it from"
+    )]
+    UnchangedWithoutBase { table: TableId, column: String },
+    #[error("table {table}: key column {column} is NULL")]
+    NullKey { table: TableId, column: String },
+    #[error("table {table}: a row has {got} values for {want} columns")]
+    Arity {
+        table: TableId,
+        got: usize,
+        want: usize,
+    },
+}
+
+/// Percent-encodes `%` and `/`, the two characters that would make a key segment ambiguous.
+pub fn escape_segment(segment: &str, out: &mut String) {
+    for c in segment.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '/' => out.push_str("%2F"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// `<prefix>/<table>/`: every key of the table starts with it.
+pub fn table_prefix(prefix: &str, table: &TableId) -> String {
+    let mut out = String::with_capacity(prefix.len() + table.name.len() + 2);
+    out.push_str(prefix);
+    out.push('/');
+    escape_segment(&table.to_string(), &mut out);
+    out.push('/');
+    out
+}
+
+/// `<prefix>/<table>/<pk>[/<pk2>...]`.
+pub fn row_key(prefix: &str, table: &TableSchema, row: &[Value]) -> Result<String, EncodeError> {
+    let mut key = table_prefix(prefix, &table.id);
+    for (n, &index) in table.key.iter().enumerate() {
+        if n > 0 {
+            key.push('/');
+        }
+        let value = &row[index];
+        if matches!(value, Value::Null | Value::Unchanged) {
+            return Err(EncodeError::NullKey {
+                table: table.id.clone(),
+                column: table.columns[index].name.clone(),
+            });
+        }
+        escape_segment(&key_text(value), &mut key);
+    }
+    Ok(key)
+}
+
+/// A key value's canonical text: strings as they are, everything else as in its JSON form.
+fn key_text(value: &Value) -> String {
+    match value {
+        Value::Text(s) | Value::Number(s) | Value::Json(s) => s.clone(),
+        other => {
+            let mut out = String::new();
+            write_value(other, &mut out);
+            out
+        }
+    }
+}
+
+/// Encodes a row as a compact JSON object in column order. Columns the source left out
+/// ([`Value::Unchanged`]) are taken, byte for byte, from `base`: the row's previous JSON.
+pub fn encode_row(
+    table: &TableSchema,
+    row: &[Value],
+    base: Option<&str>,
+) -> Result<String, EncodeError> {
+    if row.len() != table.columns.len() {
+        return Err(EncodeError::Arity {
+            table: table.id.clone(),
+            got: row.len(),
+            want: table.columns.len(),
+        });
+    }
+    let previous: Option<HashMap<String, &RawValue>> =
+        base.and_then(|text| serde_json::from_str(text).ok());
+    let mut out = String::with_capacity(64 + 16 * row.len());
+    out.push('{');
+    for (i, (column, value)) in table.columns.iter().zip(row).enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_string(&column.name, &mut out);
+        out.push(':');
+        if let Value::Unchanged = value {
+            let raw = previous
+                .as_ref()
+                .and_then(|p| p.get(&column.name))
+                .ok_or_else(|| EncodeError::UnchangedWithoutBase {
+                    table: table.id.clone(),
+                    column: column.name.clone(),
+                })?;
+            out.push_str(raw.get());
+        } else {
+            write_value(value, &mut out);
+        }
+    }
+    out.push('}');
+    Ok(out)
+}
+
+/// Whether a row needs its previous version to be encoded.
+pub fn has_unchanged(row: &[Value]) -> bool {
+    row.iter().any(|v| matches!(v, Value::Unchanged))
+}
+
+fn write_value(value: &Value, out: &mut String) {
+    match value {
+        Value::Null | Value::Unchanged => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Int(i) => {
+            let _ = write!(out, "{i}");
+        }
+        Value::UInt(u) => {
+            let _ = write!(out, "{u}");
+        }
+        Value::Float(f) => {
+            if f.is_nan() {
+                out.push_str("\"NaN\"");
+            } else if f.is_infinite() {
+                out.push_str(if *f > 0.0 {
+                    "\"Infinity\""
+                } else {
+                    "\"-Infinity\""
+                });
+            } else {
+                // serde_json prints the shortest text that reads back as the same f64.
+                out.push_str(
+                    &serde_json::Number::from_f64(*f)
+                        .map_or_else(|| "null".into(), |n| n.to_string()),
+                );
+            }
+        }
+        Value::Number(n) => out.push_str(n),
+        Value::Text(s) => write_string(s, out),
+        Value::Bytes(b) => {
+            out.push('"');
+            base64::engine::general_purpose::STANDARD.encode_string(b, out);
+            out.push('"');
+        }
+        Value::Json(j) => out.push_str(j),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_value(item, out);
+            }
+            out.push(']');
+        }
+    }
+}
+
+fn write_string(s: &str, out: &mut String) {
+    // serde_json's escaping, so every string in a value is escaped the same way.
+    out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etcd_sync_api::Column;
+
+    fn table(columns: &[&str], key: Vec<usize>) -> TableSchema {
+        TableSchema {
+            id: TableId {
+                schema: None,
+                name: "t".into(),
+            },
+            columns: columns
+                .iter()
+                .map(|c| Column {
+                    name: c.to_string(),
+                    type_name: "text".into(),
+                })
+                .collect(),
+            key,
+        }
+    }
+
+    #[test]
+    fn keys_escape_percent_and_slash() {
+        let t = table(&["a", "b"], vec![0, 1]);
+        let row = vec![Value::Text("x/y%z".into()), Value::Number("3".into())];
+        assert_eq!(row_key("/sync", &t, &row).unwrap(), "/sync/t/x%2Fy%25z/3");
+        let schema_table = TableId {
+            schema: Some("billing".into()),
+            name: "in/voices".into(),
+        };
+        assert_eq!(table_prefix("/p", &schema_table), "/p/billing.in%2Fvoices/");
+    }
+
+    #[test]
+    fn null_key_is_an_error() {
+        let t = table(&["a"], vec![0]);
+        assert!(matches!(
+            row_key("/p", &t, &[Value::Null]),
+            Err(EncodeError::NullKey { .. })
+        ));
+    }
+
+    #[test]
+    fn values_map_to_json() {
+        let t = table(
+            &["i", "u", "f", "nan", "n", "s", "b", "j", "a", "z", "t"],
+            vec![0],
+        );
+        let row = vec![
+            Value::Int(-5),
+            Value::UInt(u64::MAX),
+            Value::Float(0.1),
+            Value::Float(f64::NAN),
+            Value::Number("1e+30".into()),
+            Value::Text("q\"\n".into()),
+            Value::Bytes(vec![0, 1, 255]),
+            Value::Json("{\"k\":[1,2]}".into()),
+            Value::Array(vec![Value::Null, Value::Text("x".into())]),
+            Value::Null,
+            Value::Bool(true),
+        ];
+        assert_eq!(
+            encode_row(&t, &row, None).unwrap(),
+            r#"{"i":-5,"u":18446744073709551615,"f":0.1,"nan":"NaN","n":1e+30,"s":"q\"\n","b":"AAH/","j":{"k":[1,2]},"a":[null,"x"],"z":null,"t":true}"#
+        );
+    }
+
+    #[test]
+    fn unchanged_columns_come_from_the_previous_row_verbatim() {
+        let t = table(&["id", "big", "small"], vec![0]);
+        let row = vec![
+            Value::Number("1".into()),
+            Value::Unchanged,
+            Value::Text("new".into()),
+        ];
+        let base = r#"{"id":1,"big":{"deep":[1.50,"x"]},"small":"old"}"#;
+        assert_eq!(
+            encode_row(&t, &row, Some(base)).unwrap(),
+            r#"{"id":1,"big":{"deep":[1.50,"x"]},"small":"new"}"#
+        );
+        assert!(matches!(
+            encode_row(&t, &row, None),
+            Err(EncodeError::UnchangedWithoutBase { .. })
+        ));
+    }
+}

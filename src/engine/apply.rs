@@ -1,0 +1,401 @@
+//! The sync phase: applies source transactions to etcd, each atomically with the position.
+//!
+//! Consecutive transactions are coalesced per key into one etcd txn (group commit) while they
+//! fit `max_txn_ops` and `max_txn_bytes`; a transaction too big for one txn is written in
+//! chunks and only its last chunk carries the position, so a crash replays it (idempotently).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd_sync_api::{Change, Driver, DriverError, Position, StreamEvent, TableSchema};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use super::{EngineError, Settings};
+use crate::encode::{encode_row, has_unchanged, row_key, table_prefix};
+use crate::etcd::{Op, Phase, State, Store, PAGE_KEYS};
+
+/// Stream events buffered between the driver and the applier.
+const STREAM_CHANNEL_EVENTS: usize = 64;
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+pub async fn sync<D: Driver>(
+    driver: &Arc<D>,
+    store: &mut Store,
+    tables: &[Arc<TableSchema>],
+    position: Position,
+    settings: &Settings,
+    cancel: &CancellationToken,
+    progressed: &mut bool,
+) -> Result<(), EngineError> {
+    let (tx, rx) = mpsc::channel(STREAM_CHANNEL_EVENTS);
+    let (ack_tx, ack_rx) = watch::channel(position.clone());
+    let stream_cancel = cancel.child_token();
+    let mut driver_task = tokio::spawn({
+        let driver = driver.clone();
+        let tables = tables.to_vec();
+        let stream_cancel = stream_cancel.clone();
+        async move {
+            driver
+                .stream(position, &tables, tx, ack_rx, stream_cancel)
+                .await
+        }
+    });
+    let applied = Applier::new(store, settings, ack_tx, progressed)
+        .run(rx)
+        .await;
+    if applied.is_err() {
+        stream_cancel.cancel();
+    }
+    // A driver stopped by the applier's end says so; its own failure comes first otherwise.
+    let streamed = tokio::select! {
+        joined = &mut driver_task => joined,
+        _ = tokio::time::sleep(Duration::from_secs(15)) => {
+            driver_task.abort();
+            Ok(Err(DriverError::Stopped))
+        }
+    };
+    let streamed = streamed.unwrap_or_else(|join| {
+        Err(DriverError::Protocol(format!(
+            "the stream task failed: {join}"
+        )))
+    });
+    match (applied, streamed) {
+        (Err(e), _) => Err(e),
+        (Ok(()), Ok(())) | (Ok(()), Err(DriverError::Stopped)) => Ok(()),
+        (Ok(()), Err(e)) => Err(e.into()),
+    }
+}
+
+/// Coalesced writes: the last operation per key wins (`None` deletes).
+#[derive(Default)]
+struct Batch {
+    ops: HashMap<String, Option<String>>,
+    bytes: usize,
+}
+
+impl Batch {
+    fn set(&mut self, key: String, value: Option<String>) {
+        let size = key.len() + value.as_ref().map_or(0, String::len) + 16;
+        if let Some(old) = self.ops.insert(key.clone(), value) {
+            self.bytes -= key.len() + old.map_or(0, |v| v.len()) + 16;
+        }
+        self.bytes += size;
+    }
+
+    fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// How many operations and bytes `self` would have with `other` merged in.
+    fn merged_size(&self, other: &Batch) -> (usize, usize) {
+        let mut ops = self.len();
+        let mut bytes = self.bytes + other.bytes;
+        for key in other.ops.keys() {
+            match self.ops.get(key) {
+                Some(old) => bytes -= key.len() + old.as_ref().map_or(0, String::len) + 16,
+                None => ops += 1,
+            }
+        }
+        (ops, bytes)
+    }
+
+    fn merge(&mut self, other: Batch) {
+        for (key, value) in other.ops {
+            self.set(key, value);
+        }
+    }
+
+    fn take_ops(&mut self) -> Vec<Op> {
+        self.bytes = 0;
+        self.ops
+            .drain()
+            .map(|(key, value)| match value {
+                Some(value) => Op::Put { key, value },
+                None => Op::Delete { key },
+            })
+            .collect()
+    }
+
+    /// The pending value of `key`: `Some(None)` when it is to be deleted.
+    fn lookup(&self, key: &str) -> Option<Option<&str>> {
+        self.ops.get(key).map(|v| v.as_deref())
+    }
+}
+
+struct Applier<'a> {
+    store: &'a mut Store,
+    settings: &'a Settings,
+    ack: watch::Sender<Position>,
+    progressed: &'a mut bool,
+    /// Complete transactions not yet written, and the position after the last of them.
+    committed: Batch,
+    committed_position: Option<Position>,
+    /// The transaction in progress.
+    current: Batch,
+    /// Operations per txn, one kept for the state.
+    max_ops: usize,
+    stats: Stats,
+}
+
+#[derive(Default)]
+struct Stats {
+    transactions: u64,
+    changes: u64,
+    txns: u64,
+    last_log: Option<Instant>,
+}
+
+impl<'a> Applier<'a> {
+    fn new(
+        store: &'a mut Store,
+        settings: &'a Settings,
+        ack: watch::Sender<Position>,
+        progressed: &'a mut bool,
+    ) -> Self {
+        Self {
+            store,
+            settings,
+            ack,
+            progressed,
+            committed: Batch::default(),
+            committed_position: None,
+            current: Batch::default(),
+            max_ops: settings.max_txn_ops - 1,
+            stats: Stats::default(),
+        }
+    }
+
+    /// Applies events until the stream ends; complete transactions are written before
+    /// returning, an incomplete one is dropped (the stream replays it on the next start).
+    async fn run(mut self, mut rx: mpsc::Receiver<StreamEvent>) -> Result<(), EngineError> {
+        while let Some(event) = rx.recv().await {
+            match event {
+                StreamEvent::Changes(changes) => {
+                    for change in changes {
+                        self.stats.changes += 1;
+                        self.apply(change).await?;
+                    }
+                }
+                StreamEvent::Commit { position, .. } => {
+                    self.stats.transactions += 1;
+                    self.end_transaction(position).await?;
+                    // Group commit: write when the stream has nothing more ready; what arrives
+                    // during the write joins the next txn.
+                    if rx.is_empty() {
+                        self.write_committed().await?;
+                    }
+                }
+            }
+            self.log_progress();
+        }
+        self.write_committed().await
+    }
+
+    async fn apply(&mut self, change: Change) -> Result<(), EngineError> {
+        let prefix = &self.settings.prefix;
+        match change {
+            Change::Insert { table, row } => {
+                let key = row_key(prefix, &table, &row)?;
+                let value = encode_row(&table, &row, None)?;
+                self.set(&table, key, Some(value)).await
+            }
+            Change::Update { table, old, row } => {
+                let key = row_key(prefix, &table, &row)?;
+                let old_key = match &old {
+                    Some(old) => Some(row_key(prefix, &table, old)?),
+                    None => None,
+                };
+                let value = if has_unchanged(&row) {
+                    // The row before this update lives at the old key when the key changed.
+                    let base = self
+                        .current_value(old_key.as_deref().unwrap_or(&key))
+                        .await?;
+                    encode_row(&table, &row, base.as_deref())?
+                } else {
+                    encode_row(&table, &row, None)?
+                };
+                if let Some(old_key) = old_key.filter(|k| *k != key) {
+                    self.set(&table, old_key, None).await?;
+                }
+                self.set(&table, key, Some(value)).await
+            }
+            Change::Delete { table, old } => {
+                let key = row_key(prefix, &table, &old)?;
+                self.set(&table, key, None).await
+            }
+            Change::Truncate { tables } => {
+                for table in tables {
+                    self.truncate(&table).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A truncate becomes deletes of every key of the table: etcd refuses a delete-range and a
+    /// put of a key inside it in one txn, and a truncate is often followed by inserts.
+    async fn truncate(&mut self, table: &Arc<TableSchema>) -> Result<(), EngineError> {
+        let prefix = table_prefix(&self.settings.prefix, &table.id);
+        let pending: Vec<String> = self
+            .current
+            .ops
+            .keys()
+            .chain(self.committed.ops.keys())
+            .filter(|k| k.starts_with(&prefix))
+            .cloned()
+            .collect();
+        for key in pending {
+            self.set(table, key, None).await?;
+        }
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .page(&prefix, after.as_deref(), false, PAGE_KEYS)
+                .await?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.key.clone());
+            for (listed, _) in page {
+                self.set(table, listed.key, None).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The value a key has once everything seen so far is applied.
+    async fn current_value(&self, key: &str) -> Result<Option<String>, EngineError> {
+        if let Some(pending) = self
+            .current
+            .lookup(key)
+            .or_else(|| self.committed.lookup(key))
+        {
+            return Ok(pending.map(str::to_owned));
+        }
+        Ok(self.store.get(key).await?)
+    }
+
+    /// Adds one write to the transaction in progress, writing out what must go first when it
+    /// would not fit.
+    async fn set(
+        &mut self,
+        table: &TableSchema,
+        key: String,
+        value: Option<String>,
+    ) -> Result<(), EngineError> {
+        let size = key.len() + value.as_ref().map_or(0, String::len) + 16;
+        if size > self.settings.max_txn_bytes {
+            return Err(EngineError::RowTooLarge {
+                table: table.id.clone(),
+                key,
+                size,
+                limit: self.settings.max_txn_bytes,
+            });
+        }
+        let is_new = self.current.lookup(&key).is_none();
+        let full = (is_new && self.current.len() >= self.max_ops)
+            || self.current.bytes + size > self.settings.max_txn_bytes;
+        if full {
+            // Too big for one txn: what came before goes first, then this part of it, without
+            // the position, so that a crash replays the whole transaction.
+            self.write_committed().await?;
+            let ops = self.current.take_ops();
+            self.store.commit(ops, None).await?;
+            self.stats.txns += 1;
+        }
+        self.current.set(key, value);
+        Ok(())
+    }
+
+    async fn end_transaction(&mut self, position: Position) -> Result<(), EngineError> {
+        let current = std::mem::take(&mut self.current);
+        let (ops, bytes) = self.committed.merged_size(&current);
+        if ops > self.max_ops || bytes > self.settings.max_txn_bytes {
+            self.write_committed().await?;
+        }
+        self.committed.merge(current);
+        self.committed_position = Some(position);
+        Ok(())
+    }
+
+    /// Writes the complete transactions with their position, then acknowledges it.
+    async fn write_committed(&mut self) -> Result<(), EngineError> {
+        let Some(position) = self.committed_position.take() else {
+            return Ok(());
+        };
+        let ops = self.committed.take_ops();
+        let state = State::new(Phase::Sync, Some(position.clone()), self.store.agent());
+        self.store.commit(ops, Some(&state)).await?;
+        self.stats.txns += 1;
+        *self.progressed = true;
+        // The driver may be gone already (shutdown); the position is durable either way.
+        let _ = self.ack.send(position);
+        Ok(())
+    }
+
+    fn log_progress(&mut self) {
+        let now = Instant::now();
+        let due = match self.stats.last_log {
+            None => {
+                self.stats.last_log = Some(now);
+                false
+            }
+            Some(at) => now - at >= PROGRESS_EVERY,
+        };
+        if due {
+            self.stats.last_log = Some(now);
+            info!(
+                position = %self.ack.borrow().0,
+                transactions = self.stats.transactions,
+                changes = self.stats.changes,
+                etcd_txns = self.stats.txns,
+                "sync progress (since the previous line)"
+            );
+            self.stats.transactions = 0;
+            self.stats.changes = 0;
+            self.stats.txns = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_coalesces_per_key_and_tracks_size() {
+        let mut b = Batch::default();
+        b.set("a".into(), Some("1".into()));
+        b.set("a".into(), Some("22".into()));
+        b.set("b".into(), None);
+        assert_eq!(b.len(), 2);
+        assert_eq!(b.bytes, (1 + 2 + 16) + (1 + 16));
+        assert_eq!(b.lookup("a"), Some(Some("22")));
+        assert_eq!(b.lookup("b"), Some(None));
+
+        let mut other = Batch::default();
+        other.set("a".into(), None);
+        other.set("c".into(), Some("3".into()));
+        let (ops, bytes) = b.merged_size(&other);
+        b.merge(other);
+        assert_eq!((ops, bytes), (b.len(), b.bytes));
+        assert_eq!(b.lookup("a"), Some(None));
+
+        let mut ops = b.take_ops();
+        ops.sort_by(|x, y| x.key().cmp(y.key()));
+        assert_eq!(
+            ops,
+            vec![
+                Op::Delete { key: "a".into() },
+                Op::Delete { key: "b".into() },
+                Op::Put {
+                    key: "c".into(),
+                    value: "3".into()
+                }
+            ]
+        );
+        assert_eq!(b.bytes, 0);
+    }
+}

@@ -1,0 +1,277 @@
+//! The dump phase: a consistent snapshot into etcd, then the removal of keys it did not write.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd_sync_api::{Driver, DriverError, DumpEvent, Position, TableId, TableSchema};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use super::{EngineError, Settings};
+use crate::encode::{encode_row, row_key, table_prefix};
+use crate::etcd::{EtcdError, Op, Phase, State, Store, Writer, PAGE_KEYS};
+
+/// Row batches buffered between the driver and etcd.
+const DUMP_CHANNEL_BATCHES: usize = 16;
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+pub async fn dump<D: Driver>(
+    driver: &Arc<D>,
+    store: &mut Store,
+    tables: &[Arc<TableSchema>],
+    settings: &Settings,
+    cancel: &CancellationToken,
+) -> Result<Position, EngineError> {
+    // Every key this dump writes gets a later revision than this one; what is older afterwards
+    // belongs to rows that no longer exist.
+    let start_revision = store
+        .commit(vec![], Some(&State::new(Phase::Dump, None, store.agent())))
+        .await?;
+    info!(
+        tables = tables.len(),
+        revision = start_revision,
+        "dump started"
+    );
+
+    let (tx, mut rx) = mpsc::channel(DUMP_CHANNEL_BATCHES);
+    let driver_task = tokio::spawn({
+        let driver = driver.clone();
+        let tables = tables.to_vec();
+        let cancel = cancel.clone();
+        async move { driver.dump(&tables, tx, cancel).await }
+    });
+
+    let mut writer = BatchWriter::new(store.writer(), settings);
+    let mut progress = Progress::default();
+    let written = async {
+        while let Some(event) = rx.recv().await {
+            match event {
+                DumpEvent::TableStarted {
+                    table,
+                    estimated_rows,
+                } => progress.started(&table.id, estimated_rows),
+                DumpEvent::Rows { table, rows } => {
+                    for row in &rows {
+                        let key = row_key(&settings.prefix, &table, row)?;
+                        let value = encode_row(&table, row, None)?;
+                        writer.put(&table.id, key, value).await?;
+                    }
+                    progress.rows(&table.id, rows.len() as u64);
+                }
+                DumpEvent::TableDone { table, rows } => progress.done(&table.id, rows),
+            }
+        }
+        writer.finish().await
+    }
+    .await;
+    if let Err(e) = written {
+        driver_task.abort();
+        return Err(e);
+    }
+    let position = match driver_task.await {
+        Ok(result) => result?,
+        Err(join) => {
+            return Err(EngineError::Driver(DriverError::Protocol(format!(
+                "the dump task failed: {join}"
+            ))))
+        }
+    };
+    if cancel.is_cancelled() {
+        return Err(EngineError::Stopped);
+    }
+
+    let deleted = delete_stale(store, tables, settings, start_revision).await?;
+    store
+        .commit(
+            vec![],
+            Some(&State::new(
+                Phase::Sync,
+                Some(position.clone()),
+                store.agent(),
+            )),
+        )
+        .await?;
+    info!(
+        rows = progress.total(),
+        stale_keys_deleted = deleted,
+        position = %position.0,
+        "dump finished; etcd holds a consistent snapshot"
+    );
+    Ok(position)
+}
+
+/// Deletes keys under the tables' prefixes last written at or before `start_revision`.
+async fn delete_stale(
+    store: &Store,
+    tables: &[Arc<TableSchema>],
+    settings: &Settings,
+    start_revision: i64,
+) -> Result<u64, EngineError> {
+    let writer = store.writer();
+    let mut deleted = 0u64;
+    for table in tables {
+        let prefix = table_prefix(&settings.prefix, &table.id);
+        let mut after: Option<String> = None;
+        loop {
+            let page = store
+                .page(&prefix, after.as_deref(), false, PAGE_KEYS)
+                .await?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.key.clone());
+            let stale: Vec<Op> = page
+                .into_iter()
+                .filter(|(k, _)| k.mod_revision <= start_revision)
+                .map(|(k, _)| Op::Delete { key: k.key })
+                .collect();
+            for chunk in stale.chunks(settings.max_txn_ops) {
+                deleted += chunk.len() as u64;
+                writer.commit(chunk.to_vec()).await?;
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+/// Packs puts into txns of at most `max_txn_ops` and `max_txn_bytes`, with several in flight:
+/// dump keys are distinct, so their order does not matter.
+struct BatchWriter {
+    writer: Writer,
+    ops: Vec<Op>,
+    bytes: usize,
+    max_ops: usize,
+    max_bytes: usize,
+    max_in_flight: usize,
+    in_flight: JoinSet<Result<i64, EtcdError>>,
+}
+
+impl BatchWriter {
+    fn new(writer: Writer, settings: &Settings) -> Self {
+        Self {
+            writer,
+            ops: Vec::with_capacity(settings.max_txn_ops),
+            bytes: 0,
+            max_ops: settings.max_txn_ops,
+            max_bytes: settings.max_txn_bytes,
+            max_in_flight: settings.dump_txns_in_flight,
+            in_flight: JoinSet::new(),
+        }
+    }
+
+    async fn put(
+        &mut self,
+        table: &TableId,
+        key: String,
+        value: String,
+    ) -> Result<(), EngineError> {
+        let op = Op::Put { key, value };
+        let size = op.size();
+        if size > self.max_bytes {
+            return Err(EngineError::RowTooLarge {
+                table: table.clone(),
+                key: op.key().to_owned(),
+                size,
+                limit: self.max_bytes,
+            });
+        }
+        if self.ops.len() == self.max_ops || self.bytes + size > self.max_bytes {
+            self.send().await?;
+        }
+        self.bytes += size;
+        self.ops.push(op);
+        Ok(())
+    }
+
+    async fn send(&mut self) -> Result<(), EngineError> {
+        while self.in_flight.len() >= self.max_in_flight {
+            self.join_one().await?;
+        }
+        let ops = std::mem::replace(&mut self.ops, Vec::with_capacity(self.max_ops));
+        self.bytes = 0;
+        let writer = self.writer.clone();
+        self.in_flight
+            .spawn(async move { writer.commit(ops).await });
+        Ok(())
+    }
+
+    async fn join_one(&mut self) -> Result<(), EngineError> {
+        match self.in_flight.join_next().await {
+            Some(Ok(result)) => result.map(|_| ()).map_err(EngineError::from),
+            Some(Err(join)) => Err(EngineError::Driver(DriverError::Protocol(format!(
+                "an etcd write task failed: {join}"
+            )))),
+            None => Ok(()),
+        }
+    }
+
+    async fn finish(&mut self) -> Result<(), EngineError> {
+        if !self.ops.is_empty() {
+            self.send().await?;
+        }
+        while !self.in_flight.is_empty() {
+            self.join_one().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Per-table dump progress for the log.
+#[derive(Default)]
+struct Progress {
+    tables: HashMap<TableId, TableProgress>,
+    last_log: Option<Instant>,
+}
+
+struct TableProgress {
+    rows: u64,
+    estimate: Option<u64>,
+    started: Instant,
+}
+
+impl Progress {
+    fn started(&mut self, table: &TableId, estimate: Option<u64>) {
+        info!(%table, estimated_rows = estimate.unwrap_or(0), "dumping table");
+        self.tables.insert(
+            table.clone(),
+            TableProgress {
+                rows: 0,
+                estimate,
+                started: Instant::now(),
+            },
+        );
+    }
+
+    fn rows(&mut self, table: &TableId, rows: u64) {
+        if let Some(t) = self.tables.get_mut(table) {
+            t.rows += rows;
+        }
+        let now = Instant::now();
+        if self.last_log.is_none_or(|at| now - at >= PROGRESS_EVERY) {
+            self.last_log = Some(now);
+            if let Some(t) = self.tables.get(table) {
+                let secs = t.started.elapsed().as_secs_f64().max(0.001);
+                info!(
+                    %table,
+                    rows = t.rows,
+                    estimated_rows = t.estimate.unwrap_or(0),
+                    rows_per_sec = (t.rows as f64 / secs) as u64,
+                    "dump progress"
+                );
+            }
+        }
+    }
+
+    fn done(&mut self, table: &TableId, rows: u64) {
+        let secs = self
+            .tables
+            .get(table)
+            .map_or(0.0, |t| t.started.elapsed().as_secs_f64());
+        info!(%table, rows, seconds = format!("{secs:.1}"), "table dumped");
+    }
+
+    fn total(&self) -> u64 {
+        self.tables.values().map(|t| t.rows).sum()
+    }
+}

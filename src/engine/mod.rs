@@ -1,0 +1,229 @@
+//! The core: decides between dump and sync from the stored state, runs them, and retries
+//! transient failures from the last committed position.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_sync_api::{Driver, DriverError, TableId, TableSchema};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::encode::EncodeError;
+use crate::etcd::{EtcdError, Phase, Store};
+
+mod apply;
+mod dump;
+
+/// What the engine needs from the config.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub state_prefix: String,
+    pub max_txn_ops: usize,
+    pub max_txn_bytes: usize,
+    pub dump_txns_in_flight: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    #[error(
+        "table {table}: the row at {key} needs {size} bytes, more than etcd.max_txn_bytes \
+         ({limit}); raise it (and etcd's --max-request-bytes), or shrink the row"
+    )]
+    RowTooLarge {
+        table: TableId,
+        key: String,
+        size: usize,
+        limit: usize,
+    },
+    #[error(
+        "etcd.max_txn_ops is {0} but the server allows fewer operations per txn: lower it to \
+         the server's --max-txn-ops (128 by default) or raise that flag"
+    )]
+    MaxTxnOpsTooHigh(usize),
+    #[error(
+        "no table to sync: every table was excluded or lacks a primary key (see `sync check`)"
+    )]
+    NothingSelected,
+    #[error("stopped")]
+    Stopped,
+}
+
+/// What to do about an error; decided here and nowhere else.
+#[derive(Debug, PartialEq, Eq)]
+enum Action {
+    Retry,
+    Redump,
+    Stop,
+}
+
+impl EngineError {
+    fn action(&self) -> Action {
+        match self {
+            EngineError::Driver(DriverError::Transient { .. }) => Action::Retry,
+            EngineError::Driver(DriverError::PositionLost(_)) => Action::Redump,
+            EngineError::Etcd(e) if e.is_transient() => Action::Retry,
+            _ => Action::Stop,
+        }
+    }
+}
+
+/// Capped exponential backoff between retries.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(200);
+    const CAP: Duration = Duration::from_secs(30);
+
+    fn new() -> Self {
+        Self { next: Self::FIRST }
+    }
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+    fn step(&mut self) -> Duration {
+        let now = self.next;
+        self.next = (self.next * 2).min(Self::CAP);
+        now
+    }
+}
+
+/// Runs until `cancel` fires (returns `Ok`) or an error no retry can cure.
+pub async fn run<D: Driver>(
+    driver: D,
+    settings: Settings,
+    cancel: CancellationToken,
+) -> Result<(), EngineError> {
+    let driver = Arc::new(driver);
+    let mut backoff = Backoff::new();
+    loop {
+        let mut progressed = false;
+        let result = session(&driver, &settings, &cancel, &mut progressed).await;
+        if cancel.is_cancelled() {
+            return match result {
+                Err(e)
+                    if !matches!(
+                        e,
+                        EngineError::Stopped | EngineError::Driver(DriverError::Stopped)
+                    ) && e.action() == Action::Stop =>
+                {
+                    Err(e)
+                }
+                _ => Ok(()),
+            };
+        }
+        let err = match result {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if err.action() != Action::Retry {
+            return Err(err);
+        }
+        if progressed {
+            backoff.reset();
+        }
+        let wait = backoff.step();
+        warn!(retry_in = ?wait, "{}", crate::error_chain(&err));
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// One connection's worth of work: read the state, dump if needed, then follow the stream.
+async fn session<D: Driver>(
+    driver: &Arc<D>,
+    settings: &Settings,
+    cancel: &CancellationToken,
+    progressed: &mut bool,
+) -> Result<(), EngineError> {
+    let mut store = Store::connect(&settings.endpoints, &settings.state_prefix).await?;
+    if let Err(e) = store.probe_max_txn_ops(settings.max_txn_ops).await {
+        if crate::etcd::is_too_many_ops(&e) {
+            return Err(EngineError::MaxTxnOpsTooHigh(settings.max_txn_ops));
+        }
+        return Err(e.into());
+    }
+    let state = store.load_state().await?;
+    let selection = driver.select_tables().await?;
+    for (table, reason) in &selection.skipped {
+        warn!(%table, "table skipped: {reason}");
+    }
+    if selection.tables.is_empty() {
+        return Err(EngineError::NothingSelected);
+    }
+    let tables: Vec<Arc<TableSchema>> = selection.tables;
+
+    let mut position = match state {
+        Some(state) if state.phase == Phase::Sync => match state.position {
+            Some(position) => {
+                info!(position = %position.0, "resuming the stream from the stored position");
+                position
+            }
+            None => dump::dump(driver, &mut store, &tables, settings, cancel).await?,
+        },
+        Some(_) => {
+            info!("the previous dump did not finish; dumping again");
+            dump::dump(driver, &mut store, &tables, settings, cancel).await?
+        }
+        None => {
+            info!("no state yet; starting with a dump");
+            dump::dump(driver, &mut store, &tables, settings, cancel).await?
+        }
+    };
+    *progressed = true;
+    loop {
+        let result = apply::sync(
+            driver, &mut store, &tables, position, settings, cancel, progressed,
+        )
+        .await;
+        match result {
+            Err(e) if e.action() == Action::Redump => {
+                error!(
+                    "{}; etcd can no longer be brought up to date from the stream: dumping again \
+                     (keys of rows that disappeared meanwhile are deleted afterwards)",
+                    crate::error_chain(&e)
+                );
+                position = dump::dump(driver, &mut store, &tables, settings, cancel).await?;
+            }
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let mut b = Backoff::new();
+        let steps: Vec<Duration> = (0..10).map(|_| b.step()).collect();
+        assert_eq!(steps[0], Duration::from_millis(200));
+        assert_eq!(steps[1], Duration::from_millis(400));
+        assert_eq!(*steps.last().unwrap(), Duration::from_secs(30));
+        b.reset();
+        assert_eq!(b.step(), Duration::from_millis(200));
+    }
+
+    #[test]
+    fn errors_are_classified_once() {
+        let transient = EngineError::Driver(DriverError::transient("x", "y"));
+        assert_eq!(transient.action(), Action::Retry);
+        let lost = EngineError::Driver(DriverError::PositionLost("slot gone".into()));
+        assert_eq!(lost.action(), Action::Redump);
+        let bad = EngineError::Driver(DriverError::Misconfigured("wal_level".into()));
+        assert_eq!(bad.action(), Action::Stop);
+        assert_eq!(EngineError::NothingSelected.action(), Action::Stop);
+    }
+}
