@@ -248,9 +248,32 @@ impl Config {
     }
 
     pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
-        let config: Config = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
+        // serde_path_to_error names the exact field, also for errors raised while expanding
+        // `${VAR}`, which the YAML parser alone attributes to the enclosing mapping.
+        let config: Config = serde_path_to_error::deserialize(
+            serde_yaml_ng::Deserializer::from_str(text),
+        )
+        .map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            // The parser may already name the path, or an enclosing part of it.
+            let inner = match inner.split_once(": ") {
+                Some((named, rest))
+                    if field == named || field.starts_with(&format!("{named}.")) =>
+                {
+                    rest.to_owned()
+                }
+                _ => inner,
+            };
+            let message = if field == "." {
+                inner
+            } else {
+                format!("{field}: {inner}")
+            };
+            ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            }
         })?;
         let problems = config.problems();
         if problems.is_empty() {
@@ -474,6 +497,40 @@ mod tests {
         let c = parse(&text).unwrap();
         assert_eq!(c.database.password.as_ref().unwrap().expose(), "hunter2");
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn messages_name_the_field_once() {
+        for (text, want) in [
+            (
+                format!("{MINIMAL}  hots: x\n"),
+                "database.hots: unknown field `hots`",
+            ),
+            (
+                format!("{MINIMAL}  password: ${{ETCD_SYNC_UNSET_VAR}}\n"),
+                "database.password: environment variable ETCD_SYNC_UNSET_VAR is not set",
+            ),
+            (
+                "database:\n  driver: postgres\n  user: u\n  name: n\n  port: abc\n".to_string(),
+                "database.port: invalid type",
+            ),
+            (
+                format!("{MINIMAL}etcd:\n  endpoints: 5\n"),
+                "etcd.endpoints: invalid type",
+            ),
+            ("database: [\n".to_string(), "line"),
+            (
+                "database:\n  driver: oracle\n  user: u\n  name: n\n".to_string(),
+                "database.driver: unknown variant `oracle`",
+            ),
+            (
+                "database:\n  driver: postgres\n  name: n\n".to_string(),
+                "database: missing field `user`",
+            ),
+        ] {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+        }
     }
 
     #[test]

@@ -552,6 +552,9 @@ impl etcd_sync_api::Driver for PostgresDriver {
 
     async fn select_tables(&self) -> Result<Selection, DriverError> {
         let client = self.query_client().await?;
+        // The engine calls this before writing anything: a server that cannot replicate is
+        // refused here, with nothing written to etcd.
+        self.require_prerequisites(&client).await?;
         let (selection, _, _) = self.selected(&client).await?;
         Ok(selection)
     }

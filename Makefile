@@ -1,0 +1,42 @@
+# etcd-sync. `make run` and `make test` set everything up on a fresh Debian machine.
+SHELL := /bin/bash
+ENV_FILE := /tmp/etcd-sync-testenv/env
+CARGO ?= cargo
+
+.PHONY: all build testenv testenv-down demo run test lint fmt clean
+
+all: build
+
+build: testenv
+	$(CARGO) build --release
+
+## Install (Debian packages) and start PostgreSQL and etcd on private ports.
+testenv:
+	tools/testenv.sh up
+
+testenv-down:
+	tools/testenv.sh down
+
+## Load the demo schema into the local `app` database.
+demo: testenv
+	PGPASSWORD=sync psql -q -h 127.0.0.1 -p 55432 -U sync -d app -f testenv/demo.sql
+
+## Sync the demo database into etcd until Ctrl-C. Watch it with:
+##   ETCDCTL_API=3 etcdctl --endpoints http://127.0.0.1:52379 get --prefix /sync
+run: demo
+	$(CARGO) build --release
+	SYNC_DB_PASSWORD=sync ./target/release/sync --config-file config.example.yaml
+
+## Every test: unit tests and the end-to-end tests against the servers of `make testenv`.
+test: testenv
+	$(CARGO) test --workspace --all-targets
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean: testenv-down
+	$(CARGO) clean

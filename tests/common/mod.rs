@@ -1,0 +1,448 @@
+//! Test support: the servers of `make testenv`, one database, slot and etcd prefix per test,
+//! and the `sync` binary run as a user runs it.
+//!
+//! A test that finds no server fails with a message saying to run `make testenv`; it never
+//! passes silently.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client as Etcd, DeleteOptions, GetOptions};
+use tokio_postgres::{Client, NoTls};
+
+pub const ENV_FILE: &str = "/tmp/etcd-sync-testenv/env";
+
+/// Connection settings written by `tools/testenv.sh`.
+#[derive(Clone, Debug)]
+pub struct TestEnv {
+    vars: HashMap<String, String>,
+}
+
+impl TestEnv {
+    pub fn load() -> Self {
+        let mut vars = HashMap::new();
+        if let Ok(text) = std::fs::read_to_string(ENV_FILE) {
+            for line in text.lines() {
+                if let Some((k, v)) = line.split_once('=') {
+                    vars.insert(k.to_owned(), v.to_owned());
+                }
+            }
+        }
+        for (k, v) in std::env::vars() {
+            if k.starts_with("ETCD_SYNC_TEST_") {
+                vars.insert(k, v);
+            }
+        }
+        assert!(
+            vars.contains_key("ETCD_SYNC_TEST_PG_PORT"),
+            "no test environment: run `make testenv` (it writes {ENV_FILE})"
+        );
+        Self { vars }
+    }
+
+    pub fn get(&self, name: &str) -> String {
+        self.vars
+            .get(&format!("ETCD_SYNC_TEST_{name}"))
+            .cloned()
+            .unwrap_or_else(|| {
+                panic!("ETCD_SYNC_TEST_{name} missing from {ENV_FILE}: run `make testenv`")
+            })
+    }
+
+    pub fn etcd_endpoint(&self) -> String {
+        self.get("ETCD")
+    }
+}
+
+/// One test's world: its database, slot, publication and etcd prefixes.
+pub struct World {
+    pub env: TestEnv,
+    pub name: String,
+    pub db: Client,
+    pub etcd: Etcd,
+    pub dir: PathBuf,
+    pub extra_config: String,
+}
+
+async fn pg_connect(env: &TestEnv, port: &str, user: &str, password: &str, db: &str) -> Client {
+    let conn = format!(
+        "host={} port={port} user={user} password={password} dbname={db}",
+        env.get("PG_HOST")
+    );
+    let (client, connection) = tokio_postgres::connect(&conn, NoTls)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("cannot connect to PostgreSQL on port {port} ({e}): run `make testenv`")
+        });
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+impl World {
+    /// A fresh database `t_<name>` owned by the agent's user, and empty etcd prefixes.
+    pub async fn new(name: &str) -> World {
+        let env = TestEnv::load();
+        let name = format!("t_{name}");
+        let admin = pg_connect(
+            &env,
+            &env.get("PG_PORT"),
+            &env.get("PG_ADMIN_USER"),
+            &env.get("PG_ADMIN_PASSWORD"),
+            "postgres",
+        )
+        .await;
+        drop_slot(&admin, &name).await;
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await
+            .unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name} OWNER sync"))
+            .await
+            .unwrap();
+        let db = pg_connect(
+            &env,
+            &env.get("PG_PORT"),
+            &env.get("PG_USER"),
+            &env.get("PG_PASSWORD"),
+            &name,
+        )
+        .await;
+        let etcd = Etcd::connect([env.etcd_endpoint()], None)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to etcd ({e}): run `make testenv`"));
+        let world = World {
+            env,
+            dir: std::env::temp_dir().join(format!("etcd-sync-test-{name}")),
+            name,
+            db,
+            etcd,
+            extra_config: String::new(),
+        };
+        std::fs::create_dir_all(&world.dir).unwrap();
+        let mut kv = world.etcd.kv_client();
+        for prefix in [world.prefix(), world.state_prefix()] {
+            kv.delete(prefix, Some(DeleteOptions::new().with_prefix()))
+                .await
+                .unwrap();
+        }
+        world
+    }
+
+    pub fn prefix(&self) -> String {
+        format!("/test/{}", self.name)
+    }
+
+    pub fn state_prefix(&self) -> String {
+        format!("/test-state/{}", self.name)
+    }
+
+    /// The config text; `port` overrides the PostgreSQL port.
+    pub fn config_text(&self, port: Option<&str>) -> String {
+        format!(
+            "database:\n  driver: postgres\n  host: {host}\n  port: {port}\n  user: {user}\n  password: ${{TEST_PG_PASSWORD}}\n  name: {db}\n  postgres:\n    slot: {db}\n    publication: {db}\n{extra}etcd:\n  endpoints: [{etcd}]\n  prefix: {prefix}\n  state_prefix: {state}\n",
+            host = self.env.get("PG_HOST"),
+            port = port.map(str::to_owned).unwrap_or_else(|| self.env.get("PG_PORT")),
+            user = self.env.get("PG_USER"),
+            db = self.name,
+            extra = self.extra_config,
+            etcd = self.env.etcd_endpoint(),
+            prefix = self.prefix(),
+            state = self.state_prefix(),
+        )
+    }
+
+    pub fn write_config(&self, text: &str) -> PathBuf {
+        let path = self.dir.join("config.yaml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.write_config(&self.config_text(None))
+    }
+
+    fn command(&self, config: &PathBuf, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sync"));
+        cmd.arg("--config-file")
+            .arg(config)
+            .args(args)
+            .env("TEST_PG_PASSWORD", self.env.get("PG_PASSWORD"))
+            .env(
+                "RUST_LOG",
+                "info,etcd_sync=debug,etcd_sync_postgres=debug,h2=warn,tower=warn,hyper=warn",
+            );
+        cmd
+    }
+
+    /// Runs `sync <args>` to completion.
+    pub fn run_command(&self, config: &PathBuf, args: &[&str]) -> Output {
+        self.command(config, args).output().unwrap()
+    }
+
+    /// Starts the agent in the background, its log in the test's directory.
+    pub fn start_agent(&self) -> Agent {
+        self.start_agent_with(&self.config())
+    }
+
+    pub fn start_agent_with(&self, config: &PathBuf) -> Agent {
+        let log_path = self.dir.join("agent.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        let child = self
+            .command(config, &["run"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Agent { child, log_path }
+    }
+
+    pub async fn sql(&self, sql: &str) {
+        self.db
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// etcd's keys and values under the data prefix.
+    pub async fn etcd_data(&self) -> Vec<(String, String)> {
+        let response = self
+            .etcd
+            .kv_client()
+            .get(self.prefix(), Some(GetOptions::new().with_prefix()))
+            .await
+            .unwrap();
+        response
+            .kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    String::from_utf8_lossy(kv.value()).into_owned(),
+                )
+            })
+            .collect()
+    }
+
+    pub async fn etcd_value(&self, key_suffix: &str) -> Option<String> {
+        let key = format!("{}/{key_suffix}", self.prefix());
+        let response = self.etcd.kv_client().get(key, None).await.unwrap();
+        response
+            .kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+    }
+
+    pub async fn etcd_key_count(&self, prefix: &str) -> i64 {
+        let response = self
+            .etcd
+            .kv_client()
+            .get(
+                prefix,
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
+            .await
+            .unwrap();
+        response.count()
+    }
+
+    /// The stored state, as JSON.
+    pub async fn state(&self) -> Option<serde_json::Value> {
+        let key = format!("{}/state", self.state_prefix());
+        let response = self.etcd.kv_client().get(key, None).await.unwrap();
+        response
+            .kvs()
+            .first()
+            .map(|kv| serde_json::from_slice(kv.value()).unwrap())
+    }
+
+    /// Waits until the stored phase is `sync`.
+    pub async fn wait_for_sync_phase(&self, agent: &mut Agent, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(state) = self.state().await {
+                if state["phase"] == "sync" {
+                    return;
+                }
+            }
+            if let Some(status) = agent.exited() {
+                panic!(
+                    "the agent exited ({status}) before reaching sync:\n{}",
+                    agent.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no sync phase after {timeout:?}:\n{}",
+                agent.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until `sync verify` finds etcd equal to the database.
+    pub async fn wait_converged(&self, agent: Option<&Agent>, timeout: Duration) {
+        let config = self.config();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let output = self.run_command(&config, &["verify"]);
+            if output.status.success() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "etcd did not converge within {timeout:?}:\n{}{}\nagent log:\n{}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr),
+                    agent.map(Agent::log).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// Creates this test's database on another server of the test environment.
+    pub async fn create_database_on(&self, port: &str) {
+        let admin = pg_connect(
+            &self.env,
+            port,
+            &self.env.get("PG_ADMIN_USER"),
+            &self.env.get("PG_ADMIN_PASSWORD"),
+            "postgres",
+        )
+        .await;
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            format!("CREATE DATABASE {} OWNER sync", self.name),
+        ] {
+            admin.batch_execute(&sql).await.unwrap();
+        }
+    }
+
+    /// Drops the database and slot; etcd prefixes are left for inspection.
+    pub async fn cleanup(self) {
+        let admin = pg_connect(
+            &self.env,
+            &self.env.get("PG_PORT"),
+            &self.env.get("PG_ADMIN_USER"),
+            &self.env.get("PG_ADMIN_PASSWORD"),
+            "postgres",
+        )
+        .await;
+        drop(self.db);
+        drop_slot(&admin, &self.name).await;
+        let _ = admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .await;
+    }
+}
+
+async fn drop_slot(admin: &Client, slot: &str) {
+    for _ in 0..50 {
+        let result = admin
+            .query(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await;
+        match result {
+            Ok(_) => return,
+            // Still held by a walsender that has not noticed its client died.
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+pub struct Agent {
+    child: Child,
+    log_path: PathBuf,
+}
+
+impl Agent {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    /// `kill -9`.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, and the exit status within `timeout`.
+    pub fn terminate(mut self, timeout: Duration) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "the agent did not exit within {timeout:?} of SIGTERM:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the agent to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("the agent did not exit within {timeout:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A small deterministic generator, so a failing sequence can be replayed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed.max(1))
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
