@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 /// Decode limit for reads: values may be up to etcd's request limit, and pages hold many.
 const MAX_DECODE_BYTES: usize = 256 * 1024 * 1024;
 /// Keys per page when listing.
-pub const PAGE_KEYS: i64 = 1000;
+const PAGE_KEYS: i64 = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
@@ -288,9 +288,19 @@ impl Store {
             .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
     }
 
-    /// A page of keys under `prefix` after `after` (exclusive), in key order; with values when
-    /// `with_values`.
-    pub async fn page(
+    /// Pages through the keys under `prefix`; with values when `with_values`.
+    pub fn pager(&self, prefix: &str, with_values: bool) -> Pager<'_> {
+        Pager {
+            store: self,
+            prefix: prefix.to_owned(),
+            after: None,
+            with_values,
+            done: false,
+        }
+    }
+
+    /// A page of keys under `prefix` after `after` (exclusive), in key order.
+    async fn page(
         &self,
         prefix: &str,
         after: Option<&str>,
@@ -337,6 +347,38 @@ impl Store {
             .await
             .map(|_| ())
             .map_err(|e| EtcdError::client("probing the txn size limit", e))
+    }
+}
+
+/// Walks the keys under a prefix page by page, in key order.
+pub struct Pager<'a> {
+    store: &'a Store,
+    prefix: String,
+    after: Option<String>,
+    with_values: bool,
+    done: bool,
+}
+
+impl Pager<'_> {
+    /// The next page, empty at the end.
+    pub async fn next(&mut self) -> Result<Vec<(ListedKey, Option<String>)>, EtcdError> {
+        if self.done {
+            return Ok(Vec::new());
+        }
+        let page = self
+            .store
+            .page(
+                &self.prefix,
+                self.after.as_deref(),
+                self.with_values,
+                PAGE_KEYS,
+            )
+            .await?;
+        match page.last() {
+            Some((last, _)) => self.after = Some(last.key.clone()),
+            None => self.done = true,
+        }
+        Ok(page)
     }
 }
 

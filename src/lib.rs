@@ -15,20 +15,7 @@ use config::{Config, DriverKind};
 use etcd_sync_api::TableFilter;
 use etcd_sync_postgres::{ConnectParams, PostgresConfig, PostgresDriver};
 
-/// An error with its causes, on one line.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
+pub use etcd_sync_api::error_chain;
 
 /// The engine's settings from the config.
 pub fn engine_settings(config: &Config) -> engine::Settings {

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::encode::{encode_row, row_key, table_prefix};
 use crate::engine::{EngineError, Settings};
-use crate::etcd::{Store, PAGE_KEYS};
+use crate::etcd::Store;
 
 /// Examples kept per kind of difference.
 const EXAMPLES: usize = 5;
@@ -99,13 +99,12 @@ async fn compare(
         ..Default::default()
     };
     let prefix = table_prefix(&settings.prefix, table);
-    let mut after: Option<String> = None;
+    let mut pager = store.pager(&prefix, true);
     loop {
-        let page = store
-            .page(&prefix, after.as_deref(), true, PAGE_KEYS)
-            .await?;
-        let Some((last, _)) = page.last() else { break };
-        after = Some(last.key.clone());
+        let page = pager.next().await?;
+        if page.is_empty() {
+            break;
+        }
         for (listed, value) in page {
             report.keys += 1;
             let value = value.unwrap_or_default();

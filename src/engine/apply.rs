@@ -15,7 +15,7 @@ use tracing::info;
 
 use super::{EngineError, Settings};
 use crate::encode::{encode_row, has_unchanged, row_key, table_prefix};
-use crate::etcd::{Op, Phase, State, Store, PAGE_KEYS};
+use crate::etcd::{Op, Phase, State, Store};
 
 /// Stream events buffered between the driver and the applier.
 const STREAM_CHANNEL_EVENTS: usize = 64;
@@ -250,14 +250,15 @@ impl<'a> Applier<'a> {
         for key in pending {
             self.set(table, key, None).await?;
         }
-        let mut after: Option<String> = None;
+        // Chunks written while paging hold only deletes of this table's keys (its pending puts
+        // became deletes above), so paging on by key stays correct.
+        let store = self.store.clone();
+        let mut pager = store.pager(&prefix, false);
         loop {
-            let page = self
-                .store
-                .page(&prefix, after.as_deref(), false, PAGE_KEYS)
-                .await?;
-            let Some((last, _)) = page.last() else { break };
-            after = Some(last.key.clone());
+            let page = pager.next().await?;
+            if page.is_empty() {
+                break;
+            }
             for (listed, _) in page {
                 self.set(table, listed.key, None).await?;
             }

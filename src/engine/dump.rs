@@ -12,7 +12,7 @@ use tracing::info;
 
 use super::{EngineError, Settings};
 use crate::encode::{encode_row, row_key, table_prefix};
-use crate::etcd::{EtcdError, Op, Phase, State, Store, Writer, PAGE_KEYS};
+use crate::etcd::{EtcdError, Op, Phase, State, Store, Writer};
 
 /// Row batches buffered between the driver and etcd.
 const DUMP_CHANNEL_BATCHES: usize = 16;
@@ -114,13 +114,12 @@ async fn delete_stale(
     let mut deleted = 0u64;
     for table in tables {
         let prefix = table_prefix(&settings.prefix, &table.id);
-        let mut after: Option<String> = None;
+        let mut pager = store.pager(&prefix, false);
         loop {
-            let page = store
-                .page(&prefix, after.as_deref(), false, PAGE_KEYS)
-                .await?;
-            let Some((last, _)) = page.last() else { break };
-            after = Some(last.key.clone());
+            let page = pager.next().await?;
+            if page.is_empty() {
+                break;
+            }
             let stale: Vec<Op> = page
                 .into_iter()
                 .filter(|(k, _)| k.mod_revision <= start_revision)

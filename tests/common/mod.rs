@@ -125,6 +125,7 @@ impl World {
             etcd,
             extra_config: String::new(),
         };
+        let _ = std::fs::remove_dir_all(&world.dir);
         std::fs::create_dir_all(&world.dir).unwrap();
         let mut kv = world.etcd.kv_client();
         for prefix in [world.prefix(), world.state_prefix()] {
@@ -158,9 +159,12 @@ impl World {
         )
     }
 
+    /// Writes the config atomically: an agent may be reading the previous one.
     pub fn write_config(&self, text: &str) -> PathBuf {
         let path = self.dir.join("config.yaml");
-        std::fs::write(&path, text).unwrap();
+        let tmp = self.dir.join("config.yaml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
         path
     }
 
@@ -390,23 +394,10 @@ impl Agent {
     pub fn terminate(mut self, timeout: Duration) -> ExitStatus {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!(
-                    "the agent did not exit within {timeout:?} of SIGTERM:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.wait_exit(timeout)
     }
 
-    /// Waits for the agent to exit by itself.
+    /// Waits for the agent to exit; kills it and fails after `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {

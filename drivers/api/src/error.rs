@@ -40,3 +40,19 @@ impl DriverError {
         matches!(self, Self::Transient { .. })
     }
 }
+
+/// An error with its causes on one line, each cause once (some errors repeat their source's
+/// text in their own).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

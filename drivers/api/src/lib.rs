@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 mod error;
-pub use error::{BoxError, DriverError};
+pub use error::{error_chain, BoxError, DriverError};
 
 /// One column value as the source delivered it, already in the shape it takes in JSON.
 #[derive(Debug, Clone, PartialEq)]

@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use etcd_sync_api::{
-    CheckItem, DriverError, DumpEvent, Position, Row, Selection, StreamEvent, TableFilter,
-    TableSchema,
+    error_chain, CheckItem, DriverError, DumpEvent, Position, Row, Selection, StreamEvent,
+    TableFilter, TableSchema,
 };
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
@@ -689,16 +689,4 @@ impl etcd_sync_api::Driver for PostgresDriver {
         self.copy_tables(tables, None, 1, &out, &CancellationToken::new())
             .await
     }
-}
-
-/// An error with its causes, on one line.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
