@@ -89,17 +89,9 @@ pub struct State {
     pub updated_at: String,
     /// The process that wrote it (`host:pid`).
     pub agent: String,
-}
-
-impl State {
-    pub fn new(phase: Phase, position: Option<Position>, agent: &str) -> Self {
-        Self {
-            phase,
-            position,
-            updated_at: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
-            agent: agent.to_owned(),
-        }
-    }
+    /// The tables the snapshot covers; a different selection at start-up means a new dump.
+    #[serde(default)]
+    pub tables: Vec<String>,
 }
 
 /// A write the engine hands to etcd.
@@ -146,6 +138,7 @@ pub struct Store {
     /// The state key's mod revision as this agent last saw or wrote it (0: absent).
     fence: i64,
     agent: String,
+    tables: Vec<String>,
 }
 
 impl Store {
@@ -167,11 +160,24 @@ impl Store {
             state_key: format!("{state_prefix}/state"),
             fence: 0,
             agent: format!("{host}:{}", std::process::id()),
+            tables: Vec::new(),
         })
     }
 
-    pub fn agent(&self) -> &str {
-        &self.agent
+    /// The tables the states written from now on cover.
+    pub fn set_tables(&mut self, tables: Vec<String>) {
+        self.tables = tables;
+    }
+
+    /// A state to write now, by this agent.
+    pub fn state(&self, phase: Phase, position: Option<Position>) -> State {
+        State {
+            phase,
+            position,
+            updated_at: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+            agent: self.agent.clone(),
+            tables: self.tables.clone(),
+        }
     }
 
     pub fn state_key(&self) -> &str {
@@ -426,11 +432,13 @@ mod tests {
 
     #[test]
     fn state_round_trips() {
-        let state = State::new(
-            Phase::Sync,
-            Some(Position(serde_json::json!({"lsn": "0/1"}))),
-            "h:1",
-        );
+        let state = State {
+            phase: Phase::Sync,
+            position: Some(Position(serde_json::json!({"lsn": "0/1"}))),
+            updated_at: "2026-01-01T00:00:00Z".into(),
+            agent: "h:1".into(),
+            tables: vec!["t".into()],
+        };
         let text = serde_json::to_string(&state).unwrap();
         assert!(text.starts_with(r#"{"phase":"sync","position":{"lsn":"0/1"},"updated_at":""#));
         let back: State = serde_json::from_str(&text).unwrap();

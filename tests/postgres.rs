@@ -481,3 +481,103 @@ async fn an_agent_whose_state_is_taken_over_stops() {
     assert_eq!(world.etcd_value("t/1").await, None, "a fenced write landed");
     world.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_slot_does_not_hold_wal() {
+    let mut world = World::new("idleslot").await;
+    world.extra_config = "tables:\n  include: [watched]\n".into();
+    world
+        .sql("CREATE TABLE watched (id int PRIMARY KEY); CREATE TABLE busy (id int PRIMARY KEY, v text);")
+        .await;
+    let mut agent = world.start_agent();
+    world.wait_for_sync_phase(&mut agent, SYNC_TIMEOUT).await;
+    // Only a table the agent does not sync changes: the slot must still move on.
+    world
+        .sql("INSERT INTO busy SELECT i, md5(i::text) FROM generate_series(1, 5000) i")
+        .await;
+    let target: String = world
+        .db
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let row = world
+            .db
+            .query_one(
+                "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2",
+                &[&target, &world.name],
+            )
+            .await
+            .unwrap();
+        if row.get::<_, bool>(0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot's confirmed_flush_lsn stayed behind {target}:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(agent);
+    world.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_table_selection_is_dumped() {
+    let mut world = World::new("selection").await;
+    world.extra_config = "tables:\n  include: [a]\n".into();
+    world
+        .sql("CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY); INSERT INTO a VALUES (1); INSERT INTO b VALUES (1), (2);")
+        .await;
+    let mut agent = world.start_agent();
+    world.wait_for_sync_phase(&mut agent, SYNC_TIMEOUT).await;
+    assert!(agent.terminate(Duration::from_secs(10)).success());
+    assert_eq!(world.etcd_value("b/1").await, None);
+
+    world.extra_config = "tables:\n  include: [a, b]\n".into();
+    let agent = world.start_agent();
+    world.wait_converged(Some(&agent), CONVERGE_TIMEOUT).await;
+    assert!(
+        agent.log().contains("table selection changed"),
+        "{}",
+        agent.log()
+    );
+    world.sql("INSERT INTO b VALUES (3)").await;
+    wait_for_value(&world, "b/3", Some(r#"{"id":3}"#)).await;
+    drop(agent);
+    world.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_replication_connection_is_retried() {
+    let world = World::new("connlost").await;
+    world
+        .sql("CREATE TABLE t (id int PRIMARY KEY, v int)")
+        .await;
+    let mut agent = world.start_agent();
+    world.wait_for_sync_phase(&mut agent, SYNC_TIMEOUT).await;
+    world
+        .sql("INSERT INTO t SELECT i, 0 FROM generate_series(1, 100) i")
+        .await;
+    // Cut the agent's replication connection, as a network failure or server restart would.
+    let admin_sql = format!(
+        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '{}' AND active_pid IS NOT NULL",
+        world.name
+    );
+    world.sql(&admin_sql).await;
+    world
+        .sql("UPDATE t SET v = 1 WHERE id <= 50; DELETE FROM t WHERE id > 90;")
+        .await;
+    world.wait_converged(Some(&agent), CONVERGE_TIMEOUT).await;
+    assert!(
+        agent.exited().is_none(),
+        "the agent gave up:\n{}",
+        agent.log()
+    );
+    assert!(agent.log().contains("retry_in"), "{}", agent.log());
+    drop(agent);
+    world.cleanup().await;
+}

@@ -15,7 +15,7 @@ use tracing::info;
 
 use super::{EngineError, Settings};
 use crate::encode::{encode_row, has_unchanged, row_key, table_prefix};
-use crate::etcd::{Op, Phase, State, Store};
+use crate::etcd::{Op, Phase, Store};
 
 /// Stream events buffered between the driver and the applier.
 const STREAM_CHANNEL_EVENTS: usize = 64;
@@ -327,7 +327,7 @@ impl<'a> Applier<'a> {
             return Ok(());
         };
         let ops = self.committed.take_ops();
-        let state = State::new(Phase::Sync, Some(position.clone()), self.store.agent());
+        let state = self.store.state(Phase::Sync, Some(position.clone()));
         self.store.commit(ops, Some(&state)).await?;
         self.stats.txns += 1;
         *self.progressed = true;

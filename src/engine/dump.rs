@@ -12,7 +12,7 @@ use tracing::info;
 
 use super::{EngineError, Settings};
 use crate::encode::{encode_row, row_key, table_prefix};
-use crate::etcd::{EtcdError, Op, Phase, State, Store, Writer};
+use crate::etcd::{EtcdError, Op, Phase, Store, Writer};
 
 /// Row batches buffered between the driver and etcd.
 const DUMP_CHANNEL_BATCHES: usize = 16;
@@ -27,9 +27,8 @@ pub async fn dump<D: Driver>(
 ) -> Result<Position, EngineError> {
     // Every key this dump writes gets a later revision than this one; what is older afterwards
     // belongs to rows that no longer exist.
-    let start_revision = store
-        .commit(vec![], Some(&State::new(Phase::Dump, None, store.agent())))
-        .await?;
+    let state = store.state(Phase::Dump, None);
+    let start_revision = store.commit(vec![], Some(&state)).await?;
     info!(
         tables = tables.len(),
         revision = start_revision,
@@ -84,16 +83,8 @@ pub async fn dump<D: Driver>(
     }
 
     let deleted = delete_stale(store, tables, settings, start_revision).await?;
-    store
-        .commit(
-            vec![],
-            Some(&State::new(
-                Phase::Sync,
-                Some(position.clone()),
-                store.agent(),
-            )),
-        )
-        .await?;
+    let state = store.state(Phase::Sync, Some(position.clone()));
+    store.commit(vec![], Some(&state)).await?;
     info!(
         rows = progress.total(),
         stale_keys_deleted = deleted,

@@ -163,8 +163,23 @@ async fn session<D: Driver>(
         return Err(EngineError::NothingSelected);
     }
     let tables: Vec<Arc<TableSchema>> = selection.tables;
+    let mut names: Vec<String> = tables.iter().map(|t| t.id.to_string()).collect();
+    names.sort();
+    store.set_tables(names.clone());
 
     let mut position = match state {
+        Some(state) if state.phase == Phase::Sync && state.tables != names => {
+            let added: Vec<&String> = names.iter().filter(|n| !state.tables.contains(n)).collect();
+            let removed: Vec<&String> =
+                state.tables.iter().filter(|n| !names.contains(n)).collect();
+            warn!(
+                ?added,
+                ?removed,
+                "the table selection changed since the last dump; dumping again (keys of \
+                 tables no longer selected are left in etcd)"
+            );
+            dump::dump(driver, &mut store, &tables, settings, cancel).await?
+        }
         Some(state) if state.phase == Phase::Sync => match state.position {
             Some(position) => {
                 info!(position = %position.0, "resuming the stream from the stored position");

@@ -121,7 +121,7 @@ impl Session {
                         return Err(DriverError::transient("reading the replication stream", "the server ended the stream"));
                     };
                     if self.decoder.handle(data).await? {
-                        self.send_status(false).await?;
+                        self.send_status(true).await?;
                     }
                 }
             }
@@ -181,12 +181,16 @@ impl Session {
 }
 
 impl Decoder {
-    /// Handles one CopyData payload; returns whether the confirmable position moved.
+    /// Handles one CopyData payload; returns whether to send a status update now (the
+    /// confirmable position moved, or the server asked for a reply).
     async fn handle(&mut self, data: Bytes) -> Result<bool, DriverError> {
         let message = pgoutput::decode_replication_message(data)
             .map_err(|e| DriverError::Protocol(e.to_string()))?;
         match message {
-            ReplicationMessage::Keepalive { wal_end, .. } => Ok(self.advance_idle(wal_end)),
+            ReplicationMessage::Keepalive {
+                wal_end,
+                reply_requested,
+            } => Ok(self.advance_idle(wal_end) || reply_requested),
             ReplicationMessage::XLogData { data, .. } => {
                 let message = pgoutput::decode_logical_message(data)
                     .map_err(|e| DriverError::Protocol(e.to_string()))?;
