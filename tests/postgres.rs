@@ -567,7 +567,14 @@ async fn a_dropped_replication_connection_is_retried() {
         "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '{}' AND active_pid IS NOT NULL",
         world.name
     );
-    world.sql(&admin_sql).await;
+    let deadline = std::time::Instant::now() + CONVERGE_TIMEOUT;
+    while world.db.query(&admin_sql, &[]).await.unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot never became active"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     world
         .sql("UPDATE t SET v = 1 WHERE id <= 50; DELETE FROM t WHERE id > 90;")
         .await;
