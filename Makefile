@@ -3,11 +3,15 @@ SHELL := /bin/bash
 ENV_FILE := /tmp/etcd-sync-testenv/env
 CARGO ?= cargo
 
-.PHONY: all build testenv testenv-down demo run test lint fmt clean
+.PHONY: all deps build testenv testenv-down demo run test lint fmt clean
 
 all: build
 
-build: testenv
+## Build dependencies from Debian's packages (protoc: etcd-client compiles etcd's protos).
+deps:
+	tools/testenv.sh deps
+
+build: deps
 	$(CARGO) build --release
 
 ## Install (Debian packages) and start PostgreSQL and etcd on private ports.
@@ -31,7 +35,7 @@ run: demo
 test: testenv
 	$(CARGO) test --workspace --all-targets
 
-lint:
+lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 

@@ -3,6 +3,7 @@
 # PostgreSQL with wal_level=logical, a second PostgreSQL with wal_level=replica (to test that
 # error), and etcd, each on a private port with its own data dir. Idempotent.
 #
+#   tools/testenv.sh deps   install what is missing (build and test dependencies) only
 #   tools/testenv.sh up     install what is missing, start what is not running, write the env file
 #   tools/testenv.sh down   stop the servers (data dirs are kept)
 #   tools/testenv.sh env    print the env file's path
@@ -152,8 +153,9 @@ down() {
 }
 
 case "${1:-up}" in
+  deps) install_packages ;;
   up) up ;;
   down) down ;;
   env) echo "$ENV_FILE" ;;
-  *) echo "usage: $0 [up|down|env]" >&2; exit 2 ;;
+  *) echo "usage: $0 [deps|up|down|env]" >&2; exit 2 ;;
 esac
