@@ -9,6 +9,8 @@ use serde::{Deserialize, Deserializer};
 /// Defaults, in one place.
 pub mod defaults {
     pub const POSTGRES_PORT: u16 = 5432;
+    pub const MYSQL_PORT: u16 = 3306;
+    pub const MYSQLDUMP: &str = "mysqldump";
     pub const SLOT: &str = "etcd_sync";
     pub const PUBLICATION: &str = "etcd_sync";
     pub const DUMP_CONNECTIONS: usize = 2;
@@ -67,6 +69,26 @@ pub struct DatabaseConfig {
     pub name: String,
     #[serde(default)]
     pub postgres: PostgresOptions,
+    #[serde(default)]
+    pub mysql: MysqlOptions,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MysqlOptions {
+    /// Replica id of the binary-log connection; default derived from the config (stable).
+    pub server_id: Option<u32>,
+    #[serde(default = "default_mysqldump", deserialize_with = "env_string")]
+    pub mysqldump: String,
+}
+
+impl Default for MysqlOptions {
+    fn default() -> Self {
+        Self {
+            server_id: None,
+            mysqldump: default_mysqldump(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,6 +154,9 @@ impl Default for EtcdConfig {
 
 fn default_host() -> String {
     "127.0.0.1".into()
+}
+fn default_mysqldump() -> String {
+    defaults::MYSQLDUMP.into()
 }
 fn default_slot() -> String {
     defaults::SLOT.into()
@@ -299,20 +324,42 @@ impl Config {
         }
     }
 
+    /// The binary-log replica id: configured, or derived from where this agent reads and
+    /// writes, so it stays the same across restarts and differs between agents.
+    pub fn mysql_server_id(&self) -> u32 {
+        if let Some(id) = self.database.mysql.server_id {
+            return id;
+        }
+        let identity = format!(
+            "{}:{}/{}/{}",
+            self.database.host,
+            self.port(),
+            self.database.name,
+            self.state_prefix()
+        );
+        // FNV-1a: stable across builds, unlike the standard library's hasher.
+        let hash = identity.bytes().fold(0x811c_9dc5u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
+        // Away from the small ids people give servers by hand.
+        1_000_000 + hash % 3_000_000_000
+    }
+
     pub fn port(&self) -> u16 {
         self.database.port.unwrap_or(match self.database.driver {
             DriverKind::Postgres => defaults::POSTGRES_PORT,
-            DriverKind::Mysql => 3306,
+            DriverKind::Mysql => defaults::MYSQL_PORT,
         })
     }
 
     fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         let db = &self.database;
-        if db.driver == DriverKind::Mysql {
-            p.push(
-                "database.driver: mysql is not available in this build yet; use postgres".into(),
-            );
+        if db.mysql.server_id == Some(0) {
+            p.push("database.mysql.server_id: must not be 0".into());
+        }
+        if db.mysql.mysqldump.is_empty() {
+            p.push("database.mysql.mysqldump: must not be empty".into());
         }
         if db.host.is_empty() {
             p.push("database.host: must not be empty".into());
@@ -531,6 +578,19 @@ mod tests {
             let err = parse(&text).unwrap_err().to_string();
             assert!(err.contains(want), "{err}");
         }
+    }
+
+    #[test]
+    fn mysql_server_id_is_stable_and_configurable() {
+        let text = "database:\n  driver: mysql\n  user: u\n  name: app\n";
+        let a = parse(text).unwrap();
+        assert_eq!(a.mysql_server_id(), parse(text).unwrap().mysql_server_id());
+        assert!(a.mysql_server_id() >= 1_000_000);
+        assert_eq!(a.port(), 3306);
+        let b = parse(&text.replace("app", "other")).unwrap();
+        assert_ne!(a.mysql_server_id(), b.mysql_server_id());
+        let c = parse(&format!("{text}  mysql:\n    server_id: 42\n")).unwrap();
+        assert_eq!(c.mysql_server_id(), 42);
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod verify;
 
 use config::{Config, DriverKind};
 use etcd_sync_api::TableFilter;
+use etcd_sync_mysql::{MysqlConfig, MysqlDriver};
 use etcd_sync_postgres::{ConnectParams, PostgresConfig, PostgresDriver};
 
 pub use etcd_sync_api::error_chain;
@@ -27,6 +28,29 @@ pub fn engine_settings(config: &Config) -> engine::Settings {
         max_txn_bytes: config.etcd.max_txn_bytes,
         dump_txns_in_flight: config.etcd.dump_txns_in_flight,
     }
+}
+
+fn table_filter(config: &Config) -> TableFilter {
+    TableFilter {
+        include: config.tables.include.clone(),
+        exclude: config.tables.exclude.clone(),
+    }
+}
+
+/// The MySQL driver for a config whose `database.driver` is `mysql`.
+pub fn mysql_driver(config: &Config) -> MysqlDriver {
+    debug_assert_eq!(config.database.driver, DriverKind::Mysql);
+    let db = &config.database;
+    MysqlDriver::new(MysqlConfig {
+        host: db.host.clone(),
+        port: config.port(),
+        user: db.user.clone(),
+        password: db.password.as_ref().map(|p| p.expose().to_owned()),
+        database: db.name.clone(),
+        server_id: config.mysql_server_id(),
+        mysqldump: db.mysql.mysqldump.clone(),
+        filter: table_filter(config),
+    })
 }
 
 /// The PostgreSQL driver for a config whose `database.driver` is `postgres`.
@@ -44,10 +68,7 @@ pub fn postgres_driver(config: &Config) -> PostgresDriver {
         },
         slot: db.postgres.slot.clone(),
         publication: db.postgres.publication.clone(),
-        filter: TableFilter {
-            include: config.tables.include.clone(),
-            exclude: config.tables.exclude.clone(),
-        },
+        filter: table_filter(config),
         dump_connections: db.postgres.dump_connections,
     })
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use etcd_sync::config::{Config, DriverKind};
+use etcd_sync_api::Driver;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
@@ -76,12 +77,22 @@ fn cancel_on_signals(token: CancellationToken) -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(&cli.config_file)?;
-    let settings = etcd_sync::engine_settings(&config);
-    if config.database.driver != DriverKind::Postgres {
-        anyhow::bail!("database.driver: only postgres is available in this build");
+    let command = cli.command.unwrap_or(Command::Run);
+    match config.database.driver {
+        DriverKind::Postgres => {
+            run_command(etcd_sync::postgres_driver(&config), &config, command).await
+        }
+        DriverKind::Mysql => run_command(etcd_sync::mysql_driver(&config), &config, command).await,
     }
-    let driver = etcd_sync::postgres_driver(&config);
-    match cli.command.unwrap_or(Command::Run) {
+}
+
+async fn run_command<D: Driver>(
+    driver: D,
+    config: &Config,
+    command: Command,
+) -> anyhow::Result<ExitCode> {
+    let settings = etcd_sync::engine_settings(config);
+    match command {
         Command::Run => {
             let cancel = CancellationToken::new();
             cancel_on_signals(cancel.clone())?;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs (from Debian's packages) and starts the servers the tests and `make run` use:
 # PostgreSQL with wal_level=logical, a second PostgreSQL with wal_level=replica (to test that
-# error), and etcd, each on a private port with its own data dir. Idempotent.
+# error), MariaDB with a row-based binary log, a second MariaDB with binlog_format=STATEMENT
+# (to test that error), and etcd, each on a private port with its own data dir. Idempotent.
 #
 #   tools/testenv.sh deps   install what is missing (build and test dependencies) only
 #   tools/testenv.sh up     install what is missing, start what is not running, write the env file
@@ -12,6 +13,8 @@ set -euo pipefail
 DIR=${TESTENV_DIR:-/tmp/etcd-sync-testenv}
 PG_PORT=${TESTENV_PG_PORT:-55432}
 PG_REPLICA_PORT=${TESTENV_PG_REPLICA_PORT:-55433}
+MARIADB_PORT=${TESTENV_MARIADB_PORT:-53306}
+MARIADB_STATEMENT_PORT=${TESTENV_MARIADB_STATEMENT_PORT:-53307}
 ETCD_PORT=${TESTENV_ETCD_PORT:-52379}
 ETCD_PEER_PORT=$((ETCD_PORT + 1))
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
@@ -28,6 +31,8 @@ install_packages() {
   command -v protoc >/dev/null || missing+=(protobuf-compiler)
   [ -x "$PG_BIN/postgres" ] || missing+=(postgresql-15)
   command -v openssl >/dev/null || missing+=(openssl)
+  command -v mariadbd >/dev/null || missing+=(mariadb-server)
+  command -v mariadb >/dev/null || missing+=(mariadb-client)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
     as_root apt-get update -qq
@@ -93,6 +98,52 @@ SQL
     pg "$PG_BIN/psql" -q -h "$sock" -p "$port" -U postgres -d postgres -c "CREATE DATABASE app OWNER sync"
 }
 
+start_mariadb() { # name port binlog_format server_id
+  local name=$1 port=$2 format=$3 server_id=$4
+  local data=$DIR/$name run=$DIR/$name-run
+  if mariadb-admin --protocol=tcp -h 127.0.0.1 -P "$port" -u root -proot ping >/dev/null 2>&1; then
+    log "$name already running on port $port"
+    return
+  fi
+  mkdir -p "$run"
+  if [ ! -d "$data/mysql" ]; then
+    log "initialising $name in $data"
+    mkdir -p "$data"
+    [ "$(id -u)" = 0 ] && chown mysql:mysql "$data"
+    mariadb-install-db --datadir="$data" --user=mysql --auth-root-authentication-method=normal \
+      --skip-test-db >"$DIR/$name-install.log" 2>&1
+  fi
+  [ "$(id -u)" = 0 ] && chown -R mysql:mysql "$data" "$run"
+  log "starting $name on port $port (binlog_format=$format)"
+  setsid nohup mariadbd --no-defaults --datadir="$data" --user=mysql --port="$port" \
+    --bind-address=127.0.0.1 --socket="$run/mysqld.sock" --pid-file="$run/mysqld.pid" \
+    --log-error="$data/server.log" --log-bin="$data/binlog" --binlog-format="$format" \
+    --binlog-row-image=FULL --binlog-row-metadata=FULL --server-id="$server_id" \
+    --innodb-buffer-pool-size=128M --innodb-flush-log-at-trx-commit=2 --sync-binlog=0 \
+    --max-connections=300 --character-set-server=utf8mb4 --collation-server=utf8mb4_general_ci \
+    >/dev/null 2>&1 </dev/null &
+  for _ in $(seq 1 150); do
+    [ -S "$run/mysqld.sock" ] && mariadb-admin --socket="$run/mysqld.sock" -u root ping >/dev/null 2>&1 && break
+    mariadb-admin --socket="$run/mysqld.sock" -u root -proot ping >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  # Root gets a password for TCP; the agent's user gets what the README's GRANTs list.
+  mariadb --socket="$run/mysqld.sock" -u root -proot -e "SELECT 1" >/dev/null 2>&1 ||
+    mariadb --socket="$run/mysqld.sock" -u root <<SQL
+ALTER USER 'root'@'localhost' IDENTIFIED BY 'root';
+CREATE USER IF NOT EXISTS 'root'@'127.0.0.1' IDENTIFIED BY 'root';
+GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION;
+CREATE USER IF NOT EXISTS 'sync'@'127.0.0.1' IDENTIFIED BY 'sync';
+GRANT ALL PRIVILEGES ON *.* TO 'sync'@'127.0.0.1';
+CREATE DATABASE IF NOT EXISTS app;
+SQL
+  mariadb-admin --protocol=tcp -h 127.0.0.1 -P "$port" -u root -proot ping >/dev/null 2>&1 || {
+    log "$name did not start; see $data/server.log"
+    tail -20 "$data/server.log" >&2
+    exit 1
+  }
+}
+
 start_etcd() {
   if ETCDCTL_API=3 etcdctl --endpoints "http://127.0.0.1:$ETCD_PORT" endpoint health >/dev/null 2>&1; then
     log "etcd already running on port $ETCD_PORT"
@@ -126,6 +177,13 @@ ETCD_SYNC_TEST_PG_ADMIN_USER=postgres
 ETCD_SYNC_TEST_PG_ADMIN_PASSWORD=postgres
 ETCD_SYNC_TEST_PG_USER=sync
 ETCD_SYNC_TEST_PG_PASSWORD=sync
+ETCD_SYNC_TEST_MYSQL_HOST=127.0.0.1
+ETCD_SYNC_TEST_MYSQL_PORT=$MARIADB_PORT
+ETCD_SYNC_TEST_MYSQL_STATEMENT_PORT=$MARIADB_STATEMENT_PORT
+ETCD_SYNC_TEST_MYSQL_ADMIN_USER=root
+ETCD_SYNC_TEST_MYSQL_ADMIN_PASSWORD=root
+ETCD_SYNC_TEST_MYSQL_USER=sync
+ETCD_SYNC_TEST_MYSQL_PASSWORD=sync
 ETCD_SYNC_TEST_ETCD=http://127.0.0.1:$ETCD_PORT
 ENV
   log "settings written to $ENV_FILE"
@@ -137,6 +195,8 @@ up() {
   chmod 755 "$DIR"
   start_postgres pg "$PG_PORT" logical
   start_postgres pg-replica "$PG_REPLICA_PORT" replica
+  start_mariadb mariadb "$MARIADB_PORT" ROW 1
+  start_mariadb mariadb-statement "$MARIADB_STATEMENT_PORT" STATEMENT 2
   start_etcd
   write_env
 }
@@ -144,6 +204,12 @@ up() {
 down() {
   for name in pg pg-replica; do
     [ -f "$DIR/$name/postmaster.pid" ] && pg "$PG_BIN/pg_ctl" -D "$DIR/$name" -m fast -w stop >/dev/null && log "stopped $name"
+  done
+  for name in mariadb mariadb-statement; do
+    if [ -f "$DIR/$name-run/mysqld.pid" ]; then
+      kill "$(cat "$DIR/$name-run/mysqld.pid")" 2>/dev/null && log "stopped $name"
+      for _ in $(seq 1 100); do [ -f "$DIR/$name-run/mysqld.pid" ] || break; sleep 0.1; done
+    fi
   done
   if [ -f "$DIR/etcd.pid" ]; then
     kill "$(cat "$DIR/etcd.pid")" 2>/dev/null && log "stopped etcd"

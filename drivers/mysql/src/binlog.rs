@@ -1,0 +1,343 @@
+//! One session on the binary log: row events to the engine's changes, XID/COMMIT as the
+//! transaction boundary, DDL as a cue to reload column types.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use etcd_sync_api::{Change, DriverError, Row, StreamEvent, Value};
+use futures_util::StreamExt;
+use mysql_async::binlog::events::{Event, EventData, RowsEventData};
+use mysql_async::binlog::row::BinlogRow;
+use mysql_async::binlog::value::BinlogValue;
+use mysql_async::prelude::Queryable;
+use mysql_async::{BinlogStream, BinlogStreamRequest, Conn};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::error::my_error;
+use crate::schema::MyTable;
+use crate::types::json_value;
+use crate::{BinlogPosition, MysqlDriver};
+
+/// Changes per [`StreamEvent::Changes`]: large transactions travel in pieces of this size.
+const CHANGES_PER_EVENT: usize = 256;
+/// MariaDB's GTID event, which `mysql_common` does not decode.
+const MARIADB_GTID_EVENT: u8 = 162;
+
+/// Refuses a position the server no longer has.
+pub async fn validate_position(
+    conn: &mut Conn,
+    position: &BinlogPosition,
+) -> Result<(), DriverError> {
+    let logs: Vec<mysql_async::Row> = conn
+        .query("SHOW BINARY LOGS")
+        .await
+        .map_err(|e| my_error("listing binary logs", e))?;
+    let found = logs.iter().find_map(|row| {
+        let name: Option<String> = row.get(0);
+        let size: Option<u64> = row.get(1);
+        (name.as_deref() == Some(position.file.as_str())).then_some(size.unwrap_or(0))
+    });
+    match found {
+        None => Err(DriverError::PositionLost(format!(
+            "binary log {} (the stored position) is no longer on the server: it was purged \
+             (raise binlog_expire_logs_seconds / expire_logs_days) or this is another server",
+            position.file
+        ))),
+        Some(size) if position.pos > size => Err(DriverError::PositionLost(format!(
+            "the stored position {}:{} lies beyond the end of that binary log ({size} bytes): another server?",
+            position.file, position.pos
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+pub struct Session<'a> {
+    driver: &'a MysqlDriver,
+    conn: Option<Conn>,
+    tables: HashMap<(String, String), Arc<MyTable>>,
+    position: BinlogPosition,
+    is_mariadb: bool,
+    out: mpsc::Sender<StreamEvent>,
+    batch: Vec<Change>,
+    has_changes: bool,
+    commit_time: u32,
+}
+
+impl<'a> Session<'a> {
+    pub fn new(
+        driver: &'a MysqlDriver,
+        conn: Conn,
+        tables: Vec<MyTable>,
+        position: BinlogPosition,
+        is_mariadb: bool,
+        out: mpsc::Sender<StreamEvent>,
+    ) -> Self {
+        let tables = tables
+            .into_iter()
+            .map(|t| ((t.database.clone(), t.name.clone()), Arc::new(t)))
+            .collect();
+        Self {
+            driver,
+            conn: Some(conn),
+            tables,
+            position,
+            is_mariadb,
+            out,
+            batch: Vec::new(),
+            has_changes: false,
+            commit_time: 0,
+        }
+    }
+
+    pub async fn run(mut self, cancel: CancellationToken) -> Result<(), DriverError> {
+        let mut conn = self.conn.take().ok_or(DriverError::Stopped)?;
+        if self.is_mariadb {
+            // Without it MariaDB replaces GTID events with BEGIN and dummy events.
+            conn.query_drop("SET @mariadb_slave_capability = 4")
+                .await
+                .map_err(|e| my_error("announcing replica capabilities", e))?;
+        }
+        let file = self.position.file.clone();
+        let request = BinlogStreamRequest::new(self.driver.config.server_id)
+            .with_filename(file.as_bytes())
+            .with_pos(self.position.pos);
+        let mut stream: BinlogStream = conn
+            .get_binlog_stream(request)
+            .await
+            .map_err(|e| my_error("requesting the binary log", e))?;
+        info!(file = %self.position.file, pos = self.position.pos, "streaming the binary log");
+        loop {
+            let event = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                event = stream.next() => event,
+            };
+            let event = match event {
+                Some(event) => event.map_err(|e| my_error("reading the binary log", e))?,
+                None => {
+                    return Err(DriverError::transient(
+                        "reading the binary log",
+                        "the server ended the stream",
+                    ))
+                }
+            };
+            self.handle(&stream, event).await?;
+        }
+        let _ = stream.close().await;
+        Ok(())
+    }
+
+    async fn handle(&mut self, stream: &BinlogStream, event: Event) -> Result<(), DriverError> {
+        verify_checksum(&event)?;
+        let header = event.header();
+        if header.event_type_raw() == MARIADB_GTID_EVENT {
+            self.gtid(&event, header.server_id());
+            return Ok(());
+        }
+        let data = event
+            .read_data()
+            .map_err(|e| DriverError::Protocol(format!("decoding a binary-log event: {e}")))?;
+        let end = u64::from(header.log_pos());
+        match data {
+            Some(EventData::RotateEvent(rotate)) => {
+                let mut name = rotate.name().into_owned();
+                // The first, artificial rotate carries the checksum after the name.
+                if header.log_pos() == 0
+                    && name.len() == self.position.file.len() + 4
+                    && name.starts_with(&self.position.file)
+                {
+                    name.truncate(self.position.file.len());
+                }
+                if name != self.position.file {
+                    debug!(file = %name, "binary log rotated");
+                }
+                self.position.file = name;
+                self.position.pos = rotate.position();
+            }
+            Some(EventData::XidEvent(_)) => self.commit(end, header.timestamp()).await?,
+            Some(EventData::QueryEvent(query)) => {
+                let sql = query.query();
+                let trimmed = sql.trim();
+                if trimmed.eq_ignore_ascii_case("BEGIN") {
+                    self.has_changes = false;
+                } else if trimmed.eq_ignore_ascii_case("COMMIT") {
+                    self.commit(end, header.timestamp()).await?;
+                } else {
+                    // DDL (implicitly committed): later rows may have other columns.
+                    debug!(sql = %trimmed.chars().take(200).collect::<String>(), "DDL");
+                    self.reload_tables().await?;
+                    self.commit(end, header.timestamp()).await?;
+                }
+            }
+            Some(EventData::RowsEvent(rows)) => self.rows(stream, &rows).await?,
+            // Format description, heartbeats, table maps (kept by the stream)...
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn gtid(&mut self, event: &Event, server_id: u32) {
+        // MariaDB GTID event: seq_no (8 bytes LE), domain_id (4 bytes LE), flags.
+        let data = event.data();
+        if data.len() >= 12 {
+            let seq = u64::from_le_bytes(data[0..8].try_into().unwrap_or_default());
+            let domain = u32::from_le_bytes(data[8..12].try_into().unwrap_or_default());
+            self.position.gtid = Some(format!("{domain}-{server_id}-{seq}"));
+        }
+        self.has_changes = false;
+    }
+
+    async fn reload_tables(&mut self) -> Result<(), DriverError> {
+        let mut conn = self.driver.conn().await?;
+        let (_, all, _) = self.driver.selected(&mut conn).await?;
+        for table in all {
+            let key = (table.database.clone(), table.name.clone());
+            if self.tables.contains_key(&key) {
+                self.tables.insert(key, Arc::new(table));
+            }
+        }
+        Ok(())
+    }
+
+    async fn rows(
+        &mut self,
+        stream: &BinlogStream,
+        rows: &RowsEventData<'_>,
+    ) -> Result<(), DriverError> {
+        let Some(tme) = stream.get_tme(rows.table_id()) else {
+            return Err(DriverError::Protocol(format!(
+                "a rows event for table id {} came without its table map",
+                rows.table_id()
+            )));
+        };
+        let key = (
+            tme.database_name().into_owned(),
+            tme.table_name().into_owned(),
+        );
+        let Some(mut table) = self.tables.get(&key).cloned() else {
+            return Ok(());
+        };
+        if tme.columns_count() as usize != table.types.len() {
+            // A DDL we did not see as such (or that raced our reload).
+            self.reload_tables().await?;
+            table = self.tables.get(&key).cloned().ok_or(DriverError::Stopped)?;
+            if tme.columns_count() as usize != table.types.len() {
+                return Err(DriverError::Protocol(format!(
+                    "table {}: the binary log has {} columns, information_schema {}",
+                    table.schema.id,
+                    tme.columns_count(),
+                    table.types.len()
+                )));
+            }
+        }
+        for pair in rows.rows(tme) {
+            let (before, after) = pair.map_err(|e| {
+                DriverError::Protocol(format!("table {}: decoding rows: {e}", table.schema.id))
+            })?;
+            let before = before.map(|r| to_row(&table, r)).transpose()?;
+            let after = after.map(|r| to_row(&table, r)).transpose()?;
+            let change = match (before, after) {
+                (None, Some(row)) => Change::Insert {
+                    table: table.schema.clone(),
+                    row,
+                },
+                (Some(old), Some(row)) => Change::Update {
+                    table: table.schema.clone(),
+                    old: Some(old),
+                    row,
+                },
+                (Some(old), None) => Change::Delete {
+                    table: table.schema.clone(),
+                    old,
+                },
+                (None, None) => continue,
+            };
+            self.has_changes = true;
+            self.batch.push(change);
+            if self.batch.len() >= CHANGES_PER_EVENT {
+                self.flush().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), DriverError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(CHANGES_PER_EVENT));
+        self.out
+            .send(StreamEvent::Changes(batch))
+            .await
+            .map_err(|_| DriverError::Stopped)
+    }
+
+    /// A transaction ended at `end` in the current file.
+    async fn commit(&mut self, end: u64, timestamp: u32) -> Result<(), DriverError> {
+        self.position.pos = end;
+        self.commit_time = timestamp;
+        self.flush().await?;
+        if !std::mem::take(&mut self.has_changes) {
+            // Nothing of ours: the position moves with the next transaction that has changes.
+            return Ok(());
+        }
+        let event = StreamEvent::Commit {
+            position: self.position.to_position(),
+            committed_at: Some(UNIX_EPOCH + Duration::from_secs(u64::from(timestamp))),
+        };
+        self.out.send(event).await.map_err(|_| DriverError::Stopped)
+    }
+}
+
+fn to_row(table: &MyTable, row: BinlogRow) -> Result<Row, DriverError> {
+    let values = row.unwrap();
+    if values.len() != table.types.len() {
+        return Err(DriverError::Protocol(format!(
+            "table {}: a row has {} values for {} columns",
+            table.schema.id,
+            values.len(),
+            table.types.len()
+        )));
+    }
+    values
+        .into_iter()
+        .zip(&table.types)
+        .map(|(value, ty)| match value {
+            BinlogValue::Value(v) => ty
+                .from_binlog(v)
+                .map_err(|e| DriverError::Protocol(format!("table {}: {e}", table.schema.id))),
+            BinlogValue::Jsonb(j) => serde_json::Value::try_from(j)
+                .map(json_value)
+                .map_err(|e| DriverError::Protocol(format!("table {}: JSON value: {e}", table.schema.id))),
+            BinlogValue::JsonDiff(_) => Err(DriverError::Misconfigured(format!(
+                "table {}: the binary log holds partial JSON updates: set binlog_row_value_options = '' on the server",
+                table.schema.id
+            ))),
+        })
+        .collect::<Result<Vec<Value>, _>>()
+}
+
+/// `mysql_async` does not check event checksums; a corrupt event must not reach etcd.
+fn verify_checksum(event: &Event) -> Result<(), DriverError> {
+    let Some(stored) = event.checksum() else {
+        return Ok(());
+    };
+    let Ok(Some(alg)) = event.footer().get_checksum_alg() else {
+        return Ok(());
+    };
+    let computed = event.calc_checksum(alg);
+    if u32::from_le_bytes(stored) != computed {
+        return Err(DriverError::transient(
+            "reading the binary log",
+            format!(
+                "event checksum mismatch at position {} (stored {:08x}, computed {computed:08x})",
+                event.header().log_pos(),
+                u32::from_le_bytes(stored)
+            ),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,805 @@
+//! MySQL/MariaDB driver for etcd-sync: `mysqldump` for a consistent snapshot with its binary-log
+//! coordinates, then the binary log from exactly there.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use etcd_sync_api::{
+    error_chain, CheckItem, CheckStatus, DriverError, DumpEvent, Position, Row, Selection,
+    StreamEvent, TableFilter, TableSchema,
+};
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+mod binlog;
+pub mod dump_parser;
+mod error;
+mod schema;
+pub mod types;
+
+use dump_parser::{DumpLine, DumpParser};
+use error::my_error;
+use schema::MyTable;
+
+/// Rows per batch handed to the engine during the dump.
+const DUMP_BATCH_ROWS: usize = 512;
+
+/// What the MySQL driver needs from the config.
+#[derive(Clone)]
+pub struct MysqlConfig {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+    pub database: String,
+    /// The replica id of the binary-log connection; unique among the server's replicas.
+    pub server_id: u32,
+    /// Path or name of the mysqldump binary.
+    pub mysqldump: String,
+    pub filter: TableFilter,
+}
+
+impl std::fmt::Debug for MysqlConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MysqlConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("database", &self.database)
+            .field("server_id", &self.server_id)
+            .finish()
+    }
+}
+
+/// Where the binary log resumes: after the last transaction applied.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub(crate) struct BinlogPosition {
+    file: String,
+    pos: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gtid: Option<String>,
+}
+
+impl BinlogPosition {
+    fn to_position(&self) -> Position {
+        Position(serde_json::to_value(self).unwrap_or_default())
+    }
+
+    fn from_position(position: &Position) -> Result<Self, DriverError> {
+        serde_json::from_value(position.0.clone()).map_err(|e| {
+            DriverError::Misconfigured(format!(
+                "the stored position {} is not a MySQL binary-log position ({e}); delete the state to start over",
+                position.0
+            ))
+        })
+    }
+}
+
+pub struct MysqlDriver {
+    config: MysqlConfig,
+}
+
+struct Server {
+    version: String,
+    is_mariadb: bool,
+}
+
+impl MysqlDriver {
+    pub fn new(config: MysqlConfig) -> Self {
+        Self { config }
+    }
+
+    async fn conn(&self) -> Result<Conn, DriverError> {
+        let c = &self.config;
+        let opts = OptsBuilder::default()
+            .ip_or_hostname(c.host.clone())
+            .tcp_port(c.port)
+            .user(Some(c.user.clone()))
+            .pass(c.password.clone())
+            .db_name(Some(c.database.clone()))
+            .prefer_socket(false);
+        Conn::new(opts)
+            .await
+            .map_err(|e| my_error(&format!("connecting to MySQL at {}:{}", c.host, c.port), e))
+    }
+
+    async fn server(conn: &mut Conn) -> Result<Server, DriverError> {
+        let version: Option<String> = conn
+            .query_first("SELECT VERSION()")
+            .await
+            .map_err(|e| my_error("reading the server version", e))?;
+        let version = version.unwrap_or_default();
+        Ok(Server {
+            is_mariadb: version.contains("MariaDB"),
+            version,
+        })
+    }
+
+    async fn variable(conn: &mut Conn, name: &str) -> Result<String, DriverError> {
+        let value: Option<Option<String>> = conn
+            .query_first(format!("SELECT CAST(@@GLOBAL.{name} AS CHAR)"))
+            .await
+            .or_else(|e| match e {
+                // Unknown system variable: older servers.
+                mysql_async::Error::Server(ref s) if s.code == 1193 => Ok(None),
+                e => Err(e),
+            })
+            .map_err(|e| my_error(&format!("reading {name}"), e))?;
+        Ok(value.flatten().unwrap_or_default())
+    }
+
+    /// Server prerequisites; each failure says what to change.
+    async fn prerequisites(&self, conn: &mut Conn) -> Result<Vec<CheckItem>, DriverError> {
+        let server = Self::server(conn).await?;
+        let mut items = vec![CheckItem::ok(
+            "server",
+            format!(
+                "{} {}",
+                if server.is_mariadb {
+                    "MariaDB"
+                } else {
+                    "MySQL"
+                },
+                server.version
+            ),
+        )];
+        let cnf = |setting: &str| {
+            format!("set {setting} in the [mysqld] section of my.cnf and restart the server")
+        };
+        let log_bin = Self::variable(conn, "log_bin").await?;
+        items.push(if log_bin == "1" || log_bin.eq_ignore_ascii_case("ON") {
+            CheckItem::ok("log_bin", "ON")
+        } else {
+            CheckItem::fail(
+                "log_bin",
+                format!(
+                    "the binary log is off: {}",
+                    cnf("log_bin = binlog (and server_id)")
+                ),
+            )
+        });
+        let format = Self::variable(conn, "binlog_format").await?;
+        items.push(if format.eq_ignore_ascii_case("ROW") {
+            CheckItem::ok("binlog_format", "ROW")
+        } else {
+            CheckItem::fail(
+                "binlog_format",
+                format!(
+                    "binlog_format is {format} but etcd-sync reads row events: {} (SET GLOBAL binlog_format = ROW applies to new sessions only)",
+                    cnf("binlog_format = ROW")
+                ),
+            )
+        });
+        let image = Self::variable(conn, "binlog_row_image").await?;
+        items.push(if image.eq_ignore_ascii_case("FULL") {
+            CheckItem::ok("binlog_row_image", "FULL")
+        } else {
+            CheckItem::fail(
+                "binlog_row_image",
+                format!(
+                    "binlog_row_image is {image} but updates must carry whole rows: {}",
+                    cnf("binlog_row_image = FULL")
+                ),
+            )
+        });
+        let metadata = Self::variable(conn, "binlog_row_metadata").await?;
+        items.push(if metadata.eq_ignore_ascii_case("FULL") {
+            CheckItem::ok("binlog_row_metadata", "FULL")
+        } else {
+            CheckItem::warn(
+                "binlog_row_metadata",
+                format!(
+                    "binlog_row_metadata is {}: column names come from information_schema, refreshed on DDL; {} is recommended",
+                    if metadata.is_empty() { "not available" } else { &metadata },
+                    cnf("binlog_row_metadata = FULL")
+                ),
+            )
+        });
+        let gtid = if server.is_mariadb {
+            format!(
+                "gtid_binlog_pos = {}",
+                Self::variable(conn, "gtid_binlog_pos").await?
+            )
+        } else {
+            format!("gtid_mode = {}", Self::variable(conn, "gtid_mode").await?)
+        };
+        items.push(CheckItem::ok("GTID", gtid));
+
+        let grants: Vec<String> = conn
+            .query("SHOW GRANTS")
+            .await
+            .map_err(|e| my_error("reading the grants", e))?;
+        let global: String = grants
+            .iter()
+            .filter(|g| g.contains(" ON *.* "))
+            .map(|g| g.to_uppercase())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let has = |names: &[&str]| {
+            global.contains("ALL PRIVILEGES") || names.iter().any(|n| global.contains(n))
+        };
+        let user = &self.config.user;
+        for (what, names, grant) in [
+            (
+                "REPLICATION SLAVE",
+                &["REPLICATION SLAVE", "REPLICATION REPLICA"][..],
+                "REPLICATION SLAVE",
+            ),
+            (
+                "REPLICATION CLIENT / BINLOG MONITOR",
+                &["REPLICATION CLIENT", "BINLOG MONITOR", "SUPER"][..],
+                if server.is_mariadb {
+                    "BINLOG MONITOR"
+                } else {
+                    "REPLICATION CLIENT"
+                },
+            ),
+        ] {
+            items.push(if has(names) {
+                CheckItem::ok(format!("privilege {what}"), "granted")
+            } else {
+                CheckItem::fail(
+                    format!("privilege {what}"),
+                    format!(
+                        "user {user} lacks {grant}: run GRANT {grant} ON *.* TO '{user}'@'<host>'"
+                    ),
+                )
+            });
+        }
+
+        items.push(match self.mysqldump_version().await {
+            Ok(version) => CheckItem::ok("mysqldump", version),
+            Err(e) => CheckItem::fail("mysqldump", error_chain(&e)),
+        });
+        Ok(items)
+    }
+
+    async fn require_prerequisites(&self, conn: &mut Conn) -> Result<(), DriverError> {
+        let items = self.prerequisites(conn).await?;
+        match items.into_iter().find(|i| i.status == CheckStatus::Fail) {
+            Some(item) => Err(DriverError::Misconfigured(item.detail)),
+            None => Ok(()),
+        }
+    }
+
+    async fn mysqldump_version(&self) -> Result<String, DriverError> {
+        let output = tokio::process::Command::new(&self.config.mysqldump)
+            .arg("--version")
+            .output()
+            .await
+            .map_err(|e| {
+                DriverError::Misconfigured(format!(
+                    "cannot run mysqldump ({:?}): {e}; install it (Debian: mariadb-client) or set database.mysql.mysqldump to its path",
+                    self.config.mysqldump
+                ))
+            })?;
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+
+    async fn selected(
+        &self,
+        conn: &mut Conn,
+    ) -> Result<(Selection, Vec<MyTable>, bool), DriverError> {
+        let server = Self::server(conn).await?;
+        let (selection, tables) = schema::select_tables(
+            conn,
+            &self.config.database,
+            &self.config.filter,
+            server.is_mariadb,
+        )
+        .await?;
+        Ok((selection, tables, server.is_mariadb))
+    }
+
+    fn matching(all: &[MyTable], wanted: &[Arc<TableSchema>]) -> Result<Vec<MyTable>, DriverError> {
+        wanted
+            .iter()
+            .map(|w| {
+                all.iter()
+                    .find(|t| t.schema.id == w.id)
+                    .cloned()
+                    .ok_or_else(|| {
+                        DriverError::transient(
+                            "matching tables",
+                            format!("table {} disappeared from the database", w.id),
+                        )
+                    })
+            })
+            .collect()
+    }
+
+    /// Runs mysqldump over `tables` and sends their rows; with `coordinates`, returns the
+    /// binary-log position its snapshot was taken at.
+    async fn run_mysqldump(
+        &self,
+        conn: &mut Conn,
+        tables: &[MyTable],
+        coordinates: bool,
+        out: &mpsc::Sender<DumpEvent>,
+        cancel: &CancellationToken,
+    ) -> Result<Option<BinlogPosition>, DriverError> {
+        let c = &self.config;
+        let version = self.mysqldump_version().await?;
+        let dbs: Vec<String> = {
+            let mut dbs: Vec<String> = tables.iter().map(|t| t.database.clone()).collect();
+            dbs.sort();
+            dbs.dedup();
+            dbs
+        };
+        // Everything in those databases that is not selected is left out.
+        let params: Vec<mysql_async::Value> = dbs.iter().map(|d| d.as_str().into()).collect();
+        let all: Vec<(String, String)> = conn
+            .exec(
+                format!(
+                    "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA IN ({})",
+                    vec!["?"; dbs.len()].join(", ")
+                ),
+                params,
+            )
+            .await
+            .map_err(|e| my_error("listing tables", e))?;
+        let mut args: Vec<String> = vec![
+            format!("--host={}", c.host),
+            format!("--port={}", c.port),
+            format!("--user={}", c.user),
+            "--protocol=TCP".into(),
+            "--single-transaction".into(),
+            "--quick".into(),
+            "--hex-blob".into(),
+            "--tz-utc".into(),
+            "--complete-insert".into(),
+            "--default-character-set=utf8mb4".into(),
+            "--no-create-info".into(),
+            "--skip-triggers".into(),
+            "--skip-add-locks".into(),
+            "--skip-disable-keys".into(),
+            "--skip-comments".into(),
+            "--no-tablespaces".into(),
+        ];
+        if coordinates {
+            if version.contains("MariaDB") {
+                args.push("--master-data=2".into());
+                args.push("--gtid".into());
+            } else if mysql_version_at_least(&version, (8, 0, 26)) {
+                args.push("--source-data=2".into());
+            } else {
+                args.push("--master-data=2".into());
+            }
+        }
+        for (db, table) in &all {
+            if !tables.iter().any(|t| &t.database == db && &t.name == table) {
+                args.push(format!("--ignore-table={db}.{table}"));
+            }
+        }
+        args.push("--databases".into());
+        args.extend(dbs.iter().cloned());
+
+        let mut child = tokio::process::Command::new(&c.mysqldump)
+            .args(&args)
+            .env("MYSQL_PWD", c.password.clone().unwrap_or_default())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                DriverError::Misconfigured(format!("cannot run mysqldump ({:?}): {e}", c.mysqldump))
+            })?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| DriverError::Protocol("mysqldump has no stdout".into()))?;
+        let mut stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| DriverError::Protocol("mysqldump has no stderr".into()))?;
+        let stderr_task = tokio::spawn(async move {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text).await;
+            text
+        });
+
+        let by_name: HashMap<(&str, &str), &MyTable> = tables
+            .iter()
+            .map(|t| ((t.database.as_str(), t.name.as_str()), t))
+            .collect();
+        let mut reader = BufReader::with_capacity(1 << 20, stdout);
+        let mut parser = DumpParser::default();
+        let mut line = Vec::new();
+        let mut database = c.database.clone();
+        let mut file_pos: Option<(String, u64)> = None;
+        let mut gtid: Option<String> = None;
+        let mut progress = TableProgress::default();
+        let mut batch: Vec<Row> = Vec::with_capacity(DUMP_BATCH_ROWS);
+        loop {
+            line.clear();
+            let read = tokio::select! {
+                _ = cancel.cancelled() => return Err(DriverError::Stopped),
+                read = reader.read_until(b'\n', &mut line) => read,
+            };
+            let read = read.map_err(|e| DriverError::transient("reading mysqldump's output", e))?;
+            if read == 0 {
+                break;
+            }
+            if line.last() == Some(&b'\n') {
+                line.pop();
+            }
+            let parsed = parser
+                .line(&line)
+                .map_err(|e| DriverError::Protocol(e.to_string()))?;
+            match parsed {
+                DumpLine::Coordinates { file, position } => file_pos = Some((file, position)),
+                DumpLine::Gtid(g) => gtid = Some(g),
+                DumpLine::Use(db) => database = db,
+                DumpLine::Rows {
+                    table,
+                    columns,
+                    rows,
+                } => {
+                    let Some(t) = by_name.get(&(database.as_str(), table.as_str())) else {
+                        continue;
+                    };
+                    if progress.switch_to(t, out, &mut batch).await? {
+                        // A new table: its column order is checked once.
+                        check_columns(t, &columns)?;
+                    }
+                    for row in rows {
+                        if row.len() != t.types.len() {
+                            return Err(DriverError::Protocol(format!(
+                                "table {}: mysqldump printed {} values for {} columns",
+                                t.schema.id,
+                                row.len(),
+                                t.types.len()
+                            )));
+                        }
+                        let values = row
+                            .into_iter()
+                            .zip(&t.types)
+                            .map(|(literal, ty)| ty.from_literal(literal))
+                            .collect::<Result<Row, _>>()
+                            .map_err(|e| {
+                                DriverError::Protocol(format!("table {}: {e}", t.schema.id))
+                            })?;
+                        batch.push(values);
+                        if batch.len() == DUMP_BATCH_ROWS {
+                            progress.flush(out, &mut batch).await?;
+                        }
+                    }
+                }
+                DumpLine::Other => {}
+            }
+        }
+        progress.finish(tables, out, &mut batch).await?;
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| DriverError::transient("waiting for mysqldump", e))?;
+        let stderr = stderr_task.await.unwrap_or_default();
+        if !status.success() {
+            let message = format!("mysqldump failed ({status}): {}", stderr.trim());
+            return Err(
+                if stderr.contains("Access denied") || stderr.contains("privilege") {
+                    DriverError::Misconfigured(message)
+                } else {
+                    DriverError::transient("running mysqldump", message)
+                },
+            );
+        }
+        if !coordinates {
+            return Ok(None);
+        }
+        let (file, pos) = file_pos.ok_or_else(|| {
+            DriverError::Protocol(format!(
+                "mysqldump printed no binary-log coordinates (is log_bin on?): {}",
+                stderr.trim()
+            ))
+        })?;
+        Ok(Some(BinlogPosition { file, pos, gtid }))
+    }
+}
+
+/// The INSERT's column list (`--complete-insert`) must match the table's columns.
+fn check_columns(table: &MyTable, columns: &[String]) -> Result<(), DriverError> {
+    let ours: Vec<&str> = table
+        .schema
+        .columns
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    if columns.is_empty() || columns.iter().map(String::as_str).eq(ours.iter().copied()) {
+        return Ok(());
+    }
+    Err(DriverError::transient(
+        "reading the dump",
+        format!(
+            "table {} changed while it was dumped (columns {columns:?}, expected {ours:?})",
+            table.schema.id
+        ),
+    ))
+}
+
+/// Which table the dump is in, for TableStarted/TableDone events.
+#[derive(Default)]
+struct TableProgress {
+    current: Option<Arc<TableSchema>>,
+    rows: u64,
+    seen: Vec<Arc<TableSchema>>,
+}
+
+impl TableProgress {
+    /// Moves to `table`; returns whether it is a new one.
+    async fn switch_to(
+        &mut self,
+        table: &MyTable,
+        out: &mpsc::Sender<DumpEvent>,
+        batch: &mut Vec<Row>,
+    ) -> Result<bool, DriverError> {
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|c| c.id == table.schema.id)
+        {
+            return Ok(false);
+        }
+        self.end(out, batch).await?;
+        self.current = Some(table.schema.clone());
+        self.seen.push(table.schema.clone());
+        send(
+            out,
+            DumpEvent::TableStarted {
+                table: table.schema.clone(),
+                estimated_rows: table.estimated_rows,
+            },
+        )
+        .await?;
+        Ok(true)
+    }
+
+    async fn flush(
+        &mut self,
+        out: &mpsc::Sender<DumpEvent>,
+        batch: &mut Vec<Row>,
+    ) -> Result<(), DriverError> {
+        let Some(table) = &self.current else {
+            return Ok(());
+        };
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.rows += batch.len() as u64;
+        let rows = std::mem::replace(batch, Vec::with_capacity(DUMP_BATCH_ROWS));
+        send(
+            out,
+            DumpEvent::Rows {
+                table: table.clone(),
+                rows,
+            },
+        )
+        .await
+    }
+
+    async fn end(
+        &mut self,
+        out: &mpsc::Sender<DumpEvent>,
+        batch: &mut Vec<Row>,
+    ) -> Result<(), DriverError> {
+        self.flush(out, batch).await?;
+        if let Some(table) = self.current.take() {
+            send(
+                out,
+                DumpEvent::TableDone {
+                    table,
+                    rows: self.rows,
+                },
+            )
+            .await?;
+        }
+        self.rows = 0;
+        Ok(())
+    }
+
+    /// Ends the last table and reports the tables mysqldump printed no row for.
+    async fn finish(
+        &mut self,
+        tables: &[MyTable],
+        out: &mpsc::Sender<DumpEvent>,
+        batch: &mut Vec<Row>,
+    ) -> Result<(), DriverError> {
+        self.end(out, batch).await?;
+        for t in tables {
+            if !self.seen.iter().any(|s| s.id == t.schema.id) {
+                send(
+                    out,
+                    DumpEvent::TableStarted {
+                        table: t.schema.clone(),
+                        estimated_rows: Some(0),
+                    },
+                )
+                .await?;
+                send(
+                    out,
+                    DumpEvent::TableDone {
+                        table: t.schema.clone(),
+                        rows: 0,
+                    },
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn send<T>(out: &mpsc::Sender<T>, event: T) -> Result<(), DriverError> {
+    out.send(event).await.map_err(|_| DriverError::Stopped)
+}
+
+/// Whether `mysqldump --version` names a MySQL release at least `min`.
+fn mysql_version_at_least(version: &str, min: (u32, u32, u32)) -> bool {
+    let Some(ver) = version.split("Ver ").nth(1) else {
+        return false;
+    };
+    let numbers: Vec<u32> = ver
+        .split(|c: char| !c.is_ascii_digit())
+        .take(3)
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    match numbers.as_slice() {
+        [a, b, c] => (*a, *b, *c) >= min,
+        _ => false,
+    }
+}
+
+impl etcd_sync_api::Driver for MysqlDriver {
+    async fn check(&self) -> Vec<CheckItem> {
+        let c = &self.config;
+        let mut conn = match self.conn().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                return vec![CheckItem::fail(
+                    "connection",
+                    format!(
+                        "cannot connect to {}:{} as {}: {}",
+                        c.host,
+                        c.port,
+                        c.user,
+                        error_chain(&e)
+                    ),
+                )]
+            }
+        };
+        let mut items = vec![CheckItem::ok(
+            "connection",
+            format!(
+                "connected to {}:{} database {} as {}",
+                c.host, c.port, c.database, c.user
+            ),
+        )];
+        match self.prerequisites(&mut conn).await {
+            Ok(more) => items.extend(more),
+            Err(e) => items.push(CheckItem::fail("prerequisites", error_chain(&e))),
+        }
+        match self.selected(&mut conn).await {
+            Ok((selection, _, _)) => {
+                for table in &selection.tables {
+                    items.push(CheckItem::ok(
+                        format!("table {}", table.id),
+                        format!("primary key ({})", table.key_column_names().join(", ")),
+                    ));
+                }
+                for (table, reason) in &selection.skipped {
+                    items.push(CheckItem::warn(
+                        format!("table {table}"),
+                        format!("skipped: {reason}"),
+                    ));
+                }
+                if selection.tables.is_empty() {
+                    items.push(CheckItem::fail(
+                        "tables",
+                        "no table selected: create one with a primary key or fix tables.include",
+                    ));
+                }
+            }
+            Err(e) => items.push(CheckItem::fail("tables", error_chain(&e))),
+        }
+        items
+    }
+
+    async fn select_tables(&self) -> Result<Selection, DriverError> {
+        let mut conn = self.conn().await?;
+        self.require_prerequisites(&mut conn).await?;
+        let (selection, _, _) = self.selected(&mut conn).await?;
+        Ok(selection)
+    }
+
+    async fn dump(
+        &self,
+        tables: &[Arc<TableSchema>],
+        out: mpsc::Sender<DumpEvent>,
+        cancel: CancellationToken,
+    ) -> Result<Position, DriverError> {
+        let mut conn = self.conn().await?;
+        self.require_prerequisites(&mut conn).await?;
+        let (_, all, _) = self.selected(&mut conn).await?;
+        let tables = Self::matching(&all, tables)?;
+        info!(tables = tables.len(), "running mysqldump");
+        let position = self
+            .run_mysqldump(&mut conn, &tables, true, &out, &cancel)
+            .await?
+            .ok_or_else(|| DriverError::Protocol("mysqldump gave no position".into()))?;
+        info!(file = %position.file, pos = position.pos, gtid = ?position.gtid, "snapshot taken at this binary-log position");
+        Ok(position.to_position())
+    }
+
+    async fn stream(
+        &self,
+        from: Position,
+        tables: &[Arc<TableSchema>],
+        out: mpsc::Sender<StreamEvent>,
+        _acks: watch::Receiver<Position>,
+        cancel: CancellationToken,
+    ) -> Result<(), DriverError> {
+        // The server keeps binary logs by age, not by what replicas confirmed: nothing to ack.
+        let start = BinlogPosition::from_position(&from)?;
+        let mut conn = self.conn().await?;
+        self.require_prerequisites(&mut conn).await?;
+        binlog::validate_position(&mut conn, &start).await?;
+        let (_, all, is_mariadb) = self.selected(&mut conn).await?;
+        let tables = Self::matching(&all, tables)?;
+        let session = binlog::Session::new(self, conn, tables, start, is_mariadb, out);
+        session.run(cancel).await
+    }
+
+    async fn read_snapshot(
+        &self,
+        tables: &[Arc<TableSchema>],
+        out: mpsc::Sender<DumpEvent>,
+    ) -> Result<(), DriverError> {
+        let mut conn = self.conn().await?;
+        let (_, all, _) = self.selected(&mut conn).await?;
+        let tables = Self::matching(&all, tables)?;
+        self.run_mysqldump(&mut conn, &tables, false, &out, &CancellationToken::new())
+            .await
+            .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mysqldump_versions() {
+        assert!(mysql_version_at_least(
+            "mysqldump  Ver 8.0.36 for Linux on x86_64",
+            (8, 0, 26)
+        ));
+        assert!(!mysql_version_at_least(
+            "mysqldump  Ver 8.0.25 for Linux",
+            (8, 0, 26)
+        ));
+        assert!(!mysql_version_at_least(
+            "mysqldump  Ver 10.19 Distrib 10.11.6-MariaDB",
+            (80, 0, 0)
+        ));
+    }
+
+    #[test]
+    fn positions_round_trip() {
+        let p = BinlogPosition {
+            file: "binlog.000002".into(),
+            pos: 4,
+            gtid: Some("0-1-5".into()),
+        };
+        assert_eq!(BinlogPosition::from_position(&p.to_position()).unwrap(), p);
+        assert!(
+            BinlogPosition::from_position(&Position(serde_json::json!({"lsn": "0/1"}))).is_err()
+        );
+    }
+}
