@@ -336,7 +336,7 @@ async fn table_without_primary_key_is_skipped_or_refused() {
         .sql("UPDATE loose SET v = 'b'; DELETE FROM loose;")
         .await;
     let published = world
-        .db
+        .pg()
         .query(
             "SELECT tablename::text FROM pg_publication_tables WHERE pubname = $1",
             &[&world.name],
@@ -496,7 +496,7 @@ async fn idle_slot_does_not_hold_wal() {
         .sql("INSERT INTO busy SELECT i, md5(i::text) FROM generate_series(1, 5000) i")
         .await;
     let target: String = world
-        .db
+        .pg()
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
         .await
         .unwrap()
@@ -504,7 +504,7 @@ async fn idle_slot_does_not_hold_wal() {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let row = world
-            .db
+            .pg()
             .query_one(
                 "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2",
                 &[&target, &world.name],
@@ -568,7 +568,7 @@ async fn a_dropped_replication_connection_is_retried() {
         world.name
     );
     let deadline = std::time::Instant::now() + CONVERGE_TIMEOUT;
-    while world.db.query(&admin_sql, &[]).await.unwrap().is_empty() {
+    while world.pg().query(&admin_sql, &[]).await.unwrap().is_empty() {
         assert!(
             std::time::Instant::now() < deadline,
             "the slot never became active"

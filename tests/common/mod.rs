@@ -58,14 +58,49 @@ impl TestEnv {
     }
 }
 
+/// The test's source database connection.
+pub enum Source {
+    Postgres(Client),
+    Mysql(mysql_async::Pool),
+}
+
 /// One test's world: its database, slot, publication and etcd prefixes.
 pub struct World {
     pub env: TestEnv,
     pub name: String,
-    pub db: Client,
+    pub source: Source,
     pub etcd: Etcd,
     pub dir: PathBuf,
     pub extra_config: String,
+}
+
+fn mysql_pool(
+    env: &TestEnv,
+    port: &str,
+    user: &str,
+    password: &str,
+    db: Option<&str>,
+) -> mysql_async::Pool {
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname(env.get("MYSQL_HOST"))
+        .tcp_port(port.parse().unwrap())
+        .user(Some(user))
+        .pass(Some(password))
+        .db_name(db)
+        .prefer_socket(false);
+    mysql_async::Pool::new(opts)
+}
+
+/// Runs statements on a MySQL pool, one at a time (multi-statement text is split on `;\n`).
+async fn mysql_exec(pool: &mysql_async::Pool, sql: &str) {
+    use mysql_async::prelude::Queryable;
+    let mut conn = pool
+        .get_conn()
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to MariaDB ({e}): run `make testenv`"));
+    conn.query_drop(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 async fn pg_connect(env: &TestEnv, port: &str, user: &str, password: &str, db: &str) -> Client {
@@ -85,6 +120,30 @@ async fn pg_connect(env: &TestEnv, port: &str, user: &str, password: &str, db: &
 }
 
 impl World {
+    /// A fresh MariaDB database `m_<name>` and empty etcd prefixes.
+    pub async fn new_mysql(name: &str) -> World {
+        let env = TestEnv::load();
+        let name = format!("m_{name}");
+        let admin = mysql_pool(
+            &env,
+            &env.get("MYSQL_PORT"),
+            &env.get("MYSQL_ADMIN_USER"),
+            &env.get("MYSQL_ADMIN_PASSWORD"),
+            None,
+        );
+        mysql_exec(&admin, &format!("DROP DATABASE IF EXISTS {name}")).await;
+        mysql_exec(&admin, &format!("CREATE DATABASE {name}")).await;
+        let _ = admin.disconnect().await;
+        let pool = mysql_pool(
+            &env,
+            &env.get("MYSQL_PORT"),
+            &env.get("MYSQL_ADMIN_USER"),
+            &env.get("MYSQL_ADMIN_PASSWORD"),
+            Some(&name),
+        );
+        Self::with_source(env, name, Source::Mysql(pool)).await
+    }
+
     /// A fresh database `t_<name>` owned by the agent's user, and empty etcd prefixes.
     pub async fn new(name: &str) -> World {
         let env = TestEnv::load();
@@ -114,6 +173,10 @@ impl World {
             &name,
         )
         .await;
+        Self::with_source(env, name, Source::Postgres(db)).await
+    }
+
+    async fn with_source(env: TestEnv, name: String, source: Source) -> World {
         let etcd = Etcd::connect([env.etcd_endpoint()], None)
             .await
             .unwrap_or_else(|e| panic!("cannot connect to etcd ({e}): run `make testenv`"));
@@ -121,7 +184,7 @@ impl World {
             env,
             dir: std::env::temp_dir().join(format!("etcd-sync-test-{name}")),
             name,
-            db,
+            source,
             etcd,
             extra_config: String::new(),
         };
@@ -144,10 +207,31 @@ impl World {
         format!("/test-state/{}", self.name)
     }
 
-    /// The config text; `port` overrides the PostgreSQL port.
+    /// The PostgreSQL connection.
+    pub fn pg(&self) -> &Client {
+        match &self.source {
+            Source::Postgres(client) => client,
+            Source::Mysql(_) => panic!("not a PostgreSQL test"),
+        }
+    }
+
+    /// The config text; `port` overrides the database port.
     pub fn config_text(&self, port: Option<&str>) -> String {
+        if let Source::Mysql(_) = self.source {
+            return format!(
+                "database:\n  driver: mysql\n  host: {host}\n  port: {port}\n  user: {user}\n  password: ${{TEST_DB_PASSWORD}}\n  name: {db}\n{extra}etcd:\n  endpoints: [{etcd}]\n  prefix: {prefix}\n  state_prefix: {state}\n",
+                host = self.env.get("MYSQL_HOST"),
+                port = port.map(str::to_owned).unwrap_or_else(|| self.env.get("MYSQL_PORT")),
+                user = self.env.get("MYSQL_USER"),
+                db = self.name,
+                extra = self.extra_config,
+                etcd = self.env.etcd_endpoint(),
+                prefix = self.prefix(),
+                state = self.state_prefix(),
+            );
+        }
         format!(
-            "database:\n  driver: postgres\n  host: {host}\n  port: {port}\n  user: {user}\n  password: ${{TEST_PG_PASSWORD}}\n  name: {db}\n  postgres:\n    slot: {db}\n    publication: {db}\n{extra}etcd:\n  endpoints: [{etcd}]\n  prefix: {prefix}\n  state_prefix: {state}\n",
+            "database:\n  driver: postgres\n  host: {host}\n  port: {port}\n  user: {user}\n  password: ${{TEST_DB_PASSWORD}}\n  name: {db}\n  postgres:\n    slot: {db}\n    publication: {db}\n{extra}etcd:\n  endpoints: [{etcd}]\n  prefix: {prefix}\n  state_prefix: {state}\n",
             host = self.env.get("PG_HOST"),
             port = port.map(str::to_owned).unwrap_or_else(|| self.env.get("PG_PORT")),
             user = self.env.get("PG_USER"),
@@ -177,7 +261,13 @@ impl World {
         cmd.arg("--config-file")
             .arg(config)
             .args(args)
-            .env("TEST_PG_PASSWORD", self.env.get("PG_PASSWORD"))
+            .env(
+                "TEST_DB_PASSWORD",
+                match self.source {
+                    Source::Postgres(_) => self.env.get("PG_PASSWORD"),
+                    Source::Mysql(_) => self.env.get("MYSQL_PASSWORD"),
+                },
+            )
             .env(
                 "RUST_LOG",
                 "info,etcd_sync=debug,etcd_sync_postgres=debug,h2=warn,tower=warn,hyper=warn",
@@ -212,10 +302,46 @@ impl World {
     }
 
     pub async fn sql(&self, sql: &str) {
-        self.db
-            .batch_execute(sql)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        match &self.source {
+            Source::Postgres(db) => db
+                .batch_execute(sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}")),
+            Source::Mysql(pool) => mysql_exec(pool, sql).await,
+        }
+    }
+
+    /// Creates this test's database on another MariaDB of the test environment.
+    pub async fn create_mysql_database_on(&self, port: &str) {
+        let admin = mysql_pool(
+            &self.env,
+            port,
+            &self.env.get("MYSQL_ADMIN_USER"),
+            &self.env.get("MYSQL_ADMIN_PASSWORD"),
+            None,
+        );
+        mysql_exec(
+            &admin,
+            &format!(
+                "DROP DATABASE IF EXISTS {0}; CREATE DATABASE {0}",
+                self.name
+            ),
+        )
+        .await;
+        let _ = admin.disconnect().await;
+    }
+
+    /// Runs a statement as the MariaDB administrator (grants, users).
+    pub async fn mysql_admin(&self, sql: &str) {
+        let admin = mysql_pool(
+            &self.env,
+            &self.env.get("MYSQL_PORT"),
+            &self.env.get("MYSQL_ADMIN_USER"),
+            &self.env.get("MYSQL_ADMIN_PASSWORD"),
+            None,
+        );
+        mysql_exec(&admin, sql).await;
+        let _ = admin.disconnect().await;
     }
 
     /// etcd's keys and values under the data prefix.
@@ -335,6 +461,19 @@ impl World {
 
     /// Drops the database and slot; etcd prefixes are left for inspection.
     pub async fn cleanup(self) {
+        if let Source::Mysql(pool) = self.source {
+            let _ = pool.disconnect().await;
+            let admin = mysql_pool(
+                &self.env,
+                &self.env.get("MYSQL_PORT"),
+                &self.env.get("MYSQL_ADMIN_USER"),
+                &self.env.get("MYSQL_ADMIN_PASSWORD"),
+                None,
+            );
+            mysql_exec(&admin, &format!("DROP DATABASE IF EXISTS {}", self.name)).await;
+            let _ = admin.disconnect().await;
+            return;
+        }
         let admin = pg_connect(
             &self.env,
             &self.env.get("PG_PORT"),
@@ -343,7 +482,7 @@ impl World {
             "postgres",
         )
         .await;
-        drop(self.db);
+        drop(self.source);
         drop_slot(&admin, &self.name).await;
         let _ = admin
             .batch_execute(&format!(

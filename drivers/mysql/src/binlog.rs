@@ -307,7 +307,7 @@ fn to_row(table: &MyTable, row: BinlogRow) -> Result<Row, DriverError> {
         .zip(&table.types)
         .map(|(value, ty)| match value {
             BinlogValue::Value(v) => ty
-                .from_binlog(v)
+                .binlog_value(v)
                 .map_err(|e| DriverError::Protocol(format!("table {}: {e}", table.schema.id))),
             BinlogValue::Jsonb(j) => serde_json::Value::try_from(j)
                 .map(json_value)

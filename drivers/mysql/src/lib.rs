@@ -461,7 +461,7 @@ impl MysqlDriver {
                         let values = row
                             .into_iter()
                             .zip(&t.types)
-                            .map(|(literal, ty)| ty.from_literal(literal))
+                            .map(|(literal, ty)| ty.literal_value(literal))
                             .collect::<Result<Row, _>>()
                             .map_err(|e| {
                                 DriverError::Protocol(format!("table {}: {e}", t.schema.id))

@@ -168,14 +168,14 @@ impl MyType {
     }
 
     /// A dump literal to a value.
-    pub fn from_literal(&self, literal: Literal) -> Result<Value, ValueError> {
+    pub fn literal_value(&self, literal: Literal) -> Result<Value, ValueError> {
         let text = match literal {
             Literal::Null => return Ok(Value::Null),
-            Literal::Hex(bytes) => return self.from_bytes(bytes, true),
+            Literal::Hex(bytes) => return self.bytes_value(bytes),
             Literal::Number(n) => n,
             Literal::String(bytes) => match self {
                 MyType::Bytes | MyType::Binary { .. } | MyType::Geometry | MyType::Bit => {
-                    return self.from_bytes(bytes, true)
+                    return self.bytes_value(bytes)
                 }
                 _ => String::from_utf8(bytes).map_err(|e| self.error(e.as_bytes().to_vec()))?,
             },
@@ -199,13 +199,13 @@ impl MyType {
             MyType::Set(_) => set_from_text(&text),
             MyType::Json => json(&text).ok_or_else(|| self.error(&text))?,
             MyType::Bytes | MyType::Binary { .. } | MyType::Geometry | MyType::Bit => {
-                return self.from_bytes(text.into_bytes(), true)
+                return self.bytes_value(text.into_bytes())
             }
         })
     }
 
     /// Raw bytes (hex literals, blobs) to a value.
-    fn from_bytes(&self, bytes: Vec<u8>, _from_dump: bool) -> Result<Value, ValueError> {
+    fn bytes_value(&self, bytes: Vec<u8>) -> Result<Value, ValueError> {
         Ok(match self {
             MyType::Binary { len } => {
                 let mut bytes = bytes;
@@ -233,13 +233,13 @@ impl MyType {
             }
             other => {
                 let text = String::from_utf8_lossy(&bytes).into_owned();
-                return other.from_literal(Literal::String(text.into_bytes()));
+                return other.literal_value(Literal::String(text.into_bytes()));
             }
         })
     }
 
     /// A binary-log value (as `mysql_common` decodes it) to a value.
-    pub fn from_binlog(&self, value: MyValue) -> Result<Value, ValueError> {
+    pub fn binlog_value(&self, value: MyValue) -> Result<Value, ValueError> {
         Ok(match (self, value) {
             (_, MyValue::NULL) => Value::Null,
             (MyType::Int { unsigned, bits }, MyValue::Int(i)) => {
@@ -319,7 +319,7 @@ impl MyType {
                     .map(|(_, label)| Value::Text(label.clone()))
                     .collect(),
             ),
-            (_, MyValue::Bytes(bytes)) => self.from_bytes(bytes, false)?,
+            (_, MyValue::Bytes(bytes)) => self.bytes_value(bytes)?,
             (ty, other) => return Err(ty.error(other)),
         })
     }
@@ -621,9 +621,9 @@ mod tests {
             ),
         ];
         for (ty, literal, binlog) in cases {
-            let from_dump = ty.from_literal(literal.clone()).unwrap();
-            let from_binlog = ty.from_binlog(binlog.clone()).unwrap();
-            assert_eq!(from_dump, from_binlog, "{ty:?}: {literal:?} vs {binlog:?}");
+            let from_dump = ty.literal_value(literal.clone()).unwrap();
+            let binlog_value = ty.binlog_value(binlog.clone()).unwrap();
+            assert_eq!(from_dump, binlog_value, "{ty:?}: {literal:?} vs {binlog:?}");
         }
     }
 
@@ -631,17 +631,17 @@ mod tests {
     fn mapped_forms() {
         let ts = MyType::Timestamp { fsp: 0 };
         assert_eq!(
-            ts.from_literal(Literal::String(b"2024-05-01 10:00:00".to_vec()))
+            ts.literal_value(Literal::String(b"2024-05-01 10:00:00".to_vec()))
                 .unwrap(),
             Value::Text("2024-05-01T10:00:00Z".into())
         );
         assert_eq!(
-            MyType::Float.from_binlog(MyValue::Float(0.1)).unwrap(),
+            MyType::Float.binlog_value(MyValue::Float(0.1)).unwrap(),
             Value::Number("0.1".into())
         );
         assert_eq!(
             MyType::Geometry
-                .from_literal(Literal::Hex(vec![0, 0, 0, 0, 1, 2]))
+                .literal_value(Literal::Hex(vec![0, 0, 0, 0, 1, 2]))
                 .unwrap(),
             Value::Bytes(vec![1, 2])
         );
