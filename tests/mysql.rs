@@ -130,6 +130,38 @@ async fn dump_then_binlog_every_kind_of_change() {
 
     let status = agent.terminate(Duration::from_secs(10));
     assert!(status.success(), "exit status {status}");
+    // The stored position names a real binary log (no checksum bytes glued to it) and a GTID.
+    let state = world.state().await.unwrap();
+    let file = state["position"]["file"].as_str().unwrap().to_owned();
+    assert!(
+        file.starts_with("binlog.") && file[7..].chars().all(|c| c.is_ascii_digit()),
+        "{state}"
+    );
+    assert!(state["position"]["gtid"].as_str().is_some(), "{state}");
+    world.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purged_binlog_leads_to_a_new_dump_that_converges() {
+    let world = World::new_mysql("purged").await;
+    world
+        .sql("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t SELECT seq, 0 FROM seq_1_to_100;")
+        .await;
+    let mut agent = world.start_agent();
+    world.wait_for_sync_phase(&mut agent, SYNC_TIMEOUT).await;
+    assert!(agent.terminate(Duration::from_secs(10)).success());
+    // Changes the binary log would have carried, then the logs holding them are purged (logs
+    // still read by other agents' dump threads are kept by the server).
+    world
+        .sql("DELETE FROM t WHERE id <= 10; UPDATE t SET v = 1 WHERE id > 90;")
+        .await;
+    world
+        .mysql_admin("FLUSH BINARY LOGS; PURGE BINARY LOGS BEFORE NOW() + INTERVAL 1 DAY;")
+        .await;
+    let agent = world.start_agent();
+    world.wait_converged(Some(&agent), CONVERGE_TIMEOUT).await;
+    assert!(agent.log().contains("purged"), "{}", agent.log());
+    drop(agent);
     world.cleanup().await;
 }
 

@@ -26,11 +26,16 @@ const CHANGES_PER_EVENT: usize = 256;
 /// MariaDB's GTID event, which `mysql_common` does not decode.
 const MARIADB_GTID_EVENT: u8 = 162;
 
-/// Refuses a position the server no longer has.
+/// Refuses a position the server no longer has: by GTID on MariaDB when the position has one,
+/// else by file and offset.
 pub async fn validate_position(
     conn: &mut Conn,
     position: &BinlogPosition,
+    is_mariadb: bool,
 ) -> Result<(), DriverError> {
+    if let (Some(gtid), true) = (&position.gtid, is_mariadb) {
+        return validate_gtid(conn, gtid).await;
+    }
     let logs: Vec<mysql_async::Row> = conn
         .query("SHOW BINARY LOGS")
         .await
@@ -54,6 +59,50 @@ pub async fn validate_position(
     }
 }
 
+/// MariaDB: the GTID's sequence must not predate what the oldest binary log starts from.
+async fn validate_gtid(conn: &mut Conn, gtid: &str) -> Result<(), DriverError> {
+    let logs: Vec<mysql_async::Row> = conn
+        .query("SHOW BINARY LOGS")
+        .await
+        .map_err(|e| my_error("listing binary logs", e))?;
+    let Some(oldest) = logs.first().and_then(|row| row.get::<String, _>(0)) else {
+        return Err(DriverError::PositionLost(
+            "the server has no binary logs".into(),
+        ));
+    };
+    let start: Option<Option<String>> = conn
+        .exec_first("SELECT BINLOG_GTID_POS(?, 4)", (oldest.clone(),))
+        .await
+        .map_err(|e| my_error("reading the oldest binary log's GTID position", e))?;
+    let start = start.flatten().unwrap_or_default();
+    for ours in gtid.split(',') {
+        let Some((domain, seq)) = split_gtid(ours) else {
+            continue;
+        };
+        let oldest_seq = start
+            .split(',')
+            .filter_map(split_gtid)
+            .find(|(d, _)| *d == domain)
+            .map(|(_, s)| s);
+        if oldest_seq.is_some_and(|oldest_seq| seq < oldest_seq) {
+            return Err(DriverError::PositionLost(format!(
+                "GTID {ours} (the stored position) is older than the oldest binary log {oldest} \
+                 (which starts after {start}): the logs in between were purged"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `domain-server-seq` → (domain, seq).
+fn split_gtid(gtid: &str) -> Option<(u32, u64)> {
+    let mut parts = gtid.trim().split('-');
+    let domain = parts.next()?.parse().ok()?;
+    let _server = parts.next()?;
+    let seq = parts.next()?.parse().ok()?;
+    Some((domain, seq))
+}
+
 pub struct Session<'a> {
     driver: &'a MysqlDriver,
     conn: Option<Conn>,
@@ -63,7 +112,9 @@ pub struct Session<'a> {
     out: mpsc::Sender<StreamEvent>,
     batch: Vec<Change>,
     has_changes: bool,
-    commit_time: u32,
+    /// The server writes event checksums (`binlog_checksum` is not NONE).
+    checksums: bool,
+    seen_format: bool,
 }
 
 impl<'a> Session<'a> {
@@ -88,12 +139,18 @@ impl<'a> Session<'a> {
             out,
             batch: Vec::new(),
             has_changes: false,
-            commit_time: 0,
+            checksums: true,
+            seen_format: false,
         }
     }
 
     pub async fn run(mut self, cancel: CancellationToken) -> Result<(), DriverError> {
         let mut conn = self.conn.take().ok_or(DriverError::Stopped)?;
+        let checksum: Option<String> = conn
+            .query_first("SELECT @@GLOBAL.binlog_checksum")
+            .await
+            .map_err(|e| my_error("reading binlog_checksum", e))?;
+        self.checksums = !checksum.is_some_and(|c| c.eq_ignore_ascii_case("NONE"));
         if self.is_mariadb {
             // Without it MariaDB replaces GTID events with BEGIN and dummy events.
             conn.query_drop("SET @mariadb_slave_capability = 4")
@@ -101,9 +158,27 @@ impl<'a> Session<'a> {
                 .map_err(|e| my_error("announcing replica capabilities", e))?;
         }
         let file = self.position.file.clone();
-        let request = BinlogStreamRequest::new(self.driver.config.server_id)
-            .with_filename(file.as_bytes())
-            .with_pos(self.position.pos);
+        let mut request = BinlogStreamRequest::new(self.driver.config.server_id);
+        match self.position.gtid.clone().filter(|_| self.is_mariadb) {
+            // By GTID the position survives a failover to a server with other file names.
+            Some(gtid) => {
+                conn.exec_drop("SET @slave_connect_state = ?", (gtid.clone(),))
+                    .await
+                    .map_err(|e| my_error("setting the GTID start position", e))?;
+                conn.query_drop(
+                    "SET @slave_gtid_strict_mode = 0, @slave_gtid_ignore_duplicates = 0",
+                )
+                .await
+                .map_err(|e| my_error("setting GTID options", e))?;
+                info!(%gtid, "starting from the GTID position");
+                request = request.with_pos(4);
+            }
+            None => {
+                request = request
+                    .with_filename(file.as_bytes())
+                    .with_pos(self.position.pos)
+            }
+        }
         let mut stream: BinlogStream = conn
             .get_binlog_stream(request)
             .await
@@ -143,20 +218,20 @@ impl<'a> Session<'a> {
         let end = u64::from(header.log_pos());
         match data {
             Some(EventData::RotateEvent(rotate)) => {
-                let mut name = rotate.name().into_owned();
-                // The first, artificial rotate carries the checksum after the name.
-                if header.log_pos() == 0
-                    && name.len() == self.position.file.len() + 4
-                    && name.starts_with(&self.position.file)
-                {
-                    name.truncate(self.position.file.len());
+                let mut raw = rotate.name_raw();
+                // The artificial rotate before the first format description carries a checksum
+                // the decoder does not know to strip yet.
+                if header.log_pos() == 0 && !self.seen_format && self.checksums && raw.len() > 4 {
+                    raw = &raw[..raw.len() - 4];
                 }
+                let name = String::from_utf8_lossy(raw).into_owned();
                 if name != self.position.file {
                     debug!(file = %name, "binary log rotated");
                 }
                 self.position.file = name;
                 self.position.pos = rotate.position();
             }
+            Some(EventData::FormatDescriptionEvent(_)) => self.seen_format = true,
             Some(EventData::XidEvent(_)) => self.commit(end, header.timestamp()).await?,
             Some(EventData::QueryEvent(query)) => {
                 let sql = query.query();
@@ -278,7 +353,6 @@ impl<'a> Session<'a> {
     /// A transaction ended at `end` in the current file.
     async fn commit(&mut self, end: u64, timestamp: u32) -> Result<(), DriverError> {
         self.position.pos = end;
-        self.commit_time = timestamp;
         self.flush().await?;
         if !std::mem::take(&mut self.has_changes) {
             // Nothing of ours: the position moves with the next transaction that has changes.
@@ -340,4 +414,16 @@ fn verify_checksum(event: &Event) -> Result<(), DriverError> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gtids_split() {
+        assert_eq!(split_gtid("0-1-11"), Some((0, 11)));
+        assert_eq!(split_gtid(" 2-100-7"), Some((2, 7)));
+        assert_eq!(split_gtid("3E11FA47-71CA:1-5"), None);
+    }
 }

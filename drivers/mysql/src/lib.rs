@@ -749,8 +749,8 @@ impl etcd_sync_api::Driver for MysqlDriver {
         let start = BinlogPosition::from_position(&from)?;
         let mut conn = self.conn().await?;
         self.require_prerequisites(&mut conn).await?;
-        binlog::validate_position(&mut conn, &start).await?;
         let (_, all, is_mariadb) = self.selected(&mut conn).await?;
+        binlog::validate_position(&mut conn, &start, is_mariadb).await?;
         let tables = Self::matching(&all, tables)?;
         let session = binlog::Session::new(self, conn, tables, start, is_mariadb, out);
         session.run(cancel).await
