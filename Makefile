@@ -3,7 +3,7 @@ SHELL := /bin/bash
 ENV_FILE := /tmp/etcd-sync-testenv/env
 CARGO ?= cargo
 
-.PHONY: all deps build testenv testenv-down demo run test lint fmt clean
+.PHONY: all deps build testenv testenv-down demo demo-mysql run run-mysql test lint fmt clean
 
 all: build
 
@@ -30,6 +30,14 @@ demo: testenv
 run: demo
 	$(CARGO) build --release
 	SYNC_DB_PASSWORD=sync ./target/release/sync --config-file config.example.yaml
+
+## The same against MariaDB: a demo table in its `app` database, synced under /sync-mysql.
+demo-mysql: testenv
+	mariadb -h 127.0.0.1 -P 53306 -u sync -psync app < testenv/mysql-demo.sql
+
+run-mysql: demo-mysql
+	$(CARGO) build --release
+	SYNC_DB_PASSWORD=sync ./target/release/sync --config-file config.mysql.example.yaml
 
 ## Every test: unit tests and the end-to-end tests against the servers of `make testenv`.
 test: testenv

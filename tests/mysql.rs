@@ -345,3 +345,32 @@ async fn table_without_primary_key_is_skipped_or_refused() {
     );
     world.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn works_with_exactly_the_documented_grants() {
+    let world = World::new_mysql("leastpriv").await;
+    world
+        .sql("CREATE TABLE t (id int PRIMARY KEY, v varchar(10)); INSERT INTO t VALUES (1, 'a'), (2, 'b');")
+        .await;
+    world
+        .mysql_admin(
+            "DROP USER IF EXISTS 'least'@'127.0.0.1';
+             CREATE USER 'least'@'127.0.0.1' IDENTIFIED BY 'least';
+             GRANT SELECT, REPLICATION SLAVE, BINLOG MONITOR ON *.* TO 'least'@'127.0.0.1';",
+        )
+        .await;
+    let text = world
+        .config_text(None)
+        .replace("user: sync", "user: least")
+        .replace("${TEST_DB_PASSWORD}", "least");
+    let config = world.write_config(&text);
+    let mut agent = world.start_agent_with(&config);
+    world.wait_for_sync_phase(&mut agent, SYNC_TIMEOUT).await;
+    world
+        .sql("UPDATE t SET v = 'c' WHERE id = 1; DELETE FROM t WHERE id = 2;")
+        .await;
+    wait_for_value(&world, "t/2", None).await;
+    world.wait_converged(Some(&agent), CONVERGE_TIMEOUT).await;
+    drop(agent);
+    world.cleanup().await;
+}
