@@ -1,13 +1,15 @@
 //! One session on the binary log: row events to the engine's changes, XID/COMMIT as the
 //! transaction boundary, DDL as a cue to reload column types.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use etcd_sync_api::{Change, DriverError, Row, StreamEvent, Value};
 use futures_util::StreamExt;
-use mysql_async::binlog::events::{Event, EventData, RowsEventData};
+use mysql_async::binlog::events::{
+    Event, EventData, OptionalMetaExtractor, RowsEventData, TableMapEvent,
+};
 use mysql_async::binlog::row::BinlogRow;
 use mysql_async::binlog::value::BinlogValue;
 use mysql_async::prelude::Queryable;
@@ -112,6 +114,8 @@ pub struct Session<'a> {
     out: mpsc::Sender<StreamEvent>,
     batch: Vec<Change>,
     has_changes: bool,
+    /// Table map ids whose column names were compared with information_schema.
+    checked_table_maps: HashSet<u64>,
     /// The server writes event checksums (`binlog_checksum` is not NONE).
     checksums: bool,
     seen_format: bool,
@@ -139,6 +143,7 @@ impl<'a> Session<'a> {
             out,
             batch: Vec::new(),
             has_changes: false,
+            checked_table_maps: HashSet::new(),
             checksums: true,
             seen_format: false,
         }
@@ -295,6 +300,23 @@ impl<'a> Session<'a> {
         let Some(mut table) = self.tables.get(&key).cloned() else {
             return Ok(());
         };
+        if !self.checked_table_maps.contains(&rows.table_id()) {
+            // With binlog_row_metadata=FULL the table map names the columns: a difference
+            // from what information_schema said means a DDL we have not caught up with.
+            let names = column_names(tme);
+            if !names.is_empty() && !same_columns(&names, &table) {
+                self.reload_tables().await?;
+                table = self.tables.get(&key).cloned().ok_or(DriverError::Stopped)?;
+                if !same_columns(&names, &table) {
+                    return Err(DriverError::Protocol(format!(
+                        "table {}: the binary log's columns {names:?} differ from information_schema's; \
+                         the table changed again since this event (see the README's schema-change limits)",
+                        table.schema.id
+                    )));
+                }
+            }
+            self.checked_table_maps.insert(rows.table_id());
+        }
         if tme.columns_count() as usize != table.types.len() {
             // A DDL we did not see as such (or that raced our reload).
             self.reload_tables().await?;
@@ -364,6 +386,24 @@ impl<'a> Session<'a> {
         };
         self.out.send(event).await.map_err(|_| DriverError::Stopped)
     }
+}
+
+/// The column names a table map carries (empty unless `binlog_row_metadata=FULL`).
+fn column_names(tme: &TableMapEvent<'_>) -> Vec<String> {
+    OptionalMetaExtractor::new(tme.iter_optional_meta())
+        .map(|meta| {
+            meta.iter_column_name()
+                .filter_map(|name| name.ok().map(|n| n.name().into_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn same_columns(names: &[String], table: &MyTable) -> bool {
+    names
+        .iter()
+        .map(String::as_str)
+        .eq(table.schema.columns.iter().map(|c| c.name.as_str()))
 }
 
 fn to_row(table: &MyTable, row: BinlogRow) -> Result<Row, DriverError> {

@@ -627,6 +627,34 @@ mod tests {
         }
     }
 
+    /// MySQL's binary JSON (as the binary log carries it) for `{"a": 1, "b": [true, "x"]}`,
+    /// built to the format's layout, gives the same text as the dumped `{"a": 1, "b": [true, "x"]}`.
+    #[test]
+    fn binary_json_matches_the_dumped_text() {
+        use mysql_common::binlog::jsonb;
+        use mysql_common::io::ParseBuf;
+        // Array [true, "x"]: count, size, two value entries, then the string "x".
+        let array: Vec<u8> = vec![2, 0, 12, 0, 0x04, 1, 0, 0x0c, 10, 0, 1, b'x'];
+        // Object: count, size, two key entries, two value entries, keys, then the array.
+        let mut object: Vec<u8> = vec![2, 0];
+        let size = 2 + 2 + 4 * 2 + 3 * 2 + 2 + array.len();
+        object.extend_from_slice(&(size as u16).to_le_bytes());
+        object.extend_from_slice(&[18, 0, 1, 0, 19, 0, 1, 0]);
+        object.extend_from_slice(&[0x05, 1, 0]); // int16 1, inlined
+        object.extend_from_slice(&[0x02, 20, 0]); // small array at offset 20
+        object.extend_from_slice(b"ab");
+        object.extend_from_slice(&array);
+        let mut bytes = vec![0x00]; // small object
+        bytes.extend_from_slice(&object);
+        let parsed: jsonb::Value<'_> = ParseBuf(&bytes).parse(()).unwrap();
+        let from_binlog = json_value(serde_json::Value::try_from(parsed).unwrap());
+        let from_dump = MyType::Json
+            .literal_value(Literal::String(br#"{"a": 1, "b": [true, "x"]}"#.to_vec()))
+            .unwrap();
+        assert_eq!(from_binlog, from_dump);
+        assert_eq!(from_dump, Value::Json(r#"{"a":1,"b":[true,"x"]}"#.into()));
+    }
+
     #[test]
     fn mapped_forms() {
         let ts = MyType::Timestamp { fsp: 0 };
