@@ -43,21 +43,6 @@ fn typed_json(a: i32, b: &str) -> String {
     )
 }
 
-async fn wait_for_value(world: &World, key: &str, want: Option<&str>) {
-    let deadline = std::time::Instant::now() + CONVERGE_TIMEOUT;
-    loop {
-        let got = world.etcd_value(key).await;
-        if got.as_deref() == want {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{key}: waited for {want:?}, etcd has {got:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dump_then_binlog_every_kind_of_change() {
     let world = World::new_mysql("changes").await;
@@ -86,7 +71,9 @@ async fn dump_then_binlog_every_kind_of_change() {
 
     // The binary log gives the same bytes for the same row.
     world.sql(&typed_insert(2, "x/y%z")).await;
-    wait_for_value(&world, "typed/2/x%2Fy%25z", Some(&typed_json(2, "x/y%z"))).await;
+    world
+        .wait_for_value("typed/2/x%2Fy%25z", Some(&typed_json(2, "x/y%z")))
+        .await;
 
     // Multi-row and multi-table transactions, updates, deletes, a key change.
     world
@@ -99,13 +86,13 @@ async fn dump_then_binlog_every_kind_of_change() {
              COMMIT;",
         )
         .await;
-    wait_for_value(&world, "users/3", None).await;
+    world.wait_for_value("users/3", None).await;
     assert_eq!(
         world.etcd_value("users/1").await.as_deref(),
         Some(r#"{"id":1,"email":"changed@example.com","bio":null}"#)
     );
     world.sql("UPDATE users SET id = 100 WHERE id = 10").await;
-    wait_for_value(&world, "users/10", None).await;
+    world.wait_for_value("users/10", None).await;
     assert_eq!(
         world.etcd_value("users/100").await.as_deref(),
         Some(r#"{"id":100,"email":"new@example.com","bio":"short"}"#)
@@ -118,12 +105,12 @@ async fn dump_then_binlog_every_kind_of_change() {
     world
         .sql("INSERT INTO users VALUES (200, 'late@example.com', NULL, 'pro')")
         .await;
-    wait_for_value(
-        &world,
-        "users/200",
-        Some(r#"{"id":200,"email":"late@example.com","bio":null,"plan":"pro"}"#),
-    )
-    .await;
+    world
+        .wait_for_value(
+            "users/200",
+            Some(r#"{"id":200,"email":"late@example.com","bio":null,"plan":"pro"}"#),
+        )
+        .await;
     world.sql("UPDATE users SET plan = 'basic'").await;
     world.sql("UPDATE typed SET i = i + 0, vc = 'v'").await;
     world.wait_converged(Some(&agent), CONVERGE_TIMEOUT).await;
@@ -369,7 +356,7 @@ async fn works_with_exactly_the_documented_grants() {
     world
         .sql("UPDATE t SET v = 'c' WHERE id = 1; DELETE FROM t WHERE id = 2;")
         .await;
-    wait_for_value(&world, "t/2", None).await;
+    world.wait_for_value("t/2", None).await;
     world.wait_converged(Some(&agent), CONVERGE_TIMEOUT).await;
     drop(agent);
     world.cleanup().await;

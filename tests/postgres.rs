@@ -56,21 +56,6 @@ INSERT INTO users SELECT i, 'u' || i || '@example.com', NULL FROM generate_serie
 INSERT INTO billing.invoices SELECT i, i * 1.25 FROM generate_series(1, 20) i;
 INSERT INTO order_items SELECT i / 3, i % 3, 'sku-' || i FROM generate_series(0, 29) i;";
 
-async fn wait_for_value(world: &World, key: &str, want: Option<&str>) {
-    let deadline = std::time::Instant::now() + CONVERGE_TIMEOUT;
-    loop {
-        let got = world.etcd_value(key).await;
-        if got.as_deref() == want {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{key}: waited for {want:?}, etcd has {got:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dump_then_stream_every_kind_of_change() {
     let world = World::new("changes").await;
@@ -96,7 +81,9 @@ async fn dump_then_stream_every_kind_of_change() {
 
     // The stream gives the same bytes for the same row.
     world.sql(&typed_insert(2, "x/y%z")).await;
-    wait_for_value(&world, "typed/2/x%2Fy%25z", Some(&typed_json(2, "x/y%z"))).await;
+    world
+        .wait_for_value("typed/2/x%2Fy%25z", Some(&typed_json(2, "x/y%z")))
+        .await;
 
     // Inserts, updates, deletes, several tables in one transaction.
     world
@@ -110,7 +97,7 @@ async fn dump_then_stream_every_kind_of_change() {
              COMMIT;",
         )
         .await;
-    wait_for_value(&world, "users/2", None).await;
+    world.wait_for_value("users/2", None).await;
     assert_eq!(
         world.etcd_value("users/1").await.as_deref(),
         Some(r#"{"id":1,"email":"changed@example.com","bio":null}"#)
@@ -118,7 +105,7 @@ async fn dump_then_stream_every_kind_of_change() {
 
     // A primary-key change moves the row.
     world.sql("UPDATE users SET id = 101 WHERE id = 100").await;
-    wait_for_value(&world, "users/100", None).await;
+    world.wait_for_value("users/100", None).await;
     assert_eq!(
         world.etcd_value("users/101").await.as_deref(),
         Some(r#"{"id":101,"email":"new@example.com","bio":"short"}"#)
@@ -133,7 +120,7 @@ async fn dump_then_stream_every_kind_of_change() {
         .sql("UPDATE users SET email = 'toast@example.com' WHERE id = 5")
         .await;
     world.sql("UPDATE users SET id = 500 WHERE id = 5").await;
-    wait_for_value(&world, "users/5", None).await;
+    world.wait_for_value("users/5", None).await;
     let moved = world.etcd_value("users/500").await.expect("users/500");
     assert!(
         moved.contains("toast@example.com") && moved.len() > 128_000,
@@ -146,7 +133,7 @@ async fn dump_then_stream_every_kind_of_change() {
     world
         .sql("BEGIN; TRUNCATE billing.invoices; INSERT INTO billing.invoices VALUES (1, 9.99); COMMIT;")
         .await;
-    wait_for_value(&world, "billing.invoices/2", None).await;
+    world.wait_for_value("billing.invoices/2", None).await;
     assert_eq!(
         world.etcd_value("billing.invoices/1").await.as_deref(),
         Some(r#"{"id":1,"amount":"9.99"}"#)
@@ -159,12 +146,12 @@ async fn dump_then_stream_every_kind_of_change() {
     world
         .sql("INSERT INTO users VALUES (200, 'late@example.com', NULL, 'pro')")
         .await;
-    wait_for_value(
-        &world,
-        "users/200",
-        Some(r#"{"id":200,"email":"late@example.com","bio":null,"plan":"pro"}"#),
-    )
-    .await;
+    world
+        .wait_for_value(
+            "users/200",
+            Some(r#"{"id":200,"email":"late@example.com","bio":null,"plan":"pro"}"#),
+        )
+        .await;
     // Rows untouched since keep their old form until they change (see the README); touching
     // them all makes etcd equal the database again.
     world.sql("UPDATE users SET plan = plan").await;
@@ -546,7 +533,7 @@ async fn a_changed_table_selection_is_dumped() {
         agent.log()
     );
     world.sql("INSERT INTO b VALUES (3)").await;
-    wait_for_value(&world, "b/3", Some(r#"{"id":3}"#)).await;
+    world.wait_for_value("b/3", Some(r#"{"id":3}"#)).await;
     drop(agent);
     world.cleanup().await;
 }

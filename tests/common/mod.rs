@@ -311,15 +311,19 @@ impl World {
         }
     }
 
-    /// Creates this test's database on another MariaDB of the test environment.
-    pub async fn create_mysql_database_on(&self, port: &str) {
-        let admin = mysql_pool(
+    fn mysql_admin_pool(&self, port: &str) -> mysql_async::Pool {
+        mysql_pool(
             &self.env,
             port,
             &self.env.get("MYSQL_ADMIN_USER"),
             &self.env.get("MYSQL_ADMIN_PASSWORD"),
             None,
-        );
+        )
+    }
+
+    /// Creates this test's database on another MariaDB of the test environment.
+    pub async fn create_mysql_database_on(&self, port: &str) {
+        let admin = self.mysql_admin_pool(port);
         mysql_exec(
             &admin,
             &format!(
@@ -333,13 +337,7 @@ impl World {
 
     /// Runs a statement as the MariaDB administrator (grants, users).
     pub async fn mysql_admin(&self, sql: &str) {
-        let admin = mysql_pool(
-            &self.env,
-            &self.env.get("MYSQL_PORT"),
-            &self.env.get("MYSQL_ADMIN_USER"),
-            &self.env.get("MYSQL_ADMIN_PASSWORD"),
-            None,
-        );
+        let admin = self.mysql_admin_pool(&self.env.get("MYSQL_PORT"));
         mysql_exec(&admin, sql).await;
         let _ = admin.disconnect().await;
     }
@@ -384,6 +382,22 @@ impl World {
             .await
             .unwrap();
         response.count()
+    }
+
+    /// Waits until `<prefix>/<key_suffix>` holds `want` (`None`: absent).
+    pub async fn wait_for_value(&self, key_suffix: &str, want: Option<&str>) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got = self.etcd_value(key_suffix).await;
+            if got.as_deref() == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{key_suffix}: waited for {want:?}, etcd has {got:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The stored state, as JSON.
@@ -461,17 +475,10 @@ impl World {
 
     /// Drops the database and slot; etcd prefixes are left for inspection.
     pub async fn cleanup(self) {
-        if let Source::Mysql(pool) = self.source {
-            let _ = pool.disconnect().await;
-            let admin = mysql_pool(
-                &self.env,
-                &self.env.get("MYSQL_PORT"),
-                &self.env.get("MYSQL_ADMIN_USER"),
-                &self.env.get("MYSQL_ADMIN_PASSWORD"),
-                None,
-            );
-            mysql_exec(&admin, &format!("DROP DATABASE IF EXISTS {}", self.name)).await;
-            let _ = admin.disconnect().await;
+        if let Source::Mysql(pool) = &self.source {
+            let _ = pool.clone().disconnect().await;
+            self.mysql_admin(&format!("DROP DATABASE IF EXISTS {}", self.name))
+                .await;
             return;
         }
         let admin = pg_connect(

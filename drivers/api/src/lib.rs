@@ -184,6 +184,39 @@ pub struct Selection {
     pub skipped: Vec<(TableId, String)>,
 }
 
+impl Selection {
+    /// `check`'s lines for a selection, or for the error that prevented it.
+    pub fn check_items(selection: Result<Selection, DriverError>) -> Vec<CheckItem> {
+        let selection = match selection {
+            Ok(selection) => selection,
+            Err(e) => return vec![CheckItem::fail("tables", error_chain(&e))],
+        };
+        let mut items: Vec<CheckItem> = selection
+            .tables
+            .iter()
+            .map(|table| {
+                CheckItem::ok(
+                    format!("table {}", table.id),
+                    format!("primary key ({})", table.key_column_names().join(", ")),
+                )
+            })
+            .collect();
+        for (table, reason) in &selection.skipped {
+            items.push(CheckItem::warn(
+                format!("table {table}"),
+                format!("skipped: {reason}"),
+            ));
+        }
+        if selection.tables.is_empty() {
+            items.push(CheckItem::fail(
+                "tables",
+                "no table selected: create one with a primary key or fix tables.include",
+            ));
+        }
+        items
+    }
+}
+
 /// Which tables the user asked for: names as written in the config.
 #[derive(Debug, Clone, Default)]
 pub struct TableFilter {

@@ -685,29 +685,11 @@ impl etcd_sync_api::Driver for MysqlDriver {
             Ok(more) => items.extend(more),
             Err(e) => items.push(CheckItem::fail("prerequisites", error_chain(&e))),
         }
-        match self.selected(&mut conn).await {
-            Ok((selection, _, _)) => {
-                for table in &selection.tables {
-                    items.push(CheckItem::ok(
-                        format!("table {}", table.id),
-                        format!("primary key ({})", table.key_column_names().join(", ")),
-                    ));
-                }
-                for (table, reason) in &selection.skipped {
-                    items.push(CheckItem::warn(
-                        format!("table {table}"),
-                        format!("skipped: {reason}"),
-                    ));
-                }
-                if selection.tables.is_empty() {
-                    items.push(CheckItem::fail(
-                        "tables",
-                        "no table selected: create one with a primary key or fix tables.include",
-                    ));
-                }
-            }
-            Err(e) => items.push(CheckItem::fail("tables", error_chain(&e))),
-        }
+        items.extend(Selection::check_items(
+            self.selected(&mut conn)
+                .await
+                .map(|(selection, _, _)| selection),
+        ));
         items
     }
 
