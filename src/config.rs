@@ -22,6 +22,7 @@ pub mod defaults {
     /// Below etcd's default `--max-request-bytes` (1.5 MiB) with room for the txn's framing.
     pub const MAX_TXN_BYTES: usize = 1024 * 1024;
     pub const DUMP_TXNS_IN_FLIGHT: usize = 8;
+    pub const READY_LAG_SECONDS: f64 = 10.0;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,44 @@ pub struct Config {
     pub tables: TablesConfig,
     #[serde(default)]
     pub etcd: EtcdConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// Where to start streaming when there is no state yet, instead of dumping.
+    pub start: Option<StartConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` for `/metrics`, `/healthz` and `/readyz`; off when unset.
+    #[serde(default, deserialize_with = "env_opt_string")]
+    pub listen: Option<String>,
+    /// `/readyz` fails when the last applied transaction was older than this at apply time.
+    #[serde(default = "default_ready_lag_seconds")]
+    pub ready_lag_seconds: f64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            ready_lag_seconds: default_ready_lag_seconds(),
+        }
+    }
+}
+
+/// A start position, as operators of other CDC tools give it: PostgreSQL `lsn`, MySQL
+/// `file` + `position`, or MariaDB `gtid`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartConfig {
+    #[serde(default, deserialize_with = "env_opt_string")]
+    pub lsn: Option<String>,
+    #[serde(default, deserialize_with = "env_opt_string")]
+    pub gtid: Option<String>,
+    #[serde(default, deserialize_with = "env_opt_string")]
+    pub file: Option<String>,
+    pub position: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -154,6 +193,9 @@ impl Default for EtcdConfig {
 
 fn default_host() -> String {
     "127.0.0.1".into()
+}
+fn default_ready_lag_seconds() -> f64 {
+    defaults::READY_LAG_SECONDS
 }
 fn default_mysqldump() -> String {
     defaults::MYSQLDUMP.into()
@@ -324,6 +366,25 @@ impl Config {
         }
     }
 
+    /// The configured start position in the driver's position format.
+    pub fn start_position(&self) -> Option<etcd_sync_api::Position> {
+        let start = self.start.as_ref()?;
+        let json = match self.database.driver {
+            DriverKind::Postgres => serde_json::json!({ "lsn": start.lsn }),
+            DriverKind::Mysql => {
+                let mut p = serde_json::json!({
+                    "file": start.file.clone().unwrap_or_default(),
+                    "pos": start.position.unwrap_or(4),
+                });
+                if let Some(gtid) = &start.gtid {
+                    p["gtid"] = gtid.clone().into();
+                }
+                p
+            }
+        };
+        Some(etcd_sync_api::Position(json))
+    }
+
     /// The binary-log replica id: configured, or derived from where this agent reads and
     /// writes, so it stays the same across restarts and differs between agents.
     pub fn mysql_server_id(&self) -> u32 {
@@ -430,11 +491,54 @@ impl Config {
         if etcd.max_txn_bytes < 4096 {
             p.push("etcd.max_txn_bytes: must be at least 4096".into());
         }
+        if let Some(listen) = &self.metrics.listen {
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                p.push(format!(
+                    "metrics.listen: {listen:?} is not host:port (e.g. 127.0.0.1:9187)"
+                ));
+            }
+        }
+        let lag = self.metrics.ready_lag_seconds;
+        if lag.is_nan() || lag <= 0.0 {
+            p.push("metrics.ready_lag_seconds: must be positive".into());
+        }
+        if let Some(start) = &self.start {
+            match db.driver {
+                DriverKind::Postgres => {
+                    if start.gtid.is_some() || start.file.is_some() || start.position.is_some() {
+                        p.push("start: PostgreSQL takes start.lsn only".into());
+                    }
+                    match &start.lsn {
+                        None => {
+                            p.push("start.lsn: required for PostgreSQL (e.g. 0/16B3748)".into())
+                        }
+                        Some(lsn) if !is_lsn(lsn) => {
+                            p.push(format!("start.lsn: {lsn:?} is not an LSN (e.g. 0/16B3748)"))
+                        }
+                        Some(_) => {}
+                    }
+                }
+                DriverKind::Mysql => {
+                    if start.lsn.is_some() {
+                        p.push("start.lsn: for PostgreSQL; MySQL takes start.file + start.position, or start.gtid (MariaDB)".into());
+                    }
+                    if start.gtid.is_none() && (start.file.is_none() || start.position.is_none()) {
+                        p.push("start: MySQL needs start.file and start.position, or start.gtid (MariaDB)".into());
+                    }
+                }
+            }
+        }
         if etcd.dump_txns_in_flight == 0 || etcd.dump_txns_in_flight > 256 {
             p.push("etcd.dump_txns_in_flight: must be between 1 and 256".into());
         }
         p
     }
+}
+
+fn is_lsn(text: &str) -> bool {
+    text.split_once('/').is_some_and(|(high, low)| {
+        u32::from_str_radix(high, 16).is_ok() && u32::from_str_radix(low, 16).is_ok()
+    })
 }
 
 fn is_identifier(name: &str) -> bool {
@@ -591,6 +695,28 @@ mod tests {
         assert_ne!(a.mysql_server_id(), b.mysql_server_id());
         let c = parse(&format!("{text}  mysql:\n    server_id: 42\n")).unwrap();
         assert_eq!(c.mysql_server_id(), 42);
+    }
+
+    #[test]
+    fn start_positions_are_checked_per_driver() {
+        let pg = format!("{MINIMAL}start:\n  lsn: 0/16B3748\n");
+        assert_eq!(
+            parse(&pg).unwrap().start_position().unwrap().0,
+            serde_json::json!({"lsn": "0/16B3748"})
+        );
+        let err = parse(&format!("{MINIMAL}start:\n  lsn: nope\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("start.lsn"), "{err}");
+        let my = "database:\n  driver: mysql\n  user: u\n  name: n\nstart:\n  file: binlog.000002\n  position: 4\n";
+        assert_eq!(
+            parse(my).unwrap().start_position().unwrap().0,
+            serde_json::json!({"file": "binlog.000002", "pos": 4})
+        );
+        let err = parse("database:\n  driver: mysql\n  user: u\n  name: n\nstart:\n  file: b.1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("start.file and start.position"), "{err}");
     }
 
     #[test]

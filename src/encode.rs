@@ -37,10 +37,15 @@ pub fn escape_segment(segment: &str, out: &mut String) {
 
 /// `<prefix>/<table>/`: every key of the table starts with it.
 pub fn table_prefix(prefix: &str, table: &TableId) -> String {
-    let mut out = String::with_capacity(prefix.len() + table.name.len() + 2);
+    table_name_prefix(prefix, &table.to_string())
+}
+
+/// [`table_prefix`] for a table named as it is printed (`table` or `schema.table`).
+pub fn table_name_prefix(prefix: &str, table: &str) -> String {
+    let mut out = String::with_capacity(prefix.len() + table.len() + 2);
     out.push_str(prefix);
     out.push('/');
-    escape_segment(&table.to_string(), &mut out);
+    escape_segment(table, &mut out);
     out.push('/');
     out
 }

@@ -4,7 +4,10 @@
 //! saw or wrote. A second agent that writes the state makes the first one's next txn fail
 //! instead of both writing.
 
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::metrics::Metrics;
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, Txn, TxnOp, TxnOpResponse,
@@ -139,6 +142,7 @@ pub struct Store {
     fence: i64,
     agent: String,
     tables: Vec<String>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Store {
@@ -161,7 +165,14 @@ impl Store {
             fence: 0,
             agent: format!("{host}:{}", std::process::id()),
             tables: Vec::new(),
+            metrics: None,
         })
+    }
+
+    /// Records every write txn's latency in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The tables the states written from now on cover.
@@ -255,11 +266,15 @@ impl Store {
             )])
             .and_then(ops)
             .or_else([TxnOp::get(self.state_key.as_str(), None)]);
+        let started = Instant::now();
         let response = self
             .kv()
             .txn(txn)
             .await
             .map_err(|e| EtcdError::client(format!("txn of {count} operations"), e))?;
+        if let Some(metrics) = &self.metrics {
+            metrics.etcd_txn(started.elapsed());
+        }
         let revision = response.header().map_or(0, |h| h.revision());
         if response.succeeded() {
             return Ok(revision);
@@ -292,6 +307,19 @@ impl Store {
             .kvs()
             .first()
             .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
+
+    /// How many keys there are under `prefix`.
+    pub async fn count(&self, prefix: &str) -> Result<i64, EtcdError> {
+        let response = self
+            .kv()
+            .get(
+                prefix,
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
+            .await
+            .map_err(|e| EtcdError::client(format!("counting {prefix}"), e))?;
+        Ok(response.count())
     }
 
     /// Pages through the keys under `prefix`; with values when `with_values`.

@@ -9,6 +9,8 @@ pub mod config;
 pub mod encode;
 pub mod engine;
 pub mod etcd;
+pub mod metrics;
+pub mod status;
 pub mod verify;
 
 use config::{Config, DriverKind};
@@ -27,6 +29,9 @@ pub fn engine_settings(config: &Config) -> engine::Settings {
         max_txn_ops: config.etcd.max_txn_ops,
         max_txn_bytes: config.etcd.max_txn_bytes,
         dump_txns_in_flight: config.etcd.dump_txns_in_flight,
+        metrics: std::sync::Arc::new(metrics::Metrics::default()),
+        metrics_served: config.metrics.listen.is_some(),
+        start: config.start_position(),
     }
 }
 

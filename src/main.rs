@@ -11,10 +11,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("ETCD_SYNC_GIT_REVISION"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "sync",
-    version,
+    version = VERSION,
     about = "Keeps an etcd prefix equal to a SQL database"
 )]
 struct Cli {
@@ -44,6 +51,12 @@ enum Command {
     Check,
     /// Compare the database with etcd; exit 1 on any difference.
     Verify,
+    /// Show the stored state, how far behind the source it is, and keys per table.
+    Status {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn init_logging(cli: &Cli) {
@@ -96,8 +109,20 @@ async fn run_command<D: Driver>(
         Command::Run => {
             let cancel = CancellationToken::new();
             cancel_on_signals(cancel.clone())?;
+            if let Some(listen) = &config.metrics.listen {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("metrics.listen: cannot listen on {listen}"))?;
+                info!(%listen, "serving /metrics, /healthz and /readyz");
+                tokio::spawn(etcd_sync::metrics::serve(
+                    listener,
+                    settings.metrics.clone(),
+                    config.metrics.ready_lag_seconds,
+                    cancel.clone(),
+                ));
+            }
             info!(
-                version = env!("CARGO_PKG_VERSION"),
+                version = VERSION,
                 prefix = %settings.prefix,
                 state_prefix = %settings.state_prefix,
                 "etcd-sync starting"
@@ -106,6 +131,18 @@ async fn run_command<D: Driver>(
                 .await
                 .map_err(|e| anyhow::anyhow!(etcd_sync::error_chain(&e)))?;
             info!("stopped cleanly");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } => {
+            let status = etcd_sync::status::status(&driver, &settings)
+                .await
+                .map_err(|e| anyhow::anyhow!(etcd_sync::error_chain(&e)))
+                .context("status")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{status}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Check => {

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use etcd_sync_api::{Change, Driver, DriverError, Position, StreamEvent, TableSchema};
 use tokio::sync::{mpsc, watch};
@@ -16,10 +16,12 @@ use tracing::info;
 use super::{EngineError, Settings};
 use crate::encode::{encode_row, has_unchanged, row_key, table_prefix};
 use crate::etcd::{Op, Phase, Store};
+use crate::metrics::ChangeLabels;
 
 /// Stream events buffered between the driver and the applier.
 const STREAM_CHANNEL_EVENTS: usize = 64;
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+const LAG_BYTES_EVERY: Duration = Duration::from_secs(10);
 
 pub async fn sync<D: Driver>(
     driver: &Arc<D>,
@@ -43,9 +45,17 @@ pub async fn sync<D: Driver>(
                 .await
         }
     });
+    settings.metrics.set_phase(Phase::Sync);
+    let gauges = tokio::spawn(watch_position(
+        driver.clone(),
+        ack_tx.subscribe(),
+        settings.clone(),
+        stream_cancel.clone(),
+    ));
     let applied = Applier::new(store, settings, ack_tx, progressed)
         .run(rx)
         .await;
+    gauges.abort();
     if applied.is_err() {
         stream_cancel.cancel();
     }
@@ -66,6 +76,38 @@ pub async fn sync<D: Driver>(
         (Err(e), _) => Err(e),
         (Ok(()), Ok(())) | (Ok(()), Err(DriverError::Stopped)) => Ok(()),
         (Ok(()), Err(e)) => Err(e.into()),
+    }
+}
+
+/// Keeps the position gauges current: the committed position as a number at once, the
+/// source's lag in bytes every [`LAG_BYTES_EVERY`] (a query on the source, so only when the
+/// metrics are served).
+async fn watch_position<D: Driver>(
+    driver: Arc<D>,
+    mut acks: watch::Receiver<Position>,
+    settings: Settings,
+    cancel: CancellationToken,
+) {
+    let mut lag_timer = tokio::time::interval(LAG_BYTES_EVERY);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = acks.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let position = acks.borrow_and_update().clone();
+                if let Some(n) = driver.position_number(&position) {
+                    settings.metrics.position.set(i64::try_from(n).unwrap_or(i64::MAX));
+                }
+            }
+            _ = lag_timer.tick(), if settings.metrics_served => {
+                let position = acks.borrow().clone();
+                if let Ok(Some(bytes)) = driver.lag_bytes(&position).await {
+                    settings.metrics.lag_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+                }
+            }
+        }
     }
 }
 
@@ -133,6 +175,8 @@ struct Applier<'a> {
     /// Complete transactions not yet written, and the position after the last of them.
     committed: Batch,
     committed_position: Option<Position>,
+    /// Source commit time of the last of them, for the lag.
+    committed_at: Option<SystemTime>,
     /// The transaction in progress.
     current: Batch,
     /// Operations per txn, one kept for the state.
@@ -162,6 +206,7 @@ impl<'a> Applier<'a> {
             progressed,
             committed: Batch::default(),
             committed_position: None,
+            committed_at: None,
             current: Batch::default(),
             max_ops: settings.max_txn_ops - 1,
             stats: Stats::default(),
@@ -176,12 +221,18 @@ impl<'a> Applier<'a> {
                 StreamEvent::Changes(changes) => {
                     for change in changes {
                         self.stats.changes += 1;
+                        self.count(&change);
                         self.apply(change).await?;
                     }
                 }
-                StreamEvent::Commit { position, .. } => {
+                StreamEvent::Commit {
+                    position,
+                    committed_at,
+                } => {
                     self.stats.transactions += 1;
+                    self.settings.metrics.source_transactions.inc();
                     self.end_transaction(position).await?;
+                    self.committed_at = committed_at;
                     // Group commit: write when the stream has nothing more ready; what arrives
                     // during the write joins the next txn.
                     if rx.is_empty() {
@@ -192,6 +243,26 @@ impl<'a> Applier<'a> {
             self.log_progress();
         }
         self.write_committed().await
+    }
+
+    fn count(&self, change: &Change) {
+        let (tables, op): (Vec<&Arc<TableSchema>>, &'static str) = match change {
+            Change::Insert { table, .. } => (vec![table], "insert"),
+            Change::Update { table, .. } => (vec![table], "update"),
+            Change::Delete { table, .. } => (vec![table], "delete"),
+            Change::Truncate { tables } => (tables.iter().collect(), "truncate"),
+        };
+        for table in tables {
+            let labels = ChangeLabels {
+                table: table.id.to_string(),
+                op,
+            };
+            self.settings
+                .metrics
+                .changes_applied
+                .get_or_create(&labels)
+                .inc();
+        }
     }
 
     async fn apply(&mut self, change: Change) -> Result<(), EngineError> {
@@ -331,6 +402,11 @@ impl<'a> Applier<'a> {
         self.store.commit(ops, Some(&state)).await?;
         self.stats.txns += 1;
         *self.progressed = true;
+        if let Some(at) = self.committed_at.take() {
+            self.settings
+                .metrics
+                .set_lag(SystemTime::now().duration_since(at).unwrap_or_default());
+        }
         // The driver may be gone already (shutdown); the position is durable either way.
         let _ = self.ack.send(position);
         Ok(())

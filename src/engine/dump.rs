@@ -1,6 +1,9 @@
 //! The dump phase: a consistent snapshot into etcd, then the removal of keys it did not write.
 
 use std::collections::HashMap;
+use std::io::IsTerminal;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +16,7 @@ use tracing::info;
 use super::{EngineError, Settings};
 use crate::encode::{encode_row, row_key, table_prefix};
 use crate::etcd::{EtcdError, Op, Phase, Store, Writer};
+use crate::metrics::TableLabels;
 
 /// Row batches buffered between the driver and etcd.
 const DUMP_CHANNEL_BATCHES: usize = 16;
@@ -51,13 +55,32 @@ pub async fn dump<D: Driver>(
                 DumpEvent::TableStarted {
                     table,
                     estimated_rows,
-                } => progress.started(&table.id, estimated_rows),
+                } => {
+                    let labels = TableLabels {
+                        table: table.id.to_string(),
+                    };
+                    let estimate = estimated_rows.unwrap_or(0).try_into().unwrap_or(i64::MAX);
+                    settings
+                        .metrics
+                        .rows_estimated
+                        .get_or_create(&labels)
+                        .set(estimate);
+                    progress.started(&table.id, estimated_rows)
+                }
                 DumpEvent::Rows { table, rows } => {
                     for row in &rows {
                         let key = row_key(&settings.prefix, &table, row)?;
                         let value = encode_row(&table, row, None)?;
                         writer.put(&table.id, key, value).await?;
                     }
+                    let labels = TableLabels {
+                        table: table.id.to_string(),
+                    };
+                    settings
+                        .metrics
+                        .rows_dumped
+                        .get_or_create(&labels)
+                        .inc_by(rows.len() as u64);
                     progress.rows(&table.id, rows.len() as u64);
                 }
                 DumpEvent::TableDone { table, rows } => progress.done(&table.id, rows),
@@ -85,6 +108,7 @@ pub async fn dump<D: Driver>(
     let deleted = delete_stale(store, tables, settings, start_revision).await?;
     let state = store.state(Phase::Sync, Some(position.clone()));
     store.commit(vec![], Some(&state)).await?;
+    settings.metrics.set_phase(Phase::Sync);
     info!(
         rows = progress.total(),
         stale_keys_deleted = deleted,
@@ -207,28 +231,51 @@ impl BatchWriter {
     }
 }
 
-/// Per-table dump progress for the log.
-#[derive(Default)]
+/// Per-table dump progress: log lines, and bars when stderr is a terminal.
 struct Progress {
     tables: HashMap<TableId, TableProgress>,
     last_log: Option<Instant>,
+    bars: Option<MultiProgress>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self {
+            tables: HashMap::new(),
+            last_log: None,
+            bars: std::io::stderr().is_terminal().then(MultiProgress::new),
+        }
+    }
 }
 
 struct TableProgress {
     rows: u64,
     estimate: Option<u64>,
     started: Instant,
+    bar: Option<ProgressBar>,
 }
 
 impl Progress {
     fn started(&mut self, table: &TableId, estimate: Option<u64>) {
         info!(%table, estimated_rows = estimate.unwrap_or(0), "dumping table");
+        let bar = self.bars.as_ref().map(|bars| {
+            let bar = bars.add(ProgressBar::new(estimate.unwrap_or(0).max(1)));
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{prefix:>24} {bar:30} {pos}/~{len} rows {per_sec} {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.set_prefix(table.to_string());
+            bar
+        });
         self.tables.insert(
             table.clone(),
             TableProgress {
                 rows: 0,
                 estimate,
                 started: Instant::now(),
+                bar,
             },
         );
     }
@@ -236,9 +283,15 @@ impl Progress {
     fn rows(&mut self, table: &TableId, rows: u64) {
         if let Some(t) = self.tables.get_mut(table) {
             t.rows += rows;
+            if let Some(bar) = &t.bar {
+                if t.rows > bar.length().unwrap_or(0) {
+                    bar.set_length(t.rows);
+                }
+                bar.set_position(t.rows);
+            }
         }
         let now = Instant::now();
-        if self.last_log.is_none_or(|at| now - at >= PROGRESS_EVERY) {
+        if self.bars.is_none() && self.last_log.is_none_or(|at| now - at >= PROGRESS_EVERY) {
             self.last_log = Some(now);
             if let Some(t) = self.tables.get(table) {
                 let secs = t.started.elapsed().as_secs_f64().max(0.001);
@@ -254,6 +307,10 @@ impl Progress {
     }
 
     fn done(&mut self, table: &TableId, rows: u64) {
+        if let Some(bar) = self.tables.get(table).and_then(|t| t.bar.as_ref()) {
+            bar.set_length(rows.max(1));
+            bar.finish();
+        }
         let secs = self
             .tables
             .get(table)

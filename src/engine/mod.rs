@@ -4,12 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_sync_api::{Driver, DriverError, TableId, TableSchema};
+use etcd_sync_api::{Driver, DriverError, Position, TableId, TableSchema};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::encode::EncodeError;
 use crate::etcd::{EtcdError, Phase, Store};
+use crate::metrics::{KindLabels, Metrics};
 
 mod apply;
 mod dump;
@@ -23,6 +24,11 @@ pub struct Settings {
     pub max_txn_ops: usize,
     pub max_txn_bytes: usize,
     pub dump_txns_in_flight: usize,
+    pub metrics: Arc<Metrics>,
+    /// Whether the metrics are served: only then is the source asked for its lag in bytes.
+    pub metrics_served: bool,
+    /// Where to stream from when there is no state, instead of dumping.
+    pub start: Option<Position>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +71,22 @@ enum Action {
 }
 
 impl EngineError {
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EngineError::Driver(DriverError::Transient { .. }) => "source",
+            EngineError::Driver(DriverError::PositionLost(_)) => "position_lost",
+            EngineError::Driver(DriverError::Misconfigured(_)) => "misconfigured",
+            EngineError::Driver(DriverError::Protocol(_)) => "protocol",
+            EngineError::Driver(DriverError::Stopped) | EngineError::Stopped => "stopped",
+            EngineError::Etcd(EtcdError::Fenced { .. }) => "fenced",
+            EngineError::Etcd(_) => "etcd",
+            EngineError::Encode(_) => "encode",
+            EngineError::RowTooLarge { .. } => "row_too_large",
+            EngineError::MaxTxnOpsTooHigh(_) | EngineError::NothingSelected => "misconfigured",
+        }
+    }
+
     fn action(&self) -> Action {
         match self {
             EngineError::Driver(DriverError::Transient { .. }) => Action::Retry,
@@ -125,9 +147,12 @@ pub async fn run<D: Driver>(
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
+        let kind = KindLabels { kind: err.kind() };
         if err.action() != Action::Retry {
+            settings.metrics.errors.get_or_create(&kind).inc();
             return Err(err);
         }
+        settings.metrics.retries.get_or_create(&kind).inc();
         if progressed {
             backoff.reset();
         }
@@ -147,7 +172,9 @@ async fn session<D: Driver>(
     cancel: &CancellationToken,
     progressed: &mut bool,
 ) -> Result<(), EngineError> {
-    let mut store = Store::connect(&settings.endpoints, &settings.state_prefix).await?;
+    let mut store = Store::connect(&settings.endpoints, &settings.state_prefix)
+        .await?
+        .with_metrics(settings.metrics.clone());
     if let Err(e) = store.probe_max_txn_ops(settings.max_txn_ops).await {
         if crate::etcd::is_too_many_ops(&e) {
             return Err(EngineError::MaxTxnOpsTooHigh(settings.max_txn_ops));
@@ -167,6 +194,7 @@ async fn session<D: Driver>(
     names.sort();
     store.set_tables(names.clone());
 
+    let had_state = state.is_some();
     let mut position = match state {
         Some(state) if state.phase == Phase::Sync && state.tables != names => {
             let added: Vec<&String> = names.iter().filter(|n| !state.tables.contains(n)).collect();
@@ -191,11 +219,23 @@ async fn session<D: Driver>(
             info!("the previous dump did not finish; dumping again");
             dump::dump(driver, &mut store, &tables, settings, cancel).await?
         }
-        None => {
-            info!("no state yet; starting with a dump");
-            dump::dump(driver, &mut store, &tables, settings, cancel).await?
-        }
+        None => match &settings.start {
+            Some(start) => {
+                info!(position = %start.0, "no state yet; streaming from the configured start position, without a dump");
+                driver.prepare_start(start, &tables).await?;
+                let state = store.state(Phase::Sync, Some(start.clone()));
+                store.commit(vec![], Some(&state)).await?;
+                start.clone()
+            }
+            None => {
+                info!("no state yet; starting with a dump");
+                dump::dump(driver, &mut store, &tables, settings, cancel).await?
+            }
+        },
     };
+    if had_state && settings.start.is_some() {
+        info!("a state exists: the configured start position is ignored (the stored position keeps the sync incremental)");
+    }
     *progressed = true;
     loop {
         let result = apply::sync(

@@ -335,6 +335,21 @@ impl World {
         let _ = admin.disconnect().await;
     }
 
+    /// The MariaDB server's current binary-log file and position.
+    pub async fn mysql_master_status(&self) -> (String, u64) {
+        use mysql_async::prelude::Queryable;
+        let Source::Mysql(pool) = &self.source else {
+            panic!("not a MySQL test")
+        };
+        let mut conn = pool.get_conn().await.unwrap();
+        let row: mysql_async::Row = conn
+            .query_first("SHOW MASTER STATUS")
+            .await
+            .unwrap()
+            .unwrap();
+        (row.get(0).unwrap(), row.get(1).unwrap())
+    }
+
     /// Runs a statement as the MariaDB administrator (grants, users).
     pub async fn mysql_admin(&self, sql: &str) {
         let admin = self.mysql_admin_pool(&self.env.get("MYSQL_PORT"));
@@ -564,6 +579,37 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A free local port for a server the agent starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` on 127.0.0.1:`port`: the status code and body.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+/// The value of a metric line `name{labels} value` in Prometheus text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 /// A small deterministic generator, so a failing sequence can be replayed.

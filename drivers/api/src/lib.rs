@@ -256,6 +256,24 @@ pub trait Driver: Send + Sync + 'static {
         cancel: CancellationToken,
     ) -> impl Future<Output = Result<(), DriverError>> + Send;
 
+    /// Checks a configured start position against the server and prepares streaming from it
+    /// without a dump (for example the replication slot).
+    fn prepare_start(
+        &self,
+        position: &Position,
+        tables: &[Arc<TableSchema>],
+    ) -> impl Future<Output = Result<(), DriverError>> + Send;
+
+    /// How many bytes of its log the source has written past `position`; `None` when it
+    /// cannot tell.
+    fn lag_bytes(
+        &self,
+        position: &Position,
+    ) -> impl Future<Output = Result<Option<u64>, DriverError>> + Send;
+
+    /// The position as one number for a metrics gauge, when it has one.
+    fn position_number(&self, position: &Position) -> Option<u64>;
+
     /// Reads every row of `tables` in one consistent snapshot without touching replication
     /// state (for `verify`).
     fn read_snapshot(

@@ -738,6 +738,51 @@ impl etcd_sync_api::Driver for MysqlDriver {
         session.run(cancel).await
     }
 
+    async fn prepare_start(
+        &self,
+        position: &Position,
+        _tables: &[Arc<TableSchema>],
+    ) -> Result<(), DriverError> {
+        let start = BinlogPosition::from_position(position)?;
+        let mut conn = self.conn().await?;
+        self.require_prerequisites(&mut conn).await?;
+        let server = Self::server(&mut conn).await?;
+        if start.gtid.is_some() && !server.is_mariadb {
+            return Err(DriverError::Misconfigured(
+                "start.gtid is supported on MariaDB; for MySQL give start.file and start.position"
+                    .into(),
+            ));
+        }
+        binlog::validate_position(&mut conn, &start, server.is_mariadb).await
+    }
+
+    async fn lag_bytes(&self, position: &Position) -> Result<Option<u64>, DriverError> {
+        let position = BinlogPosition::from_position(position)?;
+        let mut conn = self.conn().await?;
+        let logs: Vec<(String, u64)> = conn
+            .query("SHOW BINARY LOGS")
+            .await
+            .map_err(|e| my_error("listing binary logs", e))?
+            .into_iter()
+            .map(|row: mysql_async::Row| {
+                (
+                    row.get::<String, _>(0).unwrap_or_default(),
+                    row.get::<u64, _>(1).unwrap_or(0),
+                )
+            })
+            .collect();
+        let Some(index) = logs.iter().position(|(name, _)| *name == position.file) else {
+            return Ok(None);
+        };
+        let behind = logs[index].1.saturating_sub(position.pos)
+            + logs[index + 1..].iter().map(|(_, size)| size).sum::<u64>();
+        Ok(Some(behind))
+    }
+
+    fn position_number(&self, position: &Position) -> Option<u64> {
+        BinlogPosition::from_position(position).ok().map(|p| p.pos)
+    }
+
     async fn read_snapshot(
         &self,
         tables: &[Arc<TableSchema>],

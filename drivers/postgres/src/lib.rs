@@ -660,6 +660,73 @@ impl etcd_sync_api::Driver for PostgresDriver {
         session.run(cancel).await
     }
 
+    async fn prepare_start(
+        &self,
+        position: &Position,
+        tables: &[Arc<TableSchema>],
+    ) -> Result<(), DriverError> {
+        let start = lsn_of(position)?;
+        let client = self.query_client().await?;
+        self.require_prerequisites(&client).await?;
+        let (_, all, _) = self.selected(&client).await?;
+        let tables = Self::matching(&all, tables)?;
+        self.ensure_publication(&client, &tables).await?;
+        let current: String = query_one(&client, "SELECT pg_current_wal_lsn()::text").await?;
+        let current: Lsn = current.parse().map_err(DriverError::Protocol)?;
+        if start > current {
+            return Err(DriverError::Misconfigured(format!(
+                "start.lsn {start} lies beyond the server's current WAL position {current}"
+            )));
+        }
+        let slot = &self.config.slot;
+        let confirmed = client
+            .query_opt(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[slot],
+            )
+            .await
+            .map_err(|e| pg_error("reading replication slots", e))?;
+        match confirmed {
+            None => {
+                let mut repl = self.replication_connection().await?;
+                repl.simple_query(&format!(
+                    "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
+                    quote_ident(slot)
+                ))
+                .await
+                .map_err(|e| conn_error(&format!("creating replication slot {slot}"), e))?;
+                repl.terminate().await;
+                info!(%slot, "replication slot created for the configured start position");
+                Ok(())
+            }
+            Some(row) => {
+                let confirmed: Option<String> = row.get(0);
+                if let Some(confirmed) = confirmed.and_then(|c| c.parse::<Lsn>().ok()) {
+                    if start < confirmed {
+                        tracing::warn!(
+                            %start, %confirmed,
+                            "start.lsn is before what slot {slot} has confirmed: the server \
+                             streams from {confirmed}; changes in between are not replayed"
+                        );
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn lag_bytes(&self, position: &Position) -> Result<Option<u64>, DriverError> {
+        let lsn = lsn_of(position)?;
+        let client = self.query_client().await?;
+        let current: String = query_one(&client, "SELECT pg_current_wal_lsn()::text").await?;
+        let current: Lsn = current.parse().map_err(DriverError::Protocol)?;
+        Ok(Some(current.0.saturating_sub(lsn.0)))
+    }
+
+    fn position_number(&self, position: &Position) -> Option<u64> {
+        lsn_of(position).ok().map(|lsn| lsn.0)
+    }
+
     async fn read_snapshot(
         &self,
         tables: &[Arc<TableSchema>],

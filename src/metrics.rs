@@ -1,0 +1,253 @@
+//! Prometheus metrics, and the health state `/readyz` reports.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    pub table: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChangeLabels {
+    pub table: String,
+    /// insert, update, delete, truncate
+    pub op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub phase: &'static str,
+}
+
+/// Every metric the agent exports, registered once.
+pub struct Metrics {
+    registry: Registry,
+    phase: Family<PhaseLabels, Gauge>,
+    pub rows_dumped: Family<TableLabels, Counter>,
+    pub rows_estimated: Family<TableLabels, Gauge>,
+    pub changes_applied: Family<ChangeLabels, Counter>,
+    pub source_transactions: Counter,
+    etcd_txns: Counter,
+    etcd_txn_seconds: Histogram,
+    lag_seconds: Gauge<f64, AtomicU64>,
+    pub lag_bytes: Gauge,
+    pub retries: Family<KindLabels, Counter>,
+    pub errors: Family<KindLabels, Counter>,
+    pub position: Gauge,
+    in_sync: AtomicBool,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("etcd_sync");
+        let m = Metrics {
+            phase: Family::default(),
+            rows_dumped: Family::default(),
+            rows_estimated: Family::default(),
+            changes_applied: Family::default(),
+            source_transactions: Counter::default(),
+            etcd_txns: Counter::default(),
+            etcd_txn_seconds: Histogram::new(exponential_buckets(0.0002, 2.0, 16)),
+            lag_seconds: Gauge::default(),
+            lag_bytes: Gauge::default(),
+            retries: Family::default(),
+            errors: Family::default(),
+            position: Gauge::default(),
+            in_sync: AtomicBool::new(false),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "phase",
+            "1 for the phase the agent is in (dump or sync)",
+            m.phase.clone(),
+        );
+        registry.register(
+            "rows_dumped",
+            "Rows written to etcd by the dump, per table",
+            m.rows_dumped.clone(),
+        );
+        registry.register(
+            "rows_estimated",
+            "The source's estimate of each table's rows at the dump's start",
+            m.rows_estimated.clone(),
+        );
+        registry.register(
+            "changes_applied",
+            "Row changes applied from the stream, per table and operation",
+            m.changes_applied.clone(),
+        );
+        registry.register(
+            "source_transactions",
+            "Source transactions applied from the stream",
+            m.source_transactions.clone(),
+        );
+        registry.register(
+            "etcd_txns",
+            "etcd transactions written",
+            m.etcd_txns.clone(),
+        );
+        registry.register(
+            "etcd_txn_duration_seconds",
+            "Latency of etcd write transactions",
+            m.etcd_txn_seconds.clone(),
+        );
+        registry.register(
+            "replication_lag_seconds",
+            "Source commit time to etcd commit, for the last transaction applied",
+            m.lag_seconds.clone(),
+        );
+        registry.register(
+            "replication_lag_bytes",
+            "Bytes of the source's log (WAL, binary log) past the last committed position",
+            m.lag_bytes.clone(),
+        );
+        registry.register(
+            "retries",
+            "Retries after transient errors, by kind",
+            m.retries.clone(),
+        );
+        registry.register("errors", "Errors, by kind", m.errors.clone());
+        registry.register(
+            "position",
+            "The last committed position as a number (PostgreSQL LSN, MySQL binary-log offset)",
+            m.position.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn set_phase(&self, phase: crate::etcd::Phase) {
+        let sync = phase == crate::etcd::Phase::Sync;
+        self.in_sync.store(sync, Ordering::Relaxed);
+        self.phase
+            .get_or_create(&PhaseLabels { phase: "dump" })
+            .set(i64::from(!sync));
+        self.phase
+            .get_or_create(&PhaseLabels { phase: "sync" })
+            .set(i64::from(sync));
+    }
+
+    pub fn etcd_txn(&self, took: Duration) {
+        self.etcd_txns.inc();
+        self.etcd_txn_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn set_lag(&self, lag: Duration) {
+        self.lag_seconds.set(lag.as_secs_f64());
+    }
+
+    /// Ready: in the sync phase, and the last transaction applied was recent enough.
+    pub fn readiness(&self, max_lag_seconds: f64) -> Result<(), String> {
+        if !self.in_sync.load(Ordering::Relaxed) {
+            return Err("not in the sync phase yet".into());
+        }
+        let lag = self.lag_seconds.get();
+        if lag > max_lag_seconds {
+            return Err(format!(
+                "replication lag {lag:.1}s above {max_lag_seconds}s"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until `cancel` fires.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: std::sync::Arc<Metrics>,
+    ready_lag_seconds: f64,
+    cancel: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    use axum::http::{header, StatusCode};
+    use axum::routing::get;
+    let for_metrics = metrics.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let body = for_metrics.encode();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        body,
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let result = metrics.readiness(ready_lag_seconds);
+                async move {
+                    match result {
+                        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+                        Err(why) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {why}\n"),
+                        ),
+                    }
+                }
+            }),
+        );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_and_reports_readiness() {
+        let m = Metrics::default();
+        assert!(m.readiness(10.0).is_err());
+        m.set_phase(crate::etcd::Phase::Sync);
+        m.source_transactions.inc();
+        m.set_lag(Duration::from_millis(1500));
+        assert!(m.readiness(10.0).is_ok());
+        assert!(m.readiness(1.0).is_err());
+        let text = m.encode();
+        assert!(
+            text.contains("etcd_sync_source_transactions_total 1"),
+            "{text}"
+        );
+        assert!(text.contains("etcd_sync_phase{phase=\"sync\"} 1"), "{text}");
+        assert!(
+            text.contains("etcd_sync_replication_lag_seconds 1.5"),
+            "{text}"
+        );
+    }
+}

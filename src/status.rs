@@ -1,0 +1,108 @@
+//! `sync status`: the stored state, how far behind the source it is, and keys per table.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use etcd_sync_api::{Driver, Position};
+use serde::Serialize;
+
+use crate::encode::table_name_prefix;
+use crate::engine::{EngineError, Settings};
+use crate::etcd::{Phase, Store};
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub state_key: String,
+    /// `None` before the first run.
+    pub phase: Option<Phase>,
+    pub position: Option<Position>,
+    pub updated_at: Option<String>,
+    /// Seconds since the state was last written.
+    pub updated_seconds_ago: Option<f64>,
+    pub agent: Option<String>,
+    /// Bytes of the source's log past the stored position, when the source tells it.
+    pub behind_bytes: Option<u64>,
+    /// Which agent holds the leadership (with `ha`); `None` without it.
+    pub leader: Option<String>,
+    pub keys: BTreeMap<String, i64>,
+}
+
+pub async fn status<D: Driver>(driver: &D, settings: &Settings) -> Result<Status, EngineError> {
+    let mut store = Store::connect(&settings.endpoints, &settings.state_prefix).await?;
+    let state = store.load_state().await?;
+    let mut status = Status {
+        state_key: store.state_key().to_owned(),
+        phase: None,
+        position: None,
+        updated_at: None,
+        updated_seconds_ago: None,
+        agent: None,
+        behind_bytes: None,
+        leader: None,
+        keys: BTreeMap::new(),
+    };
+    let Some(state) = state else {
+        return Ok(status);
+    };
+    if let Some(position) = &state.position {
+        status.behind_bytes = driver.lag_bytes(position).await?;
+    }
+    for table in &state.tables {
+        let count = store
+            .count(&table_name_prefix(&settings.prefix, table))
+            .await?;
+        status.keys.insert(table.clone(), count);
+    }
+    status.updated_seconds_ago = humantime::parse_rfc3339(&state.updated_at)
+        .ok()
+        .and_then(|at| SystemTime::now().duration_since(at).ok())
+        .map(|age| age.as_secs_f64());
+    status.phase = Some(state.phase);
+    status.position = state.position;
+    status.updated_at = Some(state.updated_at);
+    status.agent = Some(state.agent);
+    Ok(status)
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(phase) = self.phase else {
+            return writeln!(
+                f,
+                "no state at {}: the agent has not run yet",
+                self.state_key
+            );
+        };
+        writeln!(
+            f,
+            "state:    {} ({})",
+            self.state_key,
+            match phase {
+                Phase::Dump => "dump: a snapshot is being written, etcd is partial",
+                Phase::Sync => "sync: etcd holds a consistent snapshot and follows the source",
+            }
+        )?;
+        if let Some(position) = &self.position {
+            writeln!(f, "position: {}", position.0)?;
+        }
+        if let Some(bytes) = self.behind_bytes {
+            writeln!(f, "behind:   {bytes} bytes of the source's log")?;
+        }
+        if let (Some(at), Some(ago)) = (&self.updated_at, self.updated_seconds_ago) {
+            writeln!(
+                f,
+                "written:  {at} ({ago:.1}s ago) by {}",
+                self.agent.as_deref().unwrap_or("?")
+            )?;
+        }
+        writeln!(
+            f,
+            "leader:   {}",
+            self.leader.as_deref().unwrap_or("- (ha not enabled)")
+        )?;
+        for (table, keys) in &self.keys {
+            writeln!(f, "table {table}: {keys} keys")?;
+        }
+        Ok(())
+    }
+}
