@@ -262,7 +262,7 @@ impl Progress {
             let bar = bars.add(ProgressBar::new(estimate.unwrap_or(0).max(1)));
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{prefix:>24} {bar:30} {pos}/~{len} rows {per_sec} {eta}",
+                    "{prefix:>24} {bar:30} {human_pos}/~{human_len} rows, {elapsed} elapsed, eta {eta}",
                 )
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
