@@ -3,7 +3,7 @@ SHELL := /bin/bash
 ENV_FILE := /tmp/etcd-sync-testenv/env
 CARGO ?= cargo
 
-.PHONY: all deps build testenv testenv-down demo demo-mysql run run-mysql test lint fmt clean
+.PHONY: all deps build testenv testenv-down demo demo-mysql run run-mysql test bench lint fmt clean
 
 all: build
 
@@ -42,6 +42,11 @@ run-mysql: demo-mysql
 ## Every test: unit tests and the end-to-end tests against the servers of `make testenv`.
 test: testenv
 	$(CARGO) test --workspace --all-targets
+
+## Benchmarks against etcd's own ingest ceiling (not part of `make test`; ~10 minutes).
+bench: testenv
+	$(CARGO) build --release -p etcd-sync -p etcd-sync-bench
+	./target/release/etcd-sync-bench
 
 lint: deps
 	$(CARGO) fmt --all -- --check
