@@ -34,8 +34,16 @@ pub enum ConfigError {
     },
     #[error("config file {path}: {message}")]
     Parse { path: String, message: String },
-    #[error("config file {path} has {} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))]
+    #[error("config file {path}{}", list_problems(problems))]
     Invalid { path: String, problems: Vec<String> },
+}
+
+/// One problem on one line; several as a list.
+fn list_problems(problems: &[String]) -> String {
+    match problems {
+        [one] => format!(": {one}"),
+        many => format!(" has {} problems:\n  - {}", many.len(), many.join("\n  - ")),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,6 +184,20 @@ pub struct EtcdConfig {
     pub max_txn_bytes: usize,
     #[serde(default = "default_dump_txns_in_flight")]
     pub dump_txns_in_flight: usize,
+    /// What to do with a row whose key and value exceed `max_txn_bytes`.
+    #[serde(default)]
+    pub oversized_rows: OversizedRows,
+}
+
+/// Rows too large for one etcd request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OversizedRows {
+    /// Stop with an error naming the table and key (never drop data silently).
+    #[default]
+    Fail,
+    /// Leave the row out of etcd (deleting an older version of its key), logging each.
+    Skip,
 }
 
 impl Default for EtcdConfig {
@@ -187,6 +209,7 @@ impl Default for EtcdConfig {
             max_txn_ops: default_max_txn_ops(),
             max_txn_bytes: default_max_txn_bytes(),
             dump_txns_in_flight: default_dump_txns_in_flight(),
+            oversized_rows: OversizedRows::default(),
         }
     }
 }
@@ -311,7 +334,11 @@ impl Config {
             path: display.clone(),
             source,
         })?;
-        Self::parse(&text, &display)
+        let config = Self::parse(&text, &display)?;
+        if let Some(warning) = literal_password_warning(path, &text) {
+            tracing::warn!("{warning}");
+        }
+        Ok(config)
     }
 
     pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
@@ -535,6 +562,26 @@ impl Config {
     }
 }
 
+/// A config file others may read must not hold a literal password.
+fn literal_password_warning(path: &Path, text: &str) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    if mode & 0o044 == 0 {
+        return None;
+    }
+    let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).ok()?;
+    let password = yaml.get("database")?.get("password")?.as_str()?;
+    if password.contains("${") {
+        return None;
+    }
+    Some(format!(
+        "config file {} is readable by other users (mode {:o}) and holds a literal database.password: \
+         use database.password: ${{SYNC_DB_PASSWORD}} with the password in the environment, or chmod 600 the file",
+        path.display(),
+        mode & 0o777
+    ))
+}
+
 fn is_lsn(text: &str) -> bool {
     text.split_once('/').is_some_and(|(high, low)| {
         u32::from_str_radix(high, 16).is_ok() && u32::from_str_radix(low, 16).is_ok()
@@ -620,7 +667,7 @@ mod tests {
         assert!(err.contains("etcd.endpoints"), "{err}");
         assert!(err.contains("etcd.state_prefix"), "{err}");
         assert!(err.contains("etcd.max_txn_ops"), "{err}");
-        assert!(err.contains("3 problem"), "{err}");
+        assert!(err.contains("has 3 problems"), "{err}");
     }
 
     #[test]
@@ -717,6 +764,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("start.file and start.position"), "{err}");
+    }
+
+    #[test]
+    fn literal_password_in_a_readable_file_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir =
+            std::env::temp_dir().join(format!("etcd-sync-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.yaml");
+        let literal = format!("{MINIMAL}  password: hunter2\n");
+        std::fs::write(&path, &literal).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let warning = literal_password_warning(&path, &literal).expect("a warning");
+        assert!(
+            warning.contains("chmod 600") && !warning.contains("hunter2"),
+            "{warning}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(literal_password_warning(&path, &literal).is_none());
+        let from_env = format!("{MINIMAL}  password: ${{PW}}\n");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(literal_password_warning(&path, &from_env).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub fn engine_settings(config: &Config) -> engine::Settings {
         max_txn_ops: config.etcd.max_txn_ops,
         max_txn_bytes: config.etcd.max_txn_bytes,
         dump_txns_in_flight: config.etcd.dump_txns_in_flight,
+        skip_oversized: config.etcd.oversized_rows == config::OversizedRows::Skip,
         metrics: std::sync::Arc::new(metrics::Metrics::default()),
         metrics_served: config.metrics.listen.is_some(),
         start: config.start_position(),

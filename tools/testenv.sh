@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs (from Debian's packages) and starts the servers the tests and `make run` use:
 # PostgreSQL with wal_level=logical, a second PostgreSQL with wal_level=replica (to test that
-# error), MariaDB with a row-based binary log, a second MariaDB with binlog_format=STATEMENT
-# (to test that error), and etcd, each on a private port with its own data dir. Idempotent.
+# error), MariaDB with a row-based binary log, two more MariaDBs with binlog_format=STATEMENT
+# and binlog_row_image=MINIMAL (to test those errors), and etcd, each on a private port with its own data dir. Idempotent.
 #
 #   tools/testenv.sh deps   install what is missing (build and test dependencies) only
 #   tools/testenv.sh up     install what is missing, start what is not running, write the env file
@@ -15,6 +15,7 @@ PG_PORT=${TESTENV_PG_PORT:-55432}
 PG_REPLICA_PORT=${TESTENV_PG_REPLICA_PORT:-55433}
 MARIADB_PORT=${TESTENV_MARIADB_PORT:-53306}
 MARIADB_STATEMENT_PORT=${TESTENV_MARIADB_STATEMENT_PORT:-53307}
+MARIADB_MINIMAL_PORT=${TESTENV_MARIADB_MINIMAL_PORT:-53309}
 ETCD_PORT=${TESTENV_ETCD_PORT:-52379}
 ETCD_PEER_PORT=$((ETCD_PORT + 1))
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
@@ -98,8 +99,8 @@ SQL
     pg "$PG_BIN/psql" -q -h "$sock" -p "$port" -U postgres -d postgres -c "CREATE DATABASE app OWNER sync"
 }
 
-start_mariadb() { # name port binlog_format server_id
-  local name=$1 port=$2 format=$3 server_id=$4
+start_mariadb() { # name port binlog_format server_id [binlog_row_image]
+  local name=$1 port=$2 format=$3 server_id=$4 image=${5:-FULL}
   local data=$DIR/$name run=$DIR/$name-run
   if mariadb-admin --protocol=tcp -h 127.0.0.1 -P "$port" -u root -proot ping >/dev/null 2>&1; then
     log "$name already running on port $port"
@@ -118,7 +119,7 @@ start_mariadb() { # name port binlog_format server_id
   setsid nohup mariadbd --no-defaults --datadir="$data" --user=mysql --port="$port" \
     --bind-address=127.0.0.1 --socket="$run/mysqld.sock" --pid-file="$run/mysqld.pid" \
     --log-error="$data/server.log" --log-bin="$data/binlog" --binlog-format="$format" \
-    --binlog-row-image=FULL --binlog-row-metadata=FULL --server-id="$server_id" \
+    --binlog-row-image="$image" --binlog-row-metadata=FULL --server-id="$server_id" \
     --innodb-buffer-pool-size=128M --innodb-flush-log-at-trx-commit=2 --sync-binlog=0 \
     --max-connections=300 --character-set-server=utf8mb4 --collation-server=utf8mb4_general_ci \
     >/dev/null 2>&1 </dev/null &
@@ -180,6 +181,7 @@ ETCD_SYNC_TEST_PG_PASSWORD=sync
 ETCD_SYNC_TEST_MYSQL_HOST=127.0.0.1
 ETCD_SYNC_TEST_MYSQL_PORT=$MARIADB_PORT
 ETCD_SYNC_TEST_MYSQL_STATEMENT_PORT=$MARIADB_STATEMENT_PORT
+ETCD_SYNC_TEST_MYSQL_MINIMAL_PORT=$MARIADB_MINIMAL_PORT
 ETCD_SYNC_TEST_MYSQL_ADMIN_USER=root
 ETCD_SYNC_TEST_MYSQL_ADMIN_PASSWORD=root
 ETCD_SYNC_TEST_MYSQL_USER=sync
@@ -197,6 +199,7 @@ up() {
   start_postgres pg-replica "$PG_REPLICA_PORT" replica
   start_mariadb mariadb "$MARIADB_PORT" ROW 1
   start_mariadb mariadb-statement "$MARIADB_STATEMENT_PORT" STATEMENT 2
+  start_mariadb mariadb-minimal "$MARIADB_MINIMAL_PORT" ROW 3 MINIMAL
   start_etcd
   write_env
 }
@@ -205,7 +208,7 @@ down() {
   for name in pg pg-replica; do
     [ -f "$DIR/$name/postmaster.pid" ] && pg "$PG_BIN/pg_ctl" -D "$DIR/$name" -m fast -w stop >/dev/null && log "stopped $name"
   done
-  for name in mariadb mariadb-statement; do
+  for name in mariadb mariadb-statement mariadb-minimal; do
     if [ -f "$DIR/$name-run/mysqld.pid" ]; then
       kill "$(cat "$DIR/$name-run/mysqld.pid")" 2>/dev/null && log "stopped $name"
       for _ in $(seq 1 100); do [ -f "$DIR/$name-run/mysqld.pid" ] || break; sleep 0.1; done

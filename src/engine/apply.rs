@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use etcd_sync_api::{Change, Driver, DriverError, Position, StreamEvent, TableSchema};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{EngineError, Settings};
 use crate::encode::{encode_row, has_unchanged, row_key, table_prefix};
@@ -357,7 +357,14 @@ impl<'a> Applier<'a> {
         key: String,
         value: Option<String>,
     ) -> Result<(), EngineError> {
-        let size = key.len() + value.as_ref().map_or(0, String::len) + 16;
+        let mut value = value;
+        let mut size = key.len() + value.as_ref().map_or(0, String::len) + 16;
+        if size > self.settings.max_txn_bytes && self.settings.skip_oversized {
+            // Left out of etcd: delete any older version so etcd does not hold a stale one.
+            warn!(table = %table.id, %key, size, limit = self.settings.max_txn_bytes, "row left out: larger than etcd.max_txn_bytes");
+            value = None;
+            size = key.len() + 16;
+        }
         if size > self.settings.max_txn_bytes {
             return Err(EngineError::RowTooLarge {
                 table: table.id.clone(),

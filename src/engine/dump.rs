@@ -11,7 +11,7 @@ use etcd_sync_api::{Driver, DriverError, DumpEvent, Position, TableId, TableSche
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{EngineError, Settings};
 use crate::encode::{encode_row, row_key, table_prefix};
@@ -158,6 +158,7 @@ struct BatchWriter {
     max_ops: usize,
     max_bytes: usize,
     max_in_flight: usize,
+    skip_oversized: bool,
     in_flight: JoinSet<Result<i64, EtcdError>>,
 }
 
@@ -170,6 +171,7 @@ impl BatchWriter {
             max_ops: settings.max_txn_ops,
             max_bytes: settings.max_txn_bytes,
             max_in_flight: settings.dump_txns_in_flight,
+            skip_oversized: settings.skip_oversized,
             in_flight: JoinSet::new(),
         }
     }
@@ -183,6 +185,11 @@ impl BatchWriter {
         let op = Op::Put { key, value };
         let size = op.size();
         if size > self.max_bytes {
+            if self.skip_oversized {
+                // The stale-key pass deletes an older version of the key.
+                warn!(%table, key = op.key(), size, limit = self.max_bytes, "row left out: larger than etcd.max_txn_bytes");
+                return Ok(());
+            }
             return Err(EngineError::RowTooLarge {
                 table: table.clone(),
                 key: op.key().to_owned(),

@@ -24,6 +24,8 @@ pub struct Settings {
     pub max_txn_ops: usize,
     pub max_txn_bytes: usize,
     pub dump_txns_in_flight: usize,
+    /// Leave rows larger than `max_txn_bytes` out (logged) instead of stopping.
+    pub skip_oversized: bool,
     pub metrics: Arc<Metrics>,
     /// Whether the metrics are served: only then is the source asked for its lag in bytes.
     pub metrics_served: bool,
@@ -41,7 +43,8 @@ pub enum EngineError {
     Encode(#[from] EncodeError),
     #[error(
         "table {table}: the row at {key} needs {size} bytes, more than etcd.max_txn_bytes \
-         ({limit}); raise it (and etcd's --max-request-bytes), or shrink the row"
+         ({limit}); raise it (and etcd's --max-request-bytes), shrink the row, or set \
+         etcd.oversized_rows: skip to leave such rows out"
     )]
     RowTooLarge {
         table: TableId,

@@ -470,6 +470,22 @@ impl World {
         }
     }
 
+    /// Runs SQL as the PostgreSQL administrator in this test's database (roles, grants).
+    pub async fn pg_admin(&self, sql: &str) {
+        let admin = pg_connect(
+            &self.env,
+            &self.env.get("PG_PORT"),
+            &self.env.get("PG_ADMIN_USER"),
+            &self.env.get("PG_ADMIN_PASSWORD"),
+            &self.name,
+        )
+        .await;
+        admin
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
     /// Creates this test's database on another server of the test environment.
     pub async fn create_database_on(&self, port: &str) {
         let admin = pg_connect(

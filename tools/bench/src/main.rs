@@ -80,6 +80,55 @@ struct Measure {
     ratio: Option<f64>,
     lag_ms: Option<(f64, f64, f64)>,
     peak_rss_mb: Option<f64>,
+    /// CPU cores used on average during the scenario: the agent, etcd.
+    cores: Option<(f64, f64)>,
+}
+
+/// CPU time of a process so far, for cores-used figures.
+fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let Some(pid) = pid else { return 0.0 };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
+        f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
+    });
+    ticks / 100.0
+}
+
+/// Measures the cores the agent and etcd use between `start` and `finish`.
+struct CpuWindow {
+    agent: Option<u32>,
+    etcd: Option<u32>,
+    started: Instant,
+    agent_cpu: f64,
+    etcd_cpu: f64,
+}
+
+impl CpuWindow {
+    fn start(agent: Option<u32>, etcd: Option<u32>) -> Self {
+        Self {
+            agent,
+            etcd,
+            started: Instant::now(),
+            agent_cpu: cpu_seconds(agent),
+            etcd_cpu: cpu_seconds(etcd),
+        }
+    }
+    fn finish(&self) -> (f64, f64) {
+        let wall = self.started.elapsed().as_secs_f64();
+        (
+            (cpu_seconds(self.agent) - self.agent_cpu) / wall,
+            (cpu_seconds(self.etcd) - self.etcd_cpu) / wall,
+        )
+    }
 }
 
 struct Bench {
@@ -88,6 +137,7 @@ struct Bench {
     dir: PathBuf,
     agent_bin: PathBuf,
     ceiling: f64,
+    etcd_pid: Option<u32>,
     results: Vec<Measure>,
 }
 
@@ -97,7 +147,8 @@ async fn main() -> Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
-    let _etcd_server = start_etcd(&dir).await?;
+    let etcd_server = start_etcd(&dir).await?;
+    let etcd_pid = etcd_server.id();
     env.0
         .insert("ETCD".into(), format!("http://127.0.0.1:{ETCD_PORT}"));
     let etcd = Etcd::connect([env.get("ETCD")], None).await?;
@@ -111,13 +162,16 @@ async fn main() -> Result<()> {
         dir,
         agent_bin,
         ceiling: 0.0,
+        etcd_pid,
         results: Vec::new(),
     };
     bench.measure_ceiling().await?;
     for source in [Source::Postgres, Source::Mariadb] {
         bench.run_source(source).await?;
     }
-    bench.report()
+    bench.report()?;
+    drop(etcd_server);
+    Ok(())
 }
 
 /// Starts etcd on a fresh data dir under `dir`; killed when the returned child drops.
@@ -243,7 +297,9 @@ impl Bench {
         // Dump.
         let started = Instant::now();
         let mut agent = self.start_agent(&config, name)?;
+        let cpu = CpuWindow::start(agent.id(), self.etcd_pid);
         self.wait_for_sync(&state, &mut agent).await?;
+        let cores = cpu.finish();
         let took = started.elapsed().as_secs_f64();
         let rows: u64 = DUMP_ROWS.iter().map(|(_, n)| n).sum();
         let rate = rows as f64 / took;
@@ -256,6 +312,7 @@ impl Bench {
             rows_per_sec: Some(rate),
             ratio: self.ratio(rate),
             peak_rss_mb: Some(rss),
+            cores: Some(cores),
             ..Default::default()
         });
 
@@ -268,9 +325,11 @@ impl Bench {
         .enumerate()
         {
             reset_peak_rss(&agent);
+            let cpu = CpuWindow::start(agent.id(), self.etcd_pid);
             let (applied, lags) = self
                 .stream_scenario(&db, &prefix, rate, scenario as u64)
                 .await?;
+            let cores = cpu.finish();
             let rss = peak_rss_mb(&agent)?;
             println!("{name}: {label}: {applied:.0} rows/s, lag p50/p99/max {:?} ms, peak RSS {rss:.0} MB", lags);
             self.results.push(Measure {
@@ -283,6 +342,7 @@ impl Bench {
                 },
                 lag_ms: Some(lags),
                 peak_rss_mb: Some(rss),
+                cores: Some(cores),
             });
         }
 
@@ -292,7 +352,9 @@ impl Bench {
         let huge_prefix = format!("{prefix}/bench_huge/");
         let (watch_task, seen) = self.watch_count(&huge_prefix, HUGE_ROWS).await?;
         let committed = db.huge_transaction().await?;
+        let cpu = CpuWindow::start(agent.id(), self.etcd_pid);
         let last = tokio::time::timeout(Duration::from_secs(600), watch_task).await???;
+        let cores = cpu.finish();
         let rate = HUGE_ROWS as f64 / (last - committed).as_secs_f64();
         let rss = peak_rss_mb(&agent)?;
         println!("{name}: one transaction of {HUGE_ROWS} rows: {rate:.0} rows/s, peak RSS {rss:.0} MB ({} seen)", seen.lock().map(|s| *s).unwrap_or(0));
@@ -301,6 +363,7 @@ impl Bench {
             rows_per_sec: Some(rate),
             ratio: self.ratio(rate),
             peak_rss_mb: Some(rss),
+            cores: Some(cores),
             ..Default::default()
         });
 
@@ -473,22 +536,26 @@ impl Bench {
 
     fn report(&self) -> Result<()> {
         println!(
-            "\n| scenario | rows/s | ratio to ceiling | lag p50 / p99 / max (ms) | peak RSS (MB) |"
+            "\n| scenario | rows/s | ratio to ceiling | lag p50 / p99 / max (ms) | peak RSS (MB) | cores: agent / etcd |"
         );
-        println!("|---|---:|---:|---:|---:|");
+        println!("|---|---:|---:|---:|---:|---:|");
         let mut json_rows = Vec::new();
         for m in &self.results {
             let fmt = |v: Option<f64>, d: usize| v.map_or("-".into(), |v| format!("{v:.d$}"));
             let lag = m
                 .lag_ms
                 .map_or("-".into(), |(a, b, c)| format!("{a:.1} / {b:.1} / {c:.1}"));
+            let cores = m
+                .cores
+                .map_or("-".into(), |(a, e)| format!("{a:.2} / {e:.2}"));
             println!(
-                "| {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} |",
                 m.scenario,
                 fmt(m.rows_per_sec, 0),
                 fmt(m.ratio, 2),
                 lag,
-                fmt(m.peak_rss_mb, 0)
+                fmt(m.peak_rss_mb, 0),
+                cores
             );
             json_rows.push(json!({
                 "scenario": m.scenario,
@@ -496,6 +563,7 @@ impl Bench {
                 "ratio_to_ceiling": m.ratio,
                 "lag_ms": m.lag_ms.map(|(a, b, c)| json!({"p50": a, "p99": b, "max": c})),
                 "peak_rss_mb": m.peak_rss_mb,
+                "cores": m.cores.map(|(a, e)| json!({"agent": a, "etcd": e})),
             }));
         }
         let path = self.dir.join("results.json");
@@ -713,7 +781,11 @@ impl Db {
                 dyn FnMut(u64) -> futures_util::future::BoxFuture<'static, Result<()>> + Send,
             > = match self {
                 Db::Postgres { conn, .. } => {
-                    let client = Arc::new(pg_connect(conn).await?);
+                    let client = pg_connect(conn).await?;
+                    // The test server runs with synchronous_commit = off, which holds WAL (and so
+                    // the walsender) back for up to wal_writer_delay: not what a lag measures.
+                    client.batch_execute("SET synchronous_commit = on").await?;
+                    let client = Arc::new(client);
                     Box::new(move |id| {
                         let client = client.clone();
                         let payload = payload.clone();

@@ -1,0 +1,272 @@
+//! Bad input, table-driven: each case gives a one-line error naming the cause and the fix, a
+//! non-zero exit, and nothing written to etcd.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::World;
+
+/// A config, and what the error must say.
+struct Case {
+    name: &'static str,
+    config: String,
+    expect: &'static [&'static str],
+}
+
+/// Runs `sync run` with a time limit: a bad input must stop the agent by itself.
+fn run_case(world: &World, case: &Case) -> (bool, String) {
+    let path = world.write_config(&case.config);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sync"))
+        .arg("--config-file")
+        .arg(&path)
+        .arg("run")
+        .env("TEST_DB_PASSWORD", "sync")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("case {:?}: the agent did not stop by itself", case.name);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+async fn check_cases(world: &World, cases: &[Case]) {
+    let mut failures = Vec::new();
+    for case in cases {
+        let (success, stderr) = run_case(world, case);
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("ERROR")).collect();
+        let ok = !success
+            && errors.len() == 1
+            && case.expect.iter().all(|want| errors[0].contains(want))
+            && world.etcd_key_count(&world.state_prefix()).await == 0
+            && world.etcd_key_count(&world.prefix()).await == 0;
+        if !ok {
+            failures.push(format!(
+                "case {:?}: success={success}, expected {:?} in one ERROR line, got:\n{stderr}",
+                case.name, case.expect
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_bad_inputs() {
+    let world = World::new("badinput").await;
+    world
+        .sql("CREATE TABLE ok_table (id int PRIMARY KEY); CREATE TABLE nokey (v int);")
+        .await;
+    let replica_port = world.env.get("PG_REPLICA_PORT");
+    world.create_database_on(&replica_port).await;
+    world
+        .pg_admin(
+            "DO $$ BEGIN
+               IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'norepl') THEN
+                 CREATE ROLE norepl LOGIN PASSWORD 'norepl';
+               END IF;
+             END $$;
+             GRANT SELECT ON ALL TABLES IN SCHEMA public TO norepl;",
+        )
+        .await;
+    let base = world.config_text(None);
+    let port = world.env.get("PG_PORT");
+    let with = |from: &str, to: &str| {
+        assert!(base.contains(from), "{from:?} not in the config");
+        base.replacen(from, to, 1)
+    };
+    let etcd = world.env.etcd_endpoint();
+    let cases = vec![
+        Case {
+            name: "malformed YAML",
+            config: "database: [\n  driver".into(),
+            expect: &["config file", "line"],
+        },
+        Case {
+            name: "unknown field",
+            config: with("  prefix:", "  prefx:"),
+            expect: &["etcd.prefx: unknown field `prefx`"],
+        },
+        Case {
+            name: "wrong type",
+            config: with(&format!("port: {port}"), "port: abc"),
+            expect: &["database.port: invalid type"],
+        },
+        Case {
+            name: "missing field",
+            config: with("  user: sync\n", ""),
+            expect: &["missing field `user`"],
+        },
+        Case {
+            name: "unknown driver",
+            config: with("driver: postgres", "driver: oracle"),
+            expect: &["database.driver: unknown variant `oracle`"],
+        },
+        Case {
+            name: "endpoint without scheme",
+            config: with(&format!("[{etcd}]"), "[127.0.0.1:2379]"),
+            expect: &["etcd.endpoints", "http://host:2379"],
+        },
+        Case {
+            name: "endpoint with another scheme",
+            config: with(&format!("[{etcd}]"), "[ftp://127.0.0.1:2379]"),
+            expect: &["etcd.endpoints", "use http:// or https://"],
+        },
+        Case {
+            name: "environment variable not set",
+            config: with("${TEST_DB_PASSWORD}", "${ETCD_SYNC_NOT_SET_ANYWHERE}"),
+            expect: &["database.password", "ETCD_SYNC_NOT_SET_ANYWHERE is not set"],
+        },
+        Case {
+            name: "invalid slot name",
+            config: with(&format!("slot: {}", world.name), "slot: Bad-Slot"),
+            expect: &["database.postgres.slot"],
+        },
+        Case {
+            name: "root prefix",
+            config: with(&format!("prefix: {}", world.prefix()), "prefix: /"),
+            expect: &["etcd.prefix: must not be empty"],
+        },
+        Case {
+            name: "state prefix inside the data prefix",
+            config: with(
+                &format!("state_prefix: {}", world.state_prefix()),
+                &format!("state_prefix: {}/state", world.prefix()),
+            ),
+            expect: &["etcd.state_prefix", "overlaps etcd.prefix"],
+        },
+        Case {
+            name: "bad start LSN",
+            config: format!("{base}start:\n  lsn: yesterday\n"),
+            expect: &["start.lsn"],
+        },
+        Case {
+            name: "wrong password",
+            config: with("${TEST_DB_PASSWORD}", "wrong"),
+            expect: &[
+                "password authentication failed",
+                "check database.user and database.password",
+            ],
+        },
+        Case {
+            name: "unknown database",
+            config: with(
+                &format!("name: {}", world.name),
+                "name: no_such_database_here",
+            ),
+            expect: &["does not exist", "check database.name"],
+        },
+        Case {
+            name: "included table missing",
+            config: with("etcd:\n", "tables:\n  include: [ghost]\netcd:\n"),
+            expect: &["tables.include names ghost, which does not exist"],
+        },
+        Case {
+            name: "included table without primary key",
+            config: with("etcd:\n", "tables:\n  include: [nokey]\netcd:\n"),
+            expect: &[
+                "table nokey named in tables.include has no primary key",
+                "ADD PRIMARY KEY",
+            ],
+        },
+        Case {
+            name: "max_txn_ops above the server's",
+            config: format!("{base}  max_txn_ops: 100000\n"),
+            expect: &["etcd.max_txn_ops is 100000", "--max-txn-ops"],
+        },
+        Case {
+            name: "wal_level=replica",
+            config: with(&format!("port: {port}"), &format!("port: {replica_port}")),
+            expect: &["wal_level is 'replica'", "wal_level = logical"],
+        },
+        Case {
+            name: "no REPLICATION attribute",
+            config: with("user: sync", "user: norepl").replacen("${TEST_DB_PASSWORD}", "norepl", 1),
+            expect: &["lacks the REPLICATION attribute", "ALTER ROLE"],
+        },
+    ];
+    check_cases(&world, &cases).await;
+    world.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_bad_inputs() {
+    let world = World::new_mysql("badinput").await;
+    world
+        .sql("CREATE TABLE ok_table (id int PRIMARY KEY)")
+        .await;
+    for port in [
+        world.env.get("MYSQL_STATEMENT_PORT"),
+        world.env.get("MYSQL_MINIMAL_PORT"),
+    ] {
+        world.create_mysql_database_on(&port).await;
+    }
+    world
+        .mysql_admin(&format!(
+            "CREATE USER IF NOT EXISTS 'norepl'@'127.0.0.1' IDENTIFIED BY 'norepl';
+             GRANT SELECT ON {}.* TO 'norepl'@'127.0.0.1';",
+            world.name
+        ))
+        .await;
+    let base = world.config_text(None);
+    let port = format!("port: {}", world.env.get("MYSQL_PORT"));
+    let with = |from: &str, to: &str| {
+        assert!(base.contains(from), "{from:?} not in the config");
+        base.replacen(from, to, 1)
+    };
+    let cases = vec![
+        Case {
+            name: "binlog_format=STATEMENT",
+            config: with(
+                &port,
+                &format!("port: {}", world.env.get("MYSQL_STATEMENT_PORT")),
+            ),
+            expect: &["binlog_format is STATEMENT", "binlog_format = ROW"],
+        },
+        Case {
+            name: "binlog_row_image=MINIMAL",
+            config: with(
+                &port,
+                &format!("port: {}", world.env.get("MYSQL_MINIMAL_PORT")),
+            ),
+            expect: &["binlog_row_image is MINIMAL", "binlog_row_image = FULL"],
+        },
+        Case {
+            name: "no REPLICATION SLAVE",
+            config: with("user: sync", "user: norepl").replacen("${TEST_DB_PASSWORD}", "norepl", 1),
+            expect: &["lacks REPLICATION SLAVE", "GRANT REPLICATION SLAVE ON *.*"],
+        },
+        Case {
+            name: "mysqldump not found",
+            config: with(
+                "  name:",
+                "  mysql:\n    mysqldump: /nonexistent/mysqldump\n  name:",
+            ),
+            expect: &["cannot run mysqldump", "database.mysql.mysqldump"],
+        },
+        Case {
+            name: "wrong password",
+            config: with("${TEST_DB_PASSWORD}", "wrong"),
+            expect: &["Access denied", "check database.user and database.password"],
+        },
+        Case {
+            name: "start without a position",
+            config: format!("{base}start:\n  file: binlog.000001\n"),
+            expect: &["start: MySQL needs start.file and start.position"],
+        },
+    ];
+    check_cases(&world, &cases).await;
+    world.cleanup().await;
+}
