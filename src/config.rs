@@ -21,7 +21,8 @@ pub mod defaults {
     pub const MAX_TXN_OPS: usize = 128;
     /// Below etcd's default `--max-request-bytes` (1.5 MiB) with room for the txn's framing.
     pub const MAX_TXN_BYTES: usize = 1024 * 1024;
-    pub const DUMP_TXNS_IN_FLIGHT: usize = 8;
+    /// Measured best on a 2-core machine (more in flight slows etcd down there).
+    pub const DUMP_TXNS_IN_FLIGHT: usize = 4;
     pub const READY_LAG_SECONDS: f64 = 10.0;
 }
 

@@ -18,8 +18,10 @@ use crate::encode::{encode_row, has_unchanged, row_key, table_prefix};
 use crate::etcd::{Op, Phase, Store};
 use crate::metrics::ChangeLabels;
 
-/// Stream events buffered between the driver and the applier.
-const STREAM_CHANNEL_EVENTS: usize = 64;
+/// Stream events buffered between the driver and the applier: deep enough that, while one
+/// etcd txn is in flight, a full group of single-row transactions (Changes + Commit each)
+/// queues up; bounded in bytes by the drivers' `CHANGES_EVENT_BYTES` per event.
+const STREAM_CHANNEL_EVENTS: usize = 256;
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 const LAG_BYTES_EVERY: Duration = Duration::from_secs(10);
 

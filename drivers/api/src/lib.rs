@@ -41,6 +41,35 @@ pub enum Value {
 /// A row: one value per column of its [`TableSchema`], in column order.
 pub type Row = Vec<Value>;
 
+/// Bytes a [`StreamEvent::Changes`] may hold before the driver sends it: with the engine's
+/// bounded channel, this bounds the memory between the two whatever the row sizes.
+pub const CHANGES_EVENT_BYTES: usize = 256 * 1024;
+
+impl Value {
+    /// Roughly the bytes this value takes, for batching by size.
+    pub fn approx_size(&self) -> usize {
+        match self {
+            Value::Number(s) | Value::Text(s) | Value::Json(s) => s.len() + 8,
+            Value::Bytes(b) => b.len() + 8,
+            Value::Array(items) => items.iter().map(Value::approx_size).sum::<usize>() + 8,
+            _ => 8,
+        }
+    }
+}
+
+impl Change {
+    /// Roughly the bytes this change holds.
+    pub fn approx_size(&self) -> usize {
+        let row = |r: &[Value]| r.iter().map(Value::approx_size).sum::<usize>();
+        match self {
+            Change::Insert { row: r, .. } => row(r),
+            Change::Update { old, row: r, .. } => row(r) + old.as_deref().map_or(0, row),
+            Change::Delete { old, .. } => row(old),
+            Change::Truncate { .. } => 8,
+        }
+    }
+}
+
 /// A table's name as the engine uses it in keys.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TableId {

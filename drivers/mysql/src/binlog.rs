@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use etcd_sync_api::{Change, DriverError, Row, StreamEvent, Value};
+use etcd_sync_api::{Change, DriverError, Row, StreamEvent, Value, CHANGES_EVENT_BYTES};
 use futures_util::StreamExt;
 use mysql_async::binlog::events::{
     Event, EventData, OptionalMetaExtractor, RowsEventData, TableMapEvent,
@@ -113,6 +113,7 @@ pub struct Session<'a> {
     is_mariadb: bool,
     out: mpsc::Sender<StreamEvent>,
     batch: Vec<Change>,
+    batch_bytes: usize,
     has_changes: bool,
     /// Table map ids whose column names were compared with information_schema.
     checked_table_maps: HashSet<u64>,
@@ -142,6 +143,7 @@ impl<'a> Session<'a> {
             is_mariadb,
             out,
             batch: Vec::new(),
+            batch_bytes: 0,
             has_changes: false,
             checked_table_maps: HashSet::new(),
             checksums: true,
@@ -353,8 +355,9 @@ impl<'a> Session<'a> {
                 (None, None) => continue,
             };
             self.has_changes = true;
+            self.batch_bytes += change.approx_size();
             self.batch.push(change);
-            if self.batch.len() >= CHANGES_PER_EVENT {
+            if self.batch.len() >= CHANGES_PER_EVENT || self.batch_bytes >= CHANGES_EVENT_BYTES {
                 self.flush().await?;
             }
         }
@@ -365,6 +368,7 @@ impl<'a> Session<'a> {
         if self.batch.is_empty() {
             return Ok(());
         }
+        self.batch_bytes = 0;
         let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(CHANGES_PER_EVENT));
         self.out
             .send(StreamEvent::Changes(batch))

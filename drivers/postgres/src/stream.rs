@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use etcd_sync_api::{Change, DriverError, Position, Row, StreamEvent, TableId, TableSchema, Value};
+use etcd_sync_api::{
+    Change, DriverError, Position, Row, StreamEvent, TableId, TableSchema, Value,
+    CHANGES_EVENT_BYTES,
+};
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
@@ -50,6 +53,7 @@ struct Decoder {
     in_transaction: bool,
     transaction_has_changes: bool,
     batch: Vec<Change>,
+    batch_bytes: usize,
     /// End of the last transaction handed to the engine.
     last_sent: Lsn,
     /// Newest position the engine made durable.
@@ -93,6 +97,7 @@ impl Session {
                 in_transaction: false,
                 transaction_has_changes: false,
                 batch: Vec::new(),
+                batch_bytes: 0,
                 last_sent: start,
                 acked: start,
                 confirmable: start,
@@ -319,8 +324,9 @@ impl Decoder {
 
     async fn push(&mut self, change: Change) -> Result<(), DriverError> {
         self.transaction_has_changes = true;
+        self.batch_bytes += change.approx_size();
         self.batch.push(change);
-        if self.batch.len() >= CHANGES_PER_EVENT {
+        if self.batch.len() >= CHANGES_PER_EVENT || self.batch_bytes >= CHANGES_EVENT_BYTES {
             self.flush_batch().await?;
         }
         Ok(())
@@ -330,6 +336,7 @@ impl Decoder {
         if self.batch.is_empty() {
             return Ok(());
         }
+        self.batch_bytes = 0;
         let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(CHANGES_PER_EVENT));
         self.send(StreamEvent::Changes(batch)).await
     }
