@@ -1,0 +1,132 @@
+//! Failure modes a user relies on: SIGTERM during a dump, rows too large for etcd, and
+//! secrets kept out of every log line.
+
+mod common;
+
+use std::time::Duration;
+
+use common::World;
+
+const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_dump_exits_quickly_and_a_restart_converges() {
+    let world = World::new("term_dump").await;
+    world
+        .sql(
+            "CREATE TABLE items (id int PRIMARY KEY, payload text);
+             INSERT INTO items SELECT i, repeat(md5(i::text), 4) FROM generate_series(1, 200000) i;",
+        )
+        .await;
+    let mut agent = world.start_agent();
+    let deadline = std::time::Instant::now() + SYNC_TIMEOUT;
+    while world.etcd_key_count(&world.prefix()).await < 2_000 {
+        assert!(std::time::Instant::now() < deadline, "the dump wrote nothing:\n{}", agent.log());
+        assert!(agent.exited().is_none(), "the agent exited:\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = std::time::Instant::now();
+    let status = agent.terminate(Duration::from_secs(10));
+    assert!(status.success(), "exit status {status}");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert_eq!(world.state().await.expect("state")["phase"], "dump");
+    world.sql("DELETE FROM items WHERE id % 3 = 0").await;
+    let mut agent = world.start_agent();
+    world.wait_for_sync_phase(&mut agent, SYNC_TIMEOUT).await;
+    world.wait_converged(Some(&agent), CONVERGE_TIMEOUT).await;
+    drop(agent);
+    world.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_too_large_for_etcd_stops_the_agent_or_is_skipped() {
+    let mut world = World::new("oversized").await;
+    world
+        .sql("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'small'), (2, repeat('x', 10000));")
+        .await;
+    // The default: stop, naming the table and the key.
+    let config_text = world.config_text(None).replace("  prefix:", "  max_txn_bytes: 4096\n  prefix:");
+    let config = world.write_config(&config_text);
+    let output = world.run_command(&config, &["run"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("table t: the row at") && stderr.contains("/t/2") && stderr.contains("oversized_rows"),
+        "{stderr}"
+    );
+
+    // skip: the row is left out (logged), everything else flows.
+    world.extra_config.clear();
+    let config_text = config_text.replace("  max_txn_bytes: 4096\n", "  max_txn_bytes: 4096\n  oversized_rows: skip\n");
+    let config = world.write_config(&config_text);
+    let mut agent = world.start_agent_with(&config);
+    world.wait_for_sync_phase(&mut agent, SYNC_TIMEOUT).await;
+    assert_eq!(world.etcd_value("t/2").await, None);
+    assert_eq!(world.etcd_value("t/1").await.as_deref(), Some(r#"{"id":1,"v":"small"}"#));
+    world.sql("UPDATE t SET v = 'now small' WHERE id = 2").await;
+    world.wait_for_value("t/2", Some(r#"{"id":2,"v":"now small"}"#)).await;
+    // Growing too large deletes the key rather than leaving a stale value.
+    world.sql("UPDATE t SET v = repeat('y', 10000) WHERE id = 1").await;
+    world.wait_for_value("t/1", None).await;
+    assert!(agent.log().contains("row left out"), "{}", agent.log());
+    drop(agent);
+    world.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_never_reach_the_logs() {
+    const PASSWORD: &str = "Zq7-unlikely-Pa55word";
+    let world = World::new("secrets").await;
+    world
+        .pg_admin(&format!(
+            "DO $$ BEGIN
+               IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'secretive') THEN
+                 CREATE ROLE secretive LOGIN REPLICATION PASSWORD '{PASSWORD}';
+               END IF;
+             END $$;
+             CREATE TABLE t (id int PRIMARY KEY);
+             ALTER TABLE t OWNER TO secretive;
+             GRANT CREATE ON DATABASE {} TO secretive;",
+            world.name
+        ))
+        .await;
+    let text = world
+        .config_text(None)
+        .replace("user: sync", "user: secretive")
+        .replace("${TEST_DB_PASSWORD}", "${SECRET_PW}");
+    let config = world.write_config(&text);
+    // At the most verbose level, through a dump, streaming and a clean stop.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sync"))
+        .arg("--config-file")
+        .arg(&config)
+        .env("SECRET_PW", PASSWORD)
+        .env("RUST_LOG", "trace")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(world.dir.join("trace.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + SYNC_TIMEOUT;
+    while world.state().await.is_none_or(|s| s["phase"] != "sync") {
+        assert!(std::time::Instant::now() < deadline, "no sync phase");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    world.sql("INSERT INTO t VALUES (1)").await;
+    world.wait_for_value("t/1", Some(r#"{"id":1}"#)).await;
+    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(child.wait().unwrap().success());
+    let log = std::fs::read_to_string(world.dir.join("trace.log")).unwrap();
+    assert!(log.len() > 10_000, "the trace log is suspiciously short");
+    assert!(!log.contains(PASSWORD), "the password appears in the trace log");
+
+    // Errors neither: a wrong password, and check's report.
+    let wrong = text.replace("${SECRET_PW}", "Zq7-wrong-Pa55word");
+    let config = world.write_config(&wrong);
+    for args in [&["run"][..], &["check"][..]] {
+        let output = world.run_command(&config, args);
+        let all = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(!output.status.success());
+        assert!(!all.contains("Zq7-wrong-Pa55word"), "{all}");
+    }
+    world.cleanup().await;
+}
