@@ -22,14 +22,26 @@ async fn sigterm_during_a_dump_exits_quickly_and_a_restart_converges() {
     let mut agent = world.start_agent();
     let deadline = std::time::Instant::now() + SYNC_TIMEOUT;
     while world.etcd_key_count(&world.prefix()).await < 2_000 {
-        assert!(std::time::Instant::now() < deadline, "the dump wrote nothing:\n{}", agent.log());
-        assert!(agent.exited().is_none(), "the agent exited:\n{}", agent.log());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dump wrote nothing:\n{}",
+            agent.log()
+        );
+        assert!(
+            agent.exited().is_none(),
+            "the agent exited:\n{}",
+            agent.log()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let started = std::time::Instant::now();
     let status = agent.terminate(Duration::from_secs(10));
     assert!(status.success(), "exit status {status}");
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
     assert_eq!(world.state().await.expect("state")["phase"], "dump");
     world.sql("DELETE FROM items WHERE id % 3 = 0").await;
     let mut agent = world.start_agent();
@@ -46,28 +58,42 @@ async fn a_row_too_large_for_etcd_stops_the_agent_or_is_skipped() {
         .sql("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'small'), (2, repeat('x', 10000));")
         .await;
     // The default: stop, naming the table and the key.
-    let config_text = world.config_text(None).replace("  prefix:", "  max_txn_bytes: 4096\n  prefix:");
+    let config_text = world
+        .config_text(None)
+        .replace("  prefix:", "  max_txn_bytes: 4096\n  prefix:");
     let config = world.write_config(&config_text);
     let output = world.run_command(&config, &["run"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(
-        stderr.contains("table t: the row at") && stderr.contains("/t/2") && stderr.contains("oversized_rows"),
+        stderr.contains("table t: the row at")
+            && stderr.contains("/t/2")
+            && stderr.contains("oversized_rows"),
         "{stderr}"
     );
 
     // skip: the row is left out (logged), everything else flows.
     world.extra_config.clear();
-    let config_text = config_text.replace("  max_txn_bytes: 4096\n", "  max_txn_bytes: 4096\n  oversized_rows: skip\n");
+    let config_text = config_text.replace(
+        "  max_txn_bytes: 4096\n",
+        "  max_txn_bytes: 4096\n  oversized_rows: skip\n",
+    );
     let config = world.write_config(&config_text);
     let mut agent = world.start_agent_with(&config);
     world.wait_for_sync_phase(&mut agent, SYNC_TIMEOUT).await;
     assert_eq!(world.etcd_value("t/2").await, None);
-    assert_eq!(world.etcd_value("t/1").await.as_deref(), Some(r#"{"id":1,"v":"small"}"#));
+    assert_eq!(
+        world.etcd_value("t/1").await.as_deref(),
+        Some(r#"{"id":1,"v":"small"}"#)
+    );
     world.sql("UPDATE t SET v = 'now small' WHERE id = 2").await;
-    world.wait_for_value("t/2", Some(r#"{"id":2,"v":"now small"}"#)).await;
+    world
+        .wait_for_value("t/2", Some(r#"{"id":2,"v":"now small"}"#))
+        .await;
     // Growing too large deletes the key rather than leaving a stale value.
-    world.sql("UPDATE t SET v = repeat('y', 10000) WHERE id = 1").await;
+    world
+        .sql("UPDATE t SET v = repeat('y', 10000) WHERE id = 1")
+        .await;
     world.wait_for_value("t/1", None).await;
     assert!(agent.log().contains("row left out"), "{}", agent.log());
     drop(agent);
@@ -97,34 +123,29 @@ async fn passwords_never_reach_the_logs() {
         .replace("${TEST_DB_PASSWORD}", "${SECRET_PW}");
     let config = world.write_config(&text);
     // At the most verbose level, through a dump, streaming and a clean stop.
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sync"))
-        .arg("--config-file")
-        .arg(&config)
-        .env("SECRET_PW", PASSWORD)
-        .env("RUST_LOG", "trace")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(world.dir.join("trace.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + SYNC_TIMEOUT;
-    while world.state().await.is_none_or(|s| s["phase"] != "sync") {
-        assert!(std::time::Instant::now() < deadline, "no sync phase");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    world.sql("INSERT INTO t VALUES (1)").await;
+    let mut agent =
+        world.start_agent_env(&config, &[("SECRET_PW", PASSWORD), ("RUST_LOG", "trace")]);
+    world.wait_for_sync_phase(&mut agent, SYNC_TIMEOUT).await;
+    world.pg_admin("INSERT INTO t VALUES (1)").await;
     world.wait_for_value("t/1", Some(r#"{"id":1}"#)).await;
-    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(child.wait().unwrap().success());
-    let log = std::fs::read_to_string(world.dir.join("trace.log")).unwrap();
+    assert!(agent.terminate(Duration::from_secs(10)).success());
+    let log = std::fs::read_to_string(world.dir.join("agent.log")).unwrap();
     assert!(log.len() > 10_000, "the trace log is suspiciously short");
-    assert!(!log.contains(PASSWORD), "the password appears in the trace log");
+    assert!(
+        !log.contains(PASSWORD),
+        "the password appears in the trace log"
+    );
 
     // Errors neither: a wrong password, and check's report.
     let wrong = text.replace("${SECRET_PW}", "Zq7-wrong-Pa55word");
     let config = world.write_config(&wrong);
     for args in [&["run"][..], &["check"][..]] {
         let output = world.run_command(&config, args);
-        let all = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
         assert!(!output.status.success());
         assert!(!all.contains("Zq7-wrong-Pa55word"), "{all}");
     }

@@ -286,6 +286,11 @@ impl World {
     }
 
     pub fn start_agent_with(&self, config: &PathBuf) -> Agent {
+        self.start_agent_env(config, &[])
+    }
+
+    /// Starts the agent with extra environment variables (which win over the defaults).
+    pub fn start_agent_env(&self, config: &PathBuf, envs: &[(&str, &str)]) -> Agent {
         let log_path = self.dir.join("agent.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -294,6 +299,7 @@ impl World {
             .unwrap();
         let child = self
             .command(config, &["run"])
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
