@@ -24,6 +24,7 @@ pub mod defaults {
     /// Measured best on a 2-core machine (more in flight slows etcd down there).
     pub const DUMP_TXNS_IN_FLIGHT: usize = 4;
     pub const READY_LAG_SECONDS: f64 = 10.0;
+    pub const LEASE_TTL: &str = "10s";
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +58,8 @@ pub struct Config {
     pub etcd: EtcdConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub ha: HaConfig,
     /// Where to start streaming when there is no state yet, instead of dumping.
     pub start: Option<StartConfig>,
 }
@@ -78,6 +81,34 @@ impl Default for MetricsConfig {
             listen: None,
             ready_lag_seconds: default_ready_lag_seconds(),
         }
+    }
+}
+
+/// High availability: several agents, one active, elected through etcd.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// How long the leader's (or, without `ha`, the lock holder's) lease outlives its last
+    /// renewal: how soon a standby takes over after the leader dies, e.g. `10s`.
+    #[serde(default = "default_lease_ttl", deserialize_with = "env_string")]
+    pub lease_ttl: String,
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            lease_ttl: default_lease_ttl(),
+        }
+    }
+}
+
+impl HaConfig {
+    /// The validated TTL (see [`Config::parse`]).
+    pub fn lease_ttl(&self) -> std::time::Duration {
+        humantime::parse_duration(&self.lease_ttl).unwrap_or(std::time::Duration::from_secs(10))
     }
 }
 
@@ -217,6 +248,9 @@ impl Default for EtcdConfig {
 
 fn default_host() -> String {
     "127.0.0.1".into()
+}
+fn default_lease_ttl() -> String {
+    defaults::LEASE_TTL.into()
 }
 fn default_ready_lag_seconds() -> f64 {
     defaults::READY_LAG_SECONDS
@@ -529,6 +563,11 @@ impl Config {
         let lag = self.metrics.ready_lag_seconds;
         if lag.is_nan() || lag <= 0.0 {
             p.push("metrics.ready_lag_seconds: must be positive".into());
+        }
+        match humantime::parse_duration(&self.ha.lease_ttl) {
+            Ok(ttl) if ttl >= std::time::Duration::from_secs(2) && ttl <= std::time::Duration::from_secs(600) => {}
+            Ok(_) => p.push("ha.lease_ttl: must be between 2s and 10m".into()),
+            Err(e) => p.push(format!("ha.lease_ttl: {:?} is not a duration like 10s ({e})", self.ha.lease_ttl)),
         }
         if let Some(start) = &self.start {
             match db.driver {

@@ -4,6 +4,7 @@
 //! saw or wrote. A second agent that writes the state makes the first one's next txn fail
 //! instead of both writing.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -39,6 +40,13 @@ pub enum EtcdError {
     },
     #[error("the state at {key} is not valid: {reason}; delete it to start over with a full dump")]
     BadState { key: String, reason: String },
+    #[error(
+        "another agent ({holder}) is syncing this state prefix (it holds {key}): stop it, or set \
+         ha.enabled: true to run several agents with one of them active"
+    )]
+    Locked { key: String, holder: String },
+    #[error("lost the leadership: the lease on {key} expired (etcd unreachable for longer than ha.lease_ttl?)")]
+    LostLeadership { key: String },
 }
 
 impl EtcdError {
@@ -68,7 +76,8 @@ impl EtcdError {
                 etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
                 _ => false,
             },
-            EtcdError::Fenced { .. } | EtcdError::BadState { .. } => false,
+            EtcdError::LostLeadership { .. } => true,
+            EtcdError::Fenced { .. } | EtcdError::BadState { .. } | EtcdError::Locked { .. } => false,
         }
     }
 }
@@ -127,6 +136,16 @@ impl Op {
     }
 }
 
+/// This agent's right to write: a key it holds under a lease. Every write txn compares the
+/// key's create revision, so once the lease is gone no write of this agent can land, not even
+/// one already in flight.
+#[derive(Debug, Clone)]
+pub struct Leadership {
+    pub key: String,
+    pub revision: i64,
+    pub lease: i64,
+}
+
 /// A listed key with the revision of its last write.
 #[derive(Debug, Clone)]
 pub struct ListedKey {
@@ -143,6 +162,7 @@ pub struct Store {
     agent: String,
     tables: Vec<String>,
     metrics: Option<Arc<Metrics>>,
+    leadership: Option<Leadership>,
 }
 
 impl Store {
@@ -166,7 +186,160 @@ impl Store {
             agent: format!("{host}:{}", std::process::id()),
             tables: Vec::new(),
             metrics: None,
+            leadership: None,
         })
+    }
+
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    pub fn leadership(&self) -> Option<&Leadership> {
+        self.leadership.as_ref()
+    }
+
+    fn lock_key(&self) -> String {
+        format!("{}lock", self.state_key.trim_end_matches("state"))
+    }
+
+    fn election_name(&self) -> String {
+        format!("{}election", self.state_key.trim_end_matches("state"))
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<i64, EtcdError> {
+        let response = self
+            .client
+            .lease_client()
+            .grant(ttl.as_secs().max(1) as i64, None)
+            .await
+            .map_err(|e| EtcdError::client("granting a lease", e))?;
+        Ok(response.id())
+    }
+
+    /// Takes `<state_prefix>/lock` for this agent. A holder that crashed on this host is
+    /// replaced at once; any other holder's lease is given `ttl` to expire before refusing.
+    pub async fn lock(&mut self, ttl: Duration) -> Result<(), EtcdError> {
+        let key = self.lock_key();
+        let lease = self.grant_lease(ttl).await?;
+        let deadline = std::time::Instant::now() + ttl + Duration::from_secs(2);
+        loop {
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(
+                    key.as_str(),
+                    self.agent.as_str(),
+                    Some(etcd_client::PutOptions::new().with_lease(lease)),
+                )])
+                .or_else([TxnOp::get(key.as_str(), None)]);
+            let response = self
+                .kv()
+                .txn(txn)
+                .await
+                .map_err(|e| EtcdError::client("taking the lock", e))?;
+            if response.succeeded() {
+                let revision = response.header().map_or(0, |h| h.revision());
+                self.leadership = Some(Leadership { key, revision, lease });
+                return Ok(());
+            }
+            let holder = response
+                .op_responses()
+                .into_iter()
+                .find_map(|r| match r {
+                    TxnOpResponse::Get(get) => get.kvs().first().map(|kv| {
+                        (String::from_utf8_lossy(kv.value()).into_owned(), kv.mod_revision())
+                    }),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            if self.holder_is_dead_here(&holder.0) {
+                // Crashed on this machine (kill -9): its lease has not expired yet, but no
+                // process can be renewing it.
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, holder.1)])
+                    .and_then([TxnOp::delete(key.as_str(), None)]);
+                self.kv()
+                    .txn(txn)
+                    .await
+                    .map_err(|e| EtcdError::client("clearing a dead agent's lock", e))?;
+                continue;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.client.lease_client().revoke(lease).await;
+                return Err(EtcdError::Locked { key, holder: holder.0 });
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Whether `holder` (`host:pid`) names a process of this host that no longer exists.
+    fn holder_is_dead_here(&self, holder: &str) -> bool {
+        let ours = self.agent.rsplit_once(':').map(|(host, _)| host);
+        match holder.rsplit_once(':') {
+            Some((host, pid)) if Some(host) == ours => {
+                pid.parse::<u32>().is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+            }
+            _ => false,
+        }
+    }
+
+    /// With `ha`: waits to be elected leader under `<state_prefix>/election`.
+    pub async fn campaign(&mut self, ttl: Duration) -> Result<(), EtcdError> {
+        let name = self.election_name();
+        let lease = self.grant_lease(ttl).await?;
+        // The lease must live while we wait to be elected.
+        let (mut keeper, mut responses) = self
+            .client
+            .lease_client()
+            .keep_alive(lease)
+            .await
+            .map_err(|e| EtcdError::client("keeping the lease alive", e))?;
+        let mut election = self.client.election_client();
+        let campaign = election.campaign(name.as_str(), self.agent.as_str(), lease);
+        tokio::pin!(campaign);
+        let mut tick = tokio::time::interval(ttl / 3);
+        let response = loop {
+            tokio::select! {
+                response = &mut campaign => break response.map_err(|e| EtcdError::client("campaigning", e))?,
+                _ = tick.tick() => {
+                    keeper.keep_alive().await.map_err(|e| EtcdError::client("keeping the lease alive", e))?;
+                    let _ = responses.message().await;
+                }
+            }
+        };
+        let leader = response.leader().ok_or_else(|| EtcdError::LostLeadership { key: name.clone() })?;
+        self.leadership = Some(Leadership {
+            key: String::from_utf8_lossy(leader.key()).into_owned(),
+            revision: leader.rev(),
+            lease,
+        });
+        Ok(())
+    }
+
+    /// Who holds the leadership or the lock, for `status`.
+    pub async fn holder(&self) -> Result<Option<String>, EtcdError> {
+        let mut election = self.client.election_client();
+        if let Ok(response) = election.leader(self.election_name()).await {
+            if let Some(kv) = response.kv() {
+                return Ok(Some(String::from_utf8_lossy(kv.value()).into_owned()));
+            }
+        }
+        let response = self
+            .kv()
+            .get(self.lock_key(), None)
+            .await
+            .map_err(|e| EtcdError::client("reading the lock", e))?;
+        Ok(response
+            .kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
+
+    /// Gives the leadership up (the lease and the key under it go), so a standby takes over
+    /// at once. Best effort: an unreachable etcd lets the lease expire instead.
+    pub async fn release(&mut self) {
+        if let Some(leadership) = self.leadership.take() {
+            let _ = self.client.lease_client().revoke(leadership.lease).await;
+        }
     }
 
     /// Records every write txn's latency in `metrics`.
@@ -258,12 +431,20 @@ impl Store {
 
     async fn fenced_txn(&self, ops: Vec<TxnOp>) -> Result<i64, EtcdError> {
         let count = ops.len();
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                self.state_key.as_str(),
+        let mut compares = vec![Compare::mod_revision(
+            self.state_key.as_str(),
+            CompareOp::Equal,
+            self.fence,
+        )];
+        if let Some(leadership) = &self.leadership {
+            compares.push(Compare::create_revision(
+                leadership.key.as_str(),
                 CompareOp::Equal,
-                self.fence,
-            )])
+                leadership.revision,
+            ));
+        }
+        let txn = Txn::new()
+            .when(compares)
             .and_then(ops)
             .or_else([TxnOp::get(self.state_key.as_str(), None)]);
         let started = Instant::now();
@@ -289,6 +470,12 @@ impl Store {
                 _ => None,
             })
             .unwrap_or(0);
+        if found == self.fence {
+            // The state is ours: it was the leadership key that is gone.
+            return Err(EtcdError::LostLeadership {
+                key: self.leadership.as_ref().map(|l| l.key.clone()).unwrap_or_default(),
+            });
+        }
         Err(EtcdError::Fenced {
             key: self.state_key.clone(),
             expected: self.fence,

@@ -33,6 +33,8 @@ pub fn engine_settings(config: &Config) -> engine::Settings {
         metrics: std::sync::Arc::new(metrics::Metrics::default()),
         metrics_served: config.metrics.listen.is_some(),
         start: config.start_position(),
+        ha: config.ha.enabled,
+        lease_ttl: config.ha.lease_ttl(),
     }
 }
 

@@ -22,7 +22,7 @@ pub struct Status {
     pub agent: Option<String>,
     /// Bytes of the source's log past the stored position, when the source tells it.
     pub behind_bytes: Option<u64>,
-    /// Which agent holds the leadership (with `ha`); `None` without it.
+    /// Which agent holds the leadership (with `ha`) or the lock; `None` when none runs.
     pub leader: Option<String>,
     pub keys: BTreeMap<String, i64>,
 }
@@ -41,6 +41,7 @@ pub async fn status<D: Driver>(driver: &D, settings: &Settings) -> Result<Status
         leader: None,
         keys: BTreeMap::new(),
     };
+    status.leader = store.holder().await?;
     let Some(state) = state else {
         return Ok(status);
     };

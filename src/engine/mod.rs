@@ -31,6 +31,9 @@ pub struct Settings {
     pub metrics_served: bool,
     /// Where to stream from when there is no state, instead of dumping.
     pub start: Option<Position>,
+    /// Several agents, one active (elected); without it a second agent is refused.
+    pub ha: bool,
+    pub lease_ttl: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,10 +86,23 @@ impl EngineError {
             EngineError::Driver(DriverError::Protocol(_)) => "protocol",
             EngineError::Driver(DriverError::Stopped) | EngineError::Stopped => "stopped",
             EngineError::Etcd(EtcdError::Fenced { .. }) => "fenced",
+            EngineError::Etcd(EtcdError::Locked { .. }) => "locked",
+            EngineError::Etcd(EtcdError::LostLeadership { .. }) => "lost_leadership",
             EngineError::Etcd(_) => "etcd",
             EngineError::Encode(_) => "encode",
             EngineError::RowTooLarge { .. } => "row_too_large",
             EngineError::MaxTxnOpsTooHigh(_) | EngineError::NothingSelected => "misconfigured",
+        }
+    }
+
+    /// What to do about this error; with `ha`, losing the leadership (or being fenced by a new
+    /// leader) sends this agent back to campaigning.
+    fn action_in(&self, ha: bool) -> Action {
+        match self {
+            EngineError::Etcd(EtcdError::Fenced { .. } | EtcdError::LostLeadership { .. }) if ha => {
+                Action::Retry
+            }
+            _ => self.action(),
         }
     }
 
@@ -151,7 +167,7 @@ pub async fn run<D: Driver>(
             Err(e) => e,
         };
         let kind = KindLabels { kind: err.kind() };
-        if err.action() != Action::Retry {
+        if err.action_in(settings.ha) != Action::Retry {
             settings.metrics.errors.get_or_create(&kind).inc();
             return Err(err);
         }
@@ -168,7 +184,8 @@ pub async fn run<D: Driver>(
     }
 }
 
-/// One connection's worth of work: read the state, dump if needed, then follow the stream.
+/// One connection's worth of work, as the one agent allowed to write: take the lock (or win
+/// the election), then lead until done, cancelled, or the lease is lost.
 async fn session<D: Driver>(
     driver: &Arc<D>,
     settings: &Settings,
@@ -178,13 +195,14 @@ async fn session<D: Driver>(
     let mut store = Store::connect(&settings.endpoints, &settings.state_prefix)
         .await?
         .with_metrics(settings.metrics.clone());
+    // Everything that can refuse the config or the server comes before the lock: a refused
+    // start leaves nothing in etcd.
     if let Err(e) = store.probe_max_txn_ops(settings.max_txn_ops).await {
         if crate::etcd::is_too_many_ops(&e) {
             return Err(EngineError::MaxTxnOpsTooHigh(settings.max_txn_ops));
         }
         return Err(e.into());
     }
-    let state = store.load_state().await?;
     let selection = driver.select_tables().await?;
     for (table, reason) in &selection.skipped {
         warn!(%table, "table skipped: {reason}");
@@ -193,6 +211,84 @@ async fn session<D: Driver>(
         return Err(EngineError::NothingSelected);
     }
     let tables: Vec<Arc<TableSchema>> = selection.tables;
+    if settings.ha {
+        info!("standby: campaigning for the leadership");
+        tokio::select! {
+            _ = cancel.cancelled() => return Err(EngineError::Stopped),
+            elected = store.campaign(settings.lease_ttl) => elected?,
+        }
+        info!("elected leader");
+    } else {
+        store.lock(settings.lease_ttl).await?;
+    }
+    let Some(leadership) = store.leadership().cloned() else {
+        return Err(EngineError::Stopped);
+    };
+    let lost = CancellationToken::new();
+    let leading = cancel.child_token();
+    let keeper = tokio::spawn(keep_lease(
+        store.client(),
+        leadership.clone(),
+        settings.lease_ttl,
+        lost.clone(),
+        leading.clone(),
+    ));
+    let result = lead(driver, &mut store, &tables, settings, &leading, progressed).await;
+    keeper.abort();
+    store.release().await;
+    if lost.is_cancelled() && !cancel.is_cancelled() {
+        return Err(EtcdError::LostLeadership { key: leadership.key }.into());
+    }
+    result
+}
+
+/// Renews the lease; when it cannot for a whole TTL, the leadership is gone: `lost` and
+/// `leading` fire. (etcd's compare on the key fences writes in the meantime anyway.)
+async fn keep_lease(
+    client: etcd_client::Client,
+    leadership: crate::etcd::Leadership,
+    ttl: Duration,
+    lost: CancellationToken,
+    leading: CancellationToken,
+) {
+    let mut last_renewed = std::time::Instant::now();
+    let mut tick = tokio::time::interval(ttl / 3);
+    'reconnect: loop {
+        if last_renewed.elapsed() > ttl {
+            break;
+        }
+        let Ok((mut keeper, mut responses)) = client.lease_client().keep_alive(leadership.lease).await else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        };
+        loop {
+            tick.tick().await;
+            if keeper.keep_alive().await.is_err() {
+                continue 'reconnect;
+            }
+            match responses.message().await {
+                Ok(Some(response)) if response.ttl() > 0 => last_renewed = std::time::Instant::now(),
+                // Expired (ttl 0): etcd already removed the key.
+                Ok(Some(_)) => break 'reconnect,
+                _ => continue 'reconnect,
+            }
+        }
+    }
+    warn!(key = %leadership.key, "the lease was not renewed for {ttl:?}: giving up the leadership");
+    lost.cancel();
+    leading.cancel();
+}
+
+/// Reads the state, dumps if needed, then follows the stream.
+async fn lead<D: Driver>(
+    driver: &Arc<D>,
+    store: &mut Store,
+    tables: &[Arc<TableSchema>],
+    settings: &Settings,
+    cancel: &CancellationToken,
+    progressed: &mut bool,
+) -> Result<(), EngineError> {
+    let state = store.load_state().await?;
     let mut names: Vec<String> = tables.iter().map(|t| t.id.to_string()).collect();
     names.sort();
     store.set_tables(names.clone());
@@ -209,30 +305,30 @@ async fn session<D: Driver>(
                 "the table selection changed since the last dump; dumping again (keys of \
                  tables no longer selected are left in etcd)"
             );
-            dump::dump(driver, &mut store, &tables, settings, cancel).await?
+            dump::dump(driver, store, tables, settings, cancel).await?
         }
         Some(state) if state.phase == Phase::Sync => match state.position {
             Some(position) => {
                 info!(position = %position.0, "resuming the stream from the stored position");
                 position
             }
-            None => dump::dump(driver, &mut store, &tables, settings, cancel).await?,
+            None => dump::dump(driver, store, tables, settings, cancel).await?,
         },
         Some(_) => {
             info!("the previous dump did not finish; dumping again");
-            dump::dump(driver, &mut store, &tables, settings, cancel).await?
+            dump::dump(driver, store, tables, settings, cancel).await?
         }
         None => match &settings.start {
             Some(start) => {
                 info!(position = %start.0, "no state yet; streaming from the configured start position, without a dump");
-                driver.prepare_start(start, &tables).await?;
+                driver.prepare_start(start, tables).await?;
                 let state = store.state(Phase::Sync, Some(start.clone()));
                 store.commit(vec![], Some(&state)).await?;
                 start.clone()
             }
             None => {
                 info!("no state yet; starting with a dump");
-                dump::dump(driver, &mut store, &tables, settings, cancel).await?
+                dump::dump(driver, store, tables, settings, cancel).await?
             }
         },
     };
@@ -242,7 +338,7 @@ async fn session<D: Driver>(
     *progressed = true;
     loop {
         let result = apply::sync(
-            driver, &mut store, &tables, position, settings, cancel, progressed,
+            driver, store, tables, position, settings, cancel, progressed,
         )
         .await;
         match result {
@@ -252,7 +348,7 @@ async fn session<D: Driver>(
                      (keys of rows that disappeared meanwhile are deleted afterwards)",
                     crate::error_chain(&e)
                 );
-                position = dump::dump(driver, &mut store, &tables, settings, cancel).await?;
+                position = dump::dump(driver, store, tables, settings, cancel).await?;
             }
             other => return other,
         }
