@@ -565,9 +565,14 @@ impl Config {
             p.push("metrics.ready_lag_seconds: must be positive".into());
         }
         match humantime::parse_duration(&self.ha.lease_ttl) {
-            Ok(ttl) if ttl >= std::time::Duration::from_secs(2) && ttl <= std::time::Duration::from_secs(600) => {}
+            Ok(ttl)
+                if ttl >= std::time::Duration::from_secs(2)
+                    && ttl <= std::time::Duration::from_secs(600) => {}
             Ok(_) => p.push("ha.lease_ttl: must be between 2s and 10m".into()),
-            Err(e) => p.push(format!("ha.lease_ttl: {:?} is not a duration like 10s ({e})", self.ha.lease_ttl)),
+            Err(e) => p.push(format!(
+                "ha.lease_ttl: {:?} is not a duration like 10s ({e})",
+                self.ha.lease_ttl
+            )),
         }
         if let Some(start) = &self.start {
             match db.driver {

@@ -77,7 +77,9 @@ impl EtcdError {
                 _ => false,
             },
             EtcdError::LostLeadership { .. } => true,
-            EtcdError::Fenced { .. } | EtcdError::BadState { .. } | EtcdError::Locked { .. } => false,
+            EtcdError::Fenced { .. } | EtcdError::BadState { .. } | EtcdError::Locked { .. } => {
+                false
+            }
         }
     }
 }
@@ -238,7 +240,11 @@ impl Store {
                 .map_err(|e| EtcdError::client("taking the lock", e))?;
             if response.succeeded() {
                 let revision = response.header().map_or(0, |h| h.revision());
-                self.leadership = Some(Leadership { key, revision, lease });
+                self.leadership = Some(Leadership {
+                    key,
+                    revision,
+                    lease,
+                });
                 return Ok(());
             }
             let holder = response
@@ -246,7 +252,10 @@ impl Store {
                 .into_iter()
                 .find_map(|r| match r {
                     TxnOpResponse::Get(get) => get.kvs().first().map(|kv| {
-                        (String::from_utf8_lossy(kv.value()).into_owned(), kv.mod_revision())
+                        (
+                            String::from_utf8_lossy(kv.value()).into_owned(),
+                            kv.mod_revision(),
+                        )
                     }),
                     _ => None,
                 })
@@ -255,7 +264,11 @@ impl Store {
                 // Crashed on this machine (kill -9): its lease has not expired yet, but no
                 // process can be renewing it.
                 let txn = Txn::new()
-                    .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, holder.1)])
+                    .when([Compare::mod_revision(
+                        key.as_str(),
+                        CompareOp::Equal,
+                        holder.1,
+                    )])
                     .and_then([TxnOp::delete(key.as_str(), None)]);
                 self.kv()
                     .txn(txn)
@@ -265,7 +278,10 @@ impl Store {
             }
             if std::time::Instant::now() > deadline {
                 let _ = self.client.lease_client().revoke(lease).await;
-                return Err(EtcdError::Locked { key, holder: holder.0 });
+                return Err(EtcdError::Locked {
+                    key,
+                    holder: holder.0,
+                });
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -275,9 +291,9 @@ impl Store {
     fn holder_is_dead_here(&self, holder: &str) -> bool {
         let ours = self.agent.rsplit_once(':').map(|(host, _)| host);
         match holder.rsplit_once(':') {
-            Some((host, pid)) if Some(host) == ours => {
-                pid.parse::<u32>().is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
-            }
+            Some((host, pid)) if Some(host) == ours => pid
+                .parse::<u32>()
+                .is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()),
             _ => false,
         }
     }
@@ -306,7 +322,9 @@ impl Store {
                 }
             }
         };
-        let leader = response.leader().ok_or_else(|| EtcdError::LostLeadership { key: name.clone() })?;
+        let leader = response
+            .leader()
+            .ok_or_else(|| EtcdError::LostLeadership { key: name.clone() })?;
         self.leadership = Some(Leadership {
             key: String::from_utf8_lossy(leader.key()).into_owned(),
             revision: leader.rev(),
@@ -473,7 +491,11 @@ impl Store {
         if found == self.fence {
             // The state is ours: it was the leadership key that is gone.
             return Err(EtcdError::LostLeadership {
-                key: self.leadership.as_ref().map(|l| l.key.clone()).unwrap_or_default(),
+                key: self
+                    .leadership
+                    .as_ref()
+                    .map(|l| l.key.clone())
+                    .unwrap_or_default(),
             });
         }
         Err(EtcdError::Fenced {

@@ -57,6 +57,8 @@ async fn metrics_health_and_status_while_syncing() {
                 t,
                 "etcd_sync_changes_applied_total{table=\"t\",op=\"insert\"}",
             ) == Some(1.0)
+            // Set once the position is acknowledged, just after the changes are counted.
+            && metric(t, "etcd_sync_position").unwrap_or(0.0) > 0.0
     });
     let lag = metric(&text, "etcd_sync_replication_lag_seconds").expect("lag gauge");
     assert!((0.0..10.0).contains(&lag), "lag {lag}");

@@ -99,7 +99,9 @@ impl EngineError {
     /// leader) sends this agent back to campaigning.
     fn action_in(&self, ha: bool) -> Action {
         match self {
-            EngineError::Etcd(EtcdError::Fenced { .. } | EtcdError::LostLeadership { .. }) if ha => {
+            EngineError::Etcd(EtcdError::Fenced { .. } | EtcdError::LostLeadership { .. })
+                if ha =>
+            {
                 Action::Retry
             }
             _ => self.action(),
@@ -237,7 +239,10 @@ async fn session<D: Driver>(
     keeper.abort();
     store.release().await;
     if lost.is_cancelled() && !cancel.is_cancelled() {
-        return Err(EtcdError::LostLeadership { key: leadership.key }.into());
+        return Err(EtcdError::LostLeadership {
+            key: leadership.key,
+        }
+        .into());
     }
     result
 }
@@ -257,7 +262,9 @@ async fn keep_lease(
         if last_renewed.elapsed() > ttl {
             break;
         }
-        let Ok((mut keeper, mut responses)) = client.lease_client().keep_alive(leadership.lease).await else {
+        let Ok((mut keeper, mut responses)) =
+            client.lease_client().keep_alive(leadership.lease).await
+        else {
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         };
@@ -267,7 +274,9 @@ async fn keep_lease(
                 continue 'reconnect;
             }
             match responses.message().await {
-                Ok(Some(response)) if response.ttl() > 0 => last_renewed = std::time::Instant::now(),
+                Ok(Some(response)) if response.ttl() > 0 => {
+                    last_renewed = std::time::Instant::now()
+                }
                 // Expired (ttl 0): etcd already removed the key.
                 Ok(Some(_)) => break 'reconnect,
                 _ => continue 'reconnect,

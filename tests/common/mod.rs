@@ -563,6 +563,10 @@ impl Agent {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().unwrap()
     }

@@ -255,7 +255,10 @@ pub struct TableFilter {
 
 /// A source database.
 ///
-/// Futures are `Send` so the engine can run each long-running loop on its own task.
+/// Futures are `Send` so the engine can run each long-running loop on its own task. The
+/// engine calls `dump`, `stream` and `prepare_start` only while it holds the leadership (the
+/// lock, or the `ha` election): a driver may take replication resources (a slot) over from
+/// whoever else holds them.
 pub trait Driver: Send + Sync + 'static {
     /// Checks connectivity and every server prerequisite; never fails for a failed check.
     fn check(&self) -> impl Future<Output = Vec<CheckItem>> + Send;

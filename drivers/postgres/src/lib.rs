@@ -312,6 +312,37 @@ impl PostgresDriver {
         Ok(())
     }
 
+    /// Makes the slot free for this agent: the engine calls the driver only while it holds the
+    /// leadership, so whoever else holds the slot is a deposed leader (or a dead agent whose
+    /// connection the server has not noticed yet), and waiting for wal_sender_timeout would
+    /// stall the takeover.
+    async fn take_over_slot(&self, client: &Client) -> Result<(), DriverError> {
+        let slot = &self.config.slot;
+        for attempt in 0..100 {
+            let row = client
+                .query_opt(
+                    "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL",
+                    &[slot],
+                )
+                .await
+                .map_err(|e| pg_error("reading replication slots", e))?;
+            let Some(row) = row else { return Ok(()) };
+            let pid: i32 = row.get(0);
+            if attempt == 0 {
+                tracing::warn!(%slot, pid, "the slot is held by another connection (a previous leader?): terminating it");
+                client
+                    .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                    .await
+                    .map_err(|e| pg_error("terminating the slot's previous holder", e))?;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(DriverError::transient(
+            "taking over the replication slot",
+            format!("slot {slot} is still held by another connection"),
+        ))
+    }
+
     /// Opens a connection inside the exported snapshot (or a fresh REPEATABLE READ one).
     async fn snapshot_client(&self, snapshot: Option<&str>) -> Result<Client, DriverError> {
         let client = self.query_client().await?;
@@ -566,6 +597,7 @@ impl etcd_sync_api::Driver for PostgresDriver {
             .map_err(|e| pg_error("reading replication slots", e))?
             .is_some();
         if exists {
+            self.take_over_slot(&client).await?;
             // A new snapshot needs a new slot: only its creation exports one.
             info!(%slot, "dropping the replication slot to take a new snapshot");
             repl.simple_query(&format!("DROP_REPLICATION_SLOT {}", quote_ident(slot)))
@@ -641,6 +673,7 @@ impl etcd_sync_api::Driver for PostgresDriver {
         }
         let (_, all, types) = self.selected(&client).await?;
         let tables: Vec<PgTable> = Self::matching(&all, tables)?.into_iter().cloned().collect();
+        self.take_over_slot(&client).await?;
         let mut repl = self.replication_connection().await?;
         let sql = format!(
             "START_REPLICATION SLOT {} LOGICAL {start} (proto_version '1', publication_names {})",
