@@ -45,12 +45,24 @@ pub enum EtcdError {
          ha.enabled: true to run several agents with one of them active"
     )]
     Locked { key: String, holder: String },
+    #[error(
+        "etcd: {context}: the database is out of space (NOSPACE alarm): nothing is applied or \
+         acknowledged until writes succeed again. Free it: compact old revisions (etcdctl compact \
+         <revision>, or run etcd with --auto-compaction-retention), defragment (etcdctl defrag), \
+         raise --quota-backend-bytes if the data needs it, then etcdctl alarm disarm"
+    )]
+    NoSpace { context: String },
     #[error("lost the leadership: the lease on {key} expired (etcd unreachable for longer than ha.lease_ttl?)")]
     LostLeadership { key: String },
 }
 
 impl EtcdError {
     fn client(context: impl Into<String>, source: etcd_client::Error) -> Self {
+        if source.to_string().contains("database space exceeded") {
+            return Self::NoSpace {
+                context: context.into(),
+            };
+        }
         Self::Client {
             context: context.into(),
             source,
@@ -76,7 +88,8 @@ impl EtcdError {
                 etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
                 _ => false,
             },
-            EtcdError::LostLeadership { .. } => true,
+            // Retried until an operator frees space; each retry says how.
+            EtcdError::LostLeadership { .. } | EtcdError::NoSpace { .. } => true,
             EtcdError::Fenced { .. } | EtcdError::BadState { .. } | EtcdError::Locked { .. } => {
                 false
             }

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::World;
+use common::{OwnEtcd, World};
 
 const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -149,5 +149,88 @@ async fn passwords_never_reach_the_logs() {
         assert!(!output.status.success());
         assert!(!all.contains("Zq7-wrong-Pa55word"), "{all}");
     }
+    world.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_out_of_space_pauses_the_agent_until_space_is_freed() {
+    use etcd_client::{AlarmAction, AlarmOptions, AlarmType, CompactionOptions, DeleteOptions};
+    let etcd = OwnEtcd::start("nospace", &["--quota-backend-bytes", "16000000"]).await;
+    let mut world = World::new("nospace").await;
+    world.use_etcd(&etcd.endpoint).await;
+    world
+        .sql("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT i, 'a' FROM generate_series(1, 100) i;")
+        .await;
+    let mut agent = world.start_agent();
+    world.wait_for_sync_phase(&mut agent, SYNC_TIMEOUT).await;
+
+    // Someone else fills etcd up until it raises the NOSPACE alarm.
+    let mut kv = world.etcd.kv_client();
+    let junk = "x".repeat(1_000_000);
+    for i in 0.. {
+        if kv
+            .put(format!("/junk/{}", i % 4), junk.as_str(), None)
+            .await
+            .is_err()
+        {
+            break;
+        }
+        assert!(i < 200, "no NOSPACE alarm");
+    }
+    world.sql("UPDATE t SET v = 'b' WHERE id <= 10").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !agent.log().contains("out of space") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no out-of-space message:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = agent.log();
+    assert!(
+        log.contains("etcdctl defrag") && log.contains("alarm disarm"),
+        "{log}"
+    );
+    assert!(agent.exited().is_none(), "the agent should wait, not exit");
+
+    // The operator frees space; the agent resumes by itself.
+    world
+        .etcd
+        .delete("/junk/", Some(DeleteOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let revision = world
+        .etcd
+        .get("/", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    world
+        .etcd
+        .compact(revision, Some(CompactionOptions::new().with_physical()))
+        .await
+        .unwrap();
+    world.etcd.defragment().await.unwrap();
+    // Disarming names the member (etcdctl alarm disarm does the same for each).
+    let member = world
+        .etcd
+        .status()
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .member_id();
+    let mut options = AlarmOptions::new();
+    options.with_member(member);
+    world
+        .etcd
+        .alarm(AlarmAction::Deactivate, AlarmType::Nospace, Some(options))
+        .await
+        .unwrap();
+    world.wait_converged(Some(&agent), CONVERGE_TIMEOUT).await;
+    drop(agent);
     world.cleanup().await;
 }

@@ -88,6 +88,7 @@ impl EngineError {
             EngineError::Etcd(EtcdError::Fenced { .. }) => "fenced",
             EngineError::Etcd(EtcdError::Locked { .. }) => "locked",
             EngineError::Etcd(EtcdError::LostLeadership { .. }) => "lost_leadership",
+            EngineError::Etcd(EtcdError::NoSpace { .. }) => "etcd_nospace",
             EngineError::Etcd(_) => "etcd",
             EngineError::Encode(_) => "encode",
             EngineError::RowTooLarge { .. } => "row_too_large",

@@ -66,6 +66,8 @@ pub enum Source {
 
 /// One test's world: its database, slot, publication and etcd prefixes.
 pub struct World {
+    /// etcd endpoint when the test runs its own etcd instead of the test environment's.
+    pub etcd_endpoint: String,
     pub env: TestEnv,
     pub name: String,
     pub source: Source,
@@ -181,6 +183,7 @@ impl World {
             .await
             .unwrap_or_else(|e| panic!("cannot connect to etcd ({e}): run `make testenv`"));
         let world = World {
+            etcd_endpoint: env.etcd_endpoint(),
             env,
             dir: std::env::temp_dir().join(format!("etcd-sync-test-{name}")),
             name,
@@ -225,7 +228,7 @@ impl World {
                 user = self.env.get("MYSQL_USER"),
                 db = self.name,
                 extra = self.extra_config,
-                etcd = self.env.etcd_endpoint(),
+                etcd = self.etcd_endpoint,
                 prefix = self.prefix(),
                 state = self.state_prefix(),
             );
@@ -237,10 +240,16 @@ impl World {
             user = self.env.get("PG_USER"),
             db = self.name,
             extra = self.extra_config,
-            etcd = self.env.etcd_endpoint(),
+            etcd = self.etcd_endpoint,
             prefix = self.prefix(),
             state = self.state_prefix(),
         )
+    }
+
+    /// Points the world (its configs and its etcd client) at another etcd.
+    pub async fn use_etcd(&mut self, endpoint: &str) {
+        self.etcd_endpoint = endpoint.to_owned();
+        self.etcd = Etcd::connect([endpoint], None).await.unwrap();
     }
 
     /// Writes the config atomically: an agent may be reading the previous one.
@@ -601,6 +610,67 @@ impl Agent {
 }
 
 impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An etcd of the test's own (fresh data dir, free ports), for tests that break it.
+pub struct OwnEtcd {
+    child: Child,
+    pub endpoint: String,
+    _dir: PathBuf,
+}
+
+impl OwnEtcd {
+    pub async fn start(name: &str, extra_args: &[&str]) -> OwnEtcd {
+        let dir = std::env::temp_dir().join(format!("etcd-sync-test-etcd-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (client, peer) = (free_port(), free_port());
+        let endpoint = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("etcd")
+            .args(["--name", name, "--data-dir"])
+            .arg(dir.join("data"))
+            .args([
+                "--listen-client-urls",
+                &endpoint,
+                "--advertise-client-urls",
+                &endpoint,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args(["--initial-cluster", &format!("{name}={peer_url}")])
+            .args(extra_args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("etcd.log")).unwrap())
+            .spawn()
+            .expect("etcd: run `make testenv`");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut c) = Etcd::connect([endpoint.as_str()], None).await {
+                if c.status().await.is_ok() {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "the test's etcd did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        OwnEtcd {
+            child,
+            endpoint,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for OwnEtcd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
