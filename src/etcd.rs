@@ -78,6 +78,8 @@ impl EtcdError {
                     matches!(
                         status.code(),
                         Code::Unavailable
+                            // A lease gone between grant and use (etcd restarted, a slow retry).
+                            | Code::NotFound
                             | Code::DeadlineExceeded
                             | Code::Aborted
                             | Code::Unknown
@@ -235,9 +237,10 @@ impl Store {
     /// replaced at once; any other holder's lease is given `ttl` to expire before refusing.
     pub async fn lock(&mut self, ttl: Duration) -> Result<(), EtcdError> {
         let key = self.lock_key();
-        let lease = self.grant_lease(ttl).await?;
         let deadline = std::time::Instant::now() + ttl + Duration::from_secs(2);
         loop {
+            // A lease per attempt: one granted before a wait would expire during it.
+            let lease = self.grant_lease(ttl).await?;
             let txn = Txn::new()
                 .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
                 .and_then([TxnOp::put(
@@ -273,7 +276,10 @@ impl Store {
                     _ => None,
                 })
                 .unwrap_or_default();
-            if self.holder_is_dead_here(&holder.0) {
+            let _ = self.client.lease_client().revoke(lease).await;
+            // Our own earlier session (its release failed while etcd was away), or an agent
+            // that crashed on this host: nobody is renewing that lease.
+            if holder.0 == self.agent || self.holder_is_dead_here(&holder.0) {
                 // Crashed on this machine (kill -9): its lease has not expired yet, but no
                 // process can be renewing it.
                 let txn = Txn::new()
@@ -290,7 +296,6 @@ impl Store {
                 continue;
             }
             if std::time::Instant::now() > deadline {
-                let _ = self.client.lease_client().revoke(lease).await;
                 return Err(EtcdError::Locked {
                     key,
                     holder: holder.0,

@@ -234,3 +234,79 @@ async fn etcd_out_of_space_pauses_the_agent_until_space_is_freed() {
     drop(agent);
     world.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_down_for_a_while_then_back_converges() {
+    let mut etcd = OwnEtcd::start("restart", &[]).await;
+    let mut world = World::new("etcd_restart").await;
+    world.use_etcd(&etcd.endpoint).await;
+    world
+        .sql("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t SELECT i, 0 FROM generate_series(1, 200) i;")
+        .await;
+    let mut agent = world.start_agent();
+    world.wait_for_sync_phase(&mut agent, SYNC_TIMEOUT).await;
+    // Changes keep coming while etcd is down (killed, not stopped cleanly) for longer than
+    // the lock's lease.
+    let writes = async {
+        for round in 1..=20 {
+            world
+                .sql(&format!(
+                    "UPDATE t SET v = {round} WHERE id % 20 = {}",
+                    round % 20
+                ))
+                .await;
+            world
+                .sql(&format!("INSERT INTO t VALUES ({}, 0)", 1000 + round))
+                .await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    };
+    let outage = etcd.crash_for(Duration::from_secs(12));
+    tokio::join!(writes, outage);
+    world.use_etcd(&etcd.endpoint).await;
+    world
+        .wait_converged(Some(&agent), Duration::from_secs(90))
+        .await;
+    assert!(
+        agent.exited().is_none(),
+        "the agent gave up:\n{}",
+        agent.log()
+    );
+    assert!(agent.log().contains("retry_in"), "{}", agent.log());
+    drop(agent);
+    world.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_works_with_exactly_the_documented_grants() {
+    let world = World::new("leastpg").await;
+    world
+        .pg_admin(&format!(
+            "DO $$ BEGIN
+               IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'leastpg') THEN
+                 CREATE ROLE leastpg LOGIN REPLICATION PASSWORD 'leastpg';
+               END IF;
+             END $$;
+             CREATE TABLE t (id int PRIMARY KEY, v text);
+             INSERT INTO t VALUES (1, 'a'), (2, 'b');
+             CREATE PUBLICATION {0} FOR TABLE t;
+             GRANT SELECT ON t TO leastpg;
+             GRANT SELECT ON t TO sync; -- for the test's own verify",
+            world.name
+        ))
+        .await;
+    let text = world
+        .config_text(None)
+        .replace("user: sync", "user: leastpg")
+        .replace("${TEST_DB_PASSWORD}", "leastpg");
+    let config = world.write_config(&text);
+    let mut agent = world.start_agent_with(&config);
+    world.wait_for_sync_phase(&mut agent, SYNC_TIMEOUT).await;
+    world
+        .pg_admin("UPDATE t SET v = 'c' WHERE id = 1; DELETE FROM t WHERE id = 2;")
+        .await;
+    world.wait_for_value("t/2", None).await;
+    world.wait_converged(Some(&agent), CONVERGE_TIMEOUT).await;
+    drop(agent);
+    world.cleanup().await;
+}

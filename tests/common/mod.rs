@@ -7,7 +7,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -620,7 +620,8 @@ impl Drop for Agent {
 pub struct OwnEtcd {
     child: Child,
     pub endpoint: String,
-    _dir: PathBuf,
+    dir: PathBuf,
+    args: Vec<String>,
 }
 
 impl OwnEtcd {
@@ -631,42 +632,68 @@ impl OwnEtcd {
         let (client, peer) = (free_port(), free_port());
         let endpoint = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
-            .args(["--name", name, "--data-dir"])
-            .arg(dir.join("data"))
-            .args([
-                "--listen-client-urls",
-                &endpoint,
-                "--advertise-client-urls",
-                &endpoint,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-            ])
-            .args(["--initial-cluster", &format!("{name}={peer_url}")])
-            .args(extra_args)
+        let mut args: Vec<String> = vec!["--name".into(), name.into(), "--data-dir".into()];
+        args.push(dir.join("data").display().to_string());
+        for arg in [
+            "--listen-client-urls",
+            &endpoint,
+            "--advertise-client-urls",
+            &endpoint,
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+            "--initial-cluster",
+            &format!("{name}={peer_url}"),
+        ] {
+            args.push(arg.to_owned());
+        }
+        args.extend(extra_args.iter().map(|a| a.to_string()));
+        let child = Self::spawn(&dir, &args);
+        let etcd = OwnEtcd {
+            child,
+            endpoint,
+            dir,
+            args,
+        };
+        etcd.wait_ready().await;
+        etcd
+    }
+
+    fn spawn(dir: &Path, args: &[String]) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("etcd.log"))
+            .unwrap();
+        Command::new("etcd")
+            .args(args)
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("etcd.log")).unwrap())
+            .stderr(log)
             .spawn()
-            .expect("etcd: run `make testenv`");
+            .expect("etcd: run `make testenv`")
+    }
+
+    async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(mut c) = Etcd::connect([endpoint.as_str()], None).await {
+            if let Ok(mut c) = Etcd::connect([self.endpoint.as_str()], None).await {
                 if c.status().await.is_ok() {
-                    break;
+                    return;
                 }
             }
             assert!(Instant::now() < deadline, "the test's etcd did not start");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        OwnEtcd {
-            child,
-            endpoint,
-            _dir: dir,
-        }
+    }
+
+    /// Kills etcd (SIGKILL) and keeps it down for `down`.
+    pub async fn crash_for(&mut self, down: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        tokio::time::sleep(down).await;
+        self.child = Self::spawn(&self.dir, &self.args);
+        self.wait_ready().await;
     }
 }
 
