@@ -20,20 +20,7 @@ async fn sigterm_during_a_dump_exits_quickly_and_a_restart_converges() {
         )
         .await;
     let mut agent = world.start_agent();
-    let deadline = std::time::Instant::now() + SYNC_TIMEOUT;
-    while world.etcd_key_count(&world.prefix()).await < 2_000 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the dump wrote nothing:\n{}",
-            agent.log()
-        );
-        assert!(
-            agent.exited().is_none(),
-            "the agent exited:\n{}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    world.wait_for_keys(&mut agent, 2_000).await;
     let started = std::time::Instant::now();
     let status = agent.terminate(Duration::from_secs(10));
     assert!(status.success(), "exit status {status}");

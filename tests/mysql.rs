@@ -162,20 +162,7 @@ async fn kill9_during_dump_then_restart_converges() {
         )
         .await;
     let mut agent = world.start_agent();
-    let deadline = std::time::Instant::now() + SYNC_TIMEOUT;
-    while world.etcd_key_count(&world.prefix()).await < 2_000 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the dump wrote nothing:\n{}",
-            agent.log()
-        );
-        assert!(
-            agent.exited().is_none(),
-            "the agent exited:\n{}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    world.wait_for_keys(&mut agent, 2_000).await;
     agent.kill9();
     assert_eq!(world.state().await.expect("state")["phase"], "dump");
     world

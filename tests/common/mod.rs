@@ -464,6 +464,24 @@ impl World {
         }
     }
 
+    /// Waits until the dump has written `keys` keys (to stop the agent in the middle of it).
+    pub async fn wait_for_keys(&self, agent: &mut Agent, keys: i64) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.etcd_key_count(&self.prefix()).await < keys {
+            assert!(
+                Instant::now() < deadline,
+                "the dump wrote nothing:\n{}",
+                agent.log()
+            );
+            assert!(
+                agent.exited().is_none(),
+                "the agent exited:\n{}",
+                agent.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until `sync verify` finds etcd equal to the database.
     pub async fn wait_converged(&self, agent: Option<&Agent>, timeout: Duration) {
         let config = self.config();
