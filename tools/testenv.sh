@@ -32,8 +32,14 @@ install_packages() {
   command -v protoc >/dev/null || missing+=(protobuf-compiler)
   [ -x "$PG_BIN/postgres" ] || missing+=(postgresql-15)
   command -v openssl >/dev/null || missing+=(openssl)
-  command -v mariadbd >/dev/null || missing+=(mariadb-server)
-  command -v mariadb >/dev/null || missing+=(mariadb-client)
+  # Every binary used, not one per package: packages split them (mariadb-client-core has
+  # mariadb but not mariadb-admin or mysqldump).
+  for tool in mariadbd mariadb-install-db; do
+    command -v "$tool" >/dev/null || { missing+=(mariadb-server); break; }
+  done
+  for tool in mariadb mariadb-admin mysqldump mysqlbinlog; do
+    command -v "$tool" >/dev/null || { missing+=(mariadb-client); break; }
+  done
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
     as_root apt-get update -qq
