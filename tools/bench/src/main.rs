@@ -251,17 +251,9 @@ impl Bench {
             let rate = keys as f64 / started.elapsed().as_secs_f64();
             println!("ceiling: {TXN_OPS} ops/txn x {in_flight} in flight: {rate:.0} keys/s");
             best = best.max(rate);
-            self.etcd
-                .delete(prefix, Some(DeleteOptions::new().with_prefix()))
-                .await?;
         }
-        let revision = self
-            .etcd
-            .get("/", None)
-            .await?
-            .header()
-            .map_or(1, |h| h.revision());
-        self.etcd.compact(revision, None).await.ok();
+        // Deleting between levels would burden the next level with tombstones: once, here.
+        self.reset_etcd(&["/bench-ceiling/"]).await?;
         self.ceiling = best;
         self.results.push(Measure {
             scenario: "etcd ceiling (keys/s)".into(),
@@ -389,6 +381,29 @@ impl Bench {
 
         stop(agent).await;
         db.drop().await?;
+        self.reset_etcd(&[&prefix, &state]).await
+    }
+
+    /// Leaves etcd as the next source should find it: without this source's keys or history.
+    async fn reset_etcd(&mut self, prefixes: &[&str]) -> Result<()> {
+        for prefix in prefixes {
+            self.etcd
+                .delete(*prefix, Some(DeleteOptions::new().with_prefix()))
+                .await?;
+        }
+        let revision = self
+            .etcd
+            .get("/", None)
+            .await?
+            .header()
+            .map_or(1, |h| h.revision());
+        self.etcd
+            .compact(
+                revision,
+                Some(etcd_client::CompactionOptions::new().with_physical()),
+            )
+            .await?;
+        self.etcd.defragment().await?;
         Ok(())
     }
 
