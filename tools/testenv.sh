@@ -117,7 +117,8 @@ start_mariadb() { # name port binlog_format server_id [binlog_row_image]
     log "initialising $name in $data"
     mkdir -p "$data"
     [ "$(id -u)" = 0 ] && chown mysql:mysql "$data"
-    mariadb-install-db --datadir="$data" --user=mysql --auth-root-authentication-method=normal \
+    # --no-defaults: system my.cnf files (packages come and go) must not change our instance.
+    mariadb-install-db --no-defaults --datadir="$data" --user=mysql --auth-root-authentication-method=normal \
       --skip-test-db >"$DIR/$name-install.log" 2>&1
   fi
   [ "$(id -u)" = 0 ] && chown -R mysql:mysql "$data" "$run"
