@@ -34,10 +34,10 @@ install_packages() {
   command -v openssl >/dev/null || missing+=(openssl)
   # Every binary used, not one per package: packages split them (mariadb-client-core has
   # mariadb but not mariadb-admin or mysqldump).
-  for tool in mariadbd mariadb-install-db; do
+  for tool in mariadbd mariadb-install-db mysqlbinlog; do
     command -v "$tool" >/dev/null || { missing+=(mariadb-server); break; }
   done
-  for tool in mariadb mariadb-admin mysqldump mysqlbinlog; do
+  for tool in mariadb mariadb-admin mysqldump; do
     command -v "$tool" >/dev/null || { missing+=(mariadb-client); break; }
   done
   if [ ${#missing[@]} -gt 0 ]; then
