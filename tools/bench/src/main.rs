@@ -138,6 +138,7 @@ struct Bench {
     agent_bin: PathBuf,
     ceiling: f64,
     etcd_pid: Option<u32>,
+    etcd_server: Option<Child>,
     results: Vec<Measure>,
 }
 
@@ -163,15 +164,14 @@ async fn main() -> Result<()> {
         agent_bin,
         ceiling: 0.0,
         etcd_pid,
+        etcd_server: Some(etcd_server),
         results: Vec::new(),
     };
     bench.measure_ceiling().await?;
     for source in [Source::Postgres, Source::Mariadb] {
         bench.run_source(source).await?;
     }
-    bench.report()?;
-    drop(etcd_server);
-    Ok(())
+    bench.report()
 }
 
 /// Starts etcd on a fresh data dir under `dir`; killed when the returned child drops.
@@ -252,8 +252,9 @@ impl Bench {
             println!("ceiling: {TXN_OPS} ops/txn x {in_flight} in flight: {rate:.0} keys/s");
             best = best.max(rate);
         }
-        // Deleting between levels would burden the next level with tombstones: once, here.
-        self.reset_etcd(&["/bench-ceiling/"]).await?;
+        // Deleting between levels would burden the next level with tombstones; the agent gets
+        // an etcd of its own.
+        self.fresh_etcd().await?;
         self.ceiling = best;
         self.results.push(Measure {
             scenario: "etcd ceiling (keys/s)".into(),
@@ -381,29 +382,19 @@ impl Bench {
 
         stop(agent).await;
         db.drop().await?;
-        self.reset_etcd(&[&prefix, &state]).await
+        self.fresh_etcd().await
     }
 
-    /// Leaves etcd as the next source should find it: without this source's keys or history.
-    async fn reset_etcd(&mut self, prefixes: &[&str]) -> Result<()> {
-        for prefix in prefixes {
-            self.etcd
-                .delete(*prefix, Some(DeleteOptions::new().with_prefix()))
-                .await?;
+    /// A fresh etcd (new data dir) for what comes next: deleting millions of keys from the old
+    /// one would take longer than a request may, and its history would slow the next source.
+    async fn fresh_etcd(&mut self) -> Result<()> {
+        if let Some(mut old) = self.etcd_server.take() {
+            old.kill().await?;
         }
-        let revision = self
-            .etcd
-            .get("/", None)
-            .await?
-            .header()
-            .map_or(1, |h| h.revision());
-        self.etcd
-            .compact(
-                revision,
-                Some(etcd_client::CompactionOptions::new().with_physical()),
-            )
-            .await?;
-        self.etcd.defragment().await?;
+        let server = start_etcd(&self.dir).await?;
+        self.etcd_pid = server.id();
+        self.etcd = Etcd::connect([self.env.get("ETCD")], None).await?;
+        self.etcd_server = Some(server);
         Ok(())
     }
 
