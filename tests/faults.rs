@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{OwnEtcd, World};
+use common::{restart_server, OwnEtcd, World};
 
 const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -296,4 +296,59 @@ async fn postgres_works_with_exactly_the_documented_grants() {
     world.wait_converged(Some(&agent), CONVERGE_TIMEOUT).await;
     drop(agent);
     world.cleanup().await;
+}
+
+/// Changes before, during and after a database restart; the agent retries and converges.
+async fn survives_a_database_restart(world: World, server: &str, update: &str, insert: &str) {
+    let mut agent = world.start_agent();
+    world.wait_for_sync_phase(&mut agent, SYNC_TIMEOUT).await;
+    world.sql(&update.replace("{n}", "1")).await;
+    restart_server(server);
+    // The first statements after the restart may meet a server still starting up.
+    for round in 2..=10 {
+        let n = round.to_string();
+        world.sql_retrying(&update.replace("{n}", &n)).await;
+        world.sql_retrying(&insert.replace("{n}", &n)).await;
+    }
+    world
+        .wait_converged(Some(&agent), Duration::from_secs(90))
+        .await;
+    assert!(
+        agent.exited().is_none(),
+        "the agent gave up:\n{}",
+        agent.log()
+    );
+    assert!(agent.log().contains("retry_in"), "{}", agent.log());
+    drop(agent);
+    world.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_mid_stream_converges() {
+    let world = World::new_on_faults_server("pg_restart").await;
+    world
+        .sql("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t SELECT i, 0 FROM generate_series(1, 100) i;")
+        .await;
+    survives_a_database_restart(
+        world,
+        "pg-faults",
+        "UPDATE t SET v = {n} WHERE id % 10 = {n} % 10",
+        "INSERT INTO t VALUES (1000 + {n}, {n})",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_restarted_mid_stream_converges() {
+    let world = World::new_mysql_on_faults_server("my_restart").await;
+    world
+        .sql("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t SELECT seq, 0 FROM seq_1_to_100;")
+        .await;
+    survives_a_database_restart(
+        world,
+        "mariadb-faults",
+        "UPDATE t SET v = {n} WHERE id % 10 = {n} % 10",
+        "INSERT INTO t VALUES (1000 + {n}, {n})",
+    )
+    .await;
 }

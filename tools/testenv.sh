@@ -16,6 +16,9 @@ PG_REPLICA_PORT=${TESTENV_PG_REPLICA_PORT:-55433}
 MARIADB_PORT=${TESTENV_MARIADB_PORT:-53306}
 MARIADB_STATEMENT_PORT=${TESTENV_MARIADB_STATEMENT_PORT:-53307}
 MARIADB_MINIMAL_PORT=${TESTENV_MARIADB_MINIMAL_PORT:-53309}
+# Instances the fault tests restart, apart from the ones other tests share.
+PG_FAULTS_PORT=${TESTENV_PG_FAULTS_PORT:-55434}
+MARIADB_FAULTS_PORT=${TESTENV_MARIADB_FAULTS_PORT:-53310}
 ETCD_PORT=${TESTENV_ETCD_PORT:-52379}
 ETCD_PEER_PORT=$((ETCD_PORT + 1))
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
@@ -189,6 +192,8 @@ ETCD_SYNC_TEST_MYSQL_HOST=127.0.0.1
 ETCD_SYNC_TEST_MYSQL_PORT=$MARIADB_PORT
 ETCD_SYNC_TEST_MYSQL_STATEMENT_PORT=$MARIADB_STATEMENT_PORT
 ETCD_SYNC_TEST_MYSQL_MINIMAL_PORT=$MARIADB_MINIMAL_PORT
+ETCD_SYNC_TEST_PG_FAULTS_PORT=$PG_FAULTS_PORT
+ETCD_SYNC_TEST_MYSQL_FAULTS_PORT=$MARIADB_FAULTS_PORT
 ETCD_SYNC_TEST_MYSQL_ADMIN_USER=root
 ETCD_SYNC_TEST_MYSQL_ADMIN_PASSWORD=root
 ETCD_SYNC_TEST_MYSQL_USER=sync
@@ -207,15 +212,17 @@ up() {
   start_mariadb mariadb "$MARIADB_PORT" ROW 1
   start_mariadb mariadb-statement "$MARIADB_STATEMENT_PORT" STATEMENT 2
   start_mariadb mariadb-minimal "$MARIADB_MINIMAL_PORT" ROW 3 MINIMAL
+  start_postgres pg-faults "$PG_FAULTS_PORT" logical
+  start_mariadb mariadb-faults "$MARIADB_FAULTS_PORT" ROW 4
   start_etcd
   write_env
 }
 
 down() {
-  for name in pg pg-replica; do
+  for name in pg pg-replica pg-faults; do
     [ -f "$DIR/$name/postmaster.pid" ] && pg "$PG_BIN/pg_ctl" -D "$DIR/$name" -m fast -w stop >/dev/null && log "stopped $name"
   done
-  for name in mariadb mariadb-statement mariadb-minimal; do
+  for name in mariadb mariadb-statement mariadb-minimal mariadb-faults; do
     if [ -f "$DIR/$name-run/mysqld.pid" ]; then
       kill "$(cat "$DIR/$name-run/mysqld.pid")" 2>/dev/null && log "stopped $name"
       for _ in $(seq 1 100); do [ -f "$DIR/$name-run/mysqld.pid" ] || break; sleep 0.1; done
@@ -228,10 +235,26 @@ down() {
   true
 }
 
+# Restarts one server (for the fault tests): pg-faults or mariadb-faults.
+restart() {
+  case "$1" in
+    pg-faults) pg "$PG_BIN/pg_ctl" -D "$DIR/pg-faults" -m fast -w restart >/dev/null ;;
+    mariadb-faults)
+      local pid
+      pid=$(cat "$DIR/mariadb-faults-run/mysqld.pid")
+      kill "$pid"
+      while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+      start_mariadb mariadb-faults "$MARIADB_FAULTS_PORT" ROW 4
+      ;;
+    *) echo "restart: pg-faults or mariadb-faults" >&2; exit 2 ;;
+  esac
+}
+
 case "${1:-up}" in
   deps) install_packages ;;
+  restart) restart "${2:-}" ;;
   up) up ;;
   down) down ;;
   env) echo "$ENV_FILE" ;;
-  *) echo "usage: $0 [deps|up|down|env]" >&2; exit 2 ;;
+  *) echo "usage: $0 [deps|up|down|env|restart NAME]" >&2; exit 2 ;;
 esac

@@ -56,6 +56,19 @@ impl TestEnv {
     pub fn etcd_endpoint(&self) -> String {
         self.get("ETCD")
     }
+
+    /// The same settings with the server at `port_key` standing in for the shared one (the
+    /// fault tests restart their own servers).
+    fn on_faults_servers(mut self) -> Self {
+        for (shared, own) in [
+            ("PG_PORT", "PG_FAULTS_PORT"),
+            ("MYSQL_PORT", "MYSQL_FAULTS_PORT"),
+        ] {
+            let port = self.get(own);
+            self.vars.insert(format!("ETCD_SYNC_TEST_{shared}"), port);
+        }
+        self
+    }
 }
 
 /// The test's source database connection.
@@ -124,7 +137,20 @@ async fn pg_connect(env: &TestEnv, port: &str, user: &str, password: &str, db: &
 impl World {
     /// A fresh MariaDB database `m_<name>` and empty etcd prefixes.
     pub async fn new_mysql(name: &str) -> World {
-        let env = TestEnv::load();
+        Self::new_mysql_in(TestEnv::load(), name).await
+    }
+
+    /// [`World::new_mysql`] on the MariaDB that the fault tests may restart.
+    pub async fn new_mysql_on_faults_server(name: &str) -> World {
+        Self::new_mysql_in(TestEnv::load().on_faults_servers(), name).await
+    }
+
+    /// [`World::new`] on the PostgreSQL that the fault tests may restart.
+    pub async fn new_on_faults_server(name: &str) -> World {
+        Self::new_in(TestEnv::load().on_faults_servers(), name).await
+    }
+
+    async fn new_mysql_in(env: TestEnv, name: &str) -> World {
         let name = format!("m_{name}");
         let admin = mysql_pool(
             &env,
@@ -148,7 +174,10 @@ impl World {
 
     /// A fresh database `t_<name>` owned by the agent's user, and empty etcd prefixes.
     pub async fn new(name: &str) -> World {
-        let env = TestEnv::load();
+        Self::new_in(TestEnv::load(), name).await
+    }
+
+    async fn new_in(env: TestEnv, name: &str) -> World {
         let name = format!("t_{name}");
         let admin = pg_connect(
             &env,
@@ -363,6 +392,41 @@ impl World {
             .unwrap()
             .unwrap();
         (row.get(0).unwrap(), row.get(1).unwrap())
+    }
+
+    /// Runs `sql` on a new connection, retrying while the server (being restarted) refuses.
+    pub async fn sql_retrying(&self, sql: &str) {
+        use mysql_async::prelude::Queryable;
+        for _ in 0..100 {
+            let result: Result<(), String> = match &self.source {
+                Source::Postgres(_) => {
+                    let conn = format!(
+                        "host={} port={} user={} password={} dbname={}",
+                        self.env.get("PG_HOST"),
+                        self.env.get("PG_PORT"),
+                        self.env.get("PG_USER"),
+                        self.env.get("PG_PASSWORD"),
+                        self.name
+                    );
+                    match tokio_postgres::connect(&conn, NoTls).await {
+                        Ok((client, connection)) => {
+                            tokio::spawn(connection);
+                            client.batch_execute(sql).await.map_err(|e| e.to_string())
+                        }
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+                Source::Mysql(pool) => match pool.get_conn().await {
+                    Ok(mut conn) => conn.query_drop(sql).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                },
+            };
+            if result.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("{sql}: the server did not come back");
     }
 
     /// Runs a statement as the MariaDB administrator (grants, users).
@@ -720,6 +784,16 @@ impl Drop for OwnEtcd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Restarts a server of the test environment: `pg-faults` or `mariadb-faults`.
+pub fn restart_server(name: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/testenv.sh");
+    let status = Command::new(script)
+        .args(["restart", name])
+        .status()
+        .unwrap();
+    assert!(status.success(), "restarting {name} failed");
 }
 
 /// A free local port for a server the agent starts.
