@@ -251,15 +251,7 @@ async fn etcd_down_for_a_while_then_back_converges() {
     let outage = etcd.crash_for(Duration::from_secs(12));
     tokio::join!(writes, outage);
     world.use_etcd(&etcd.endpoint).await;
-    world
-        .wait_converged(Some(&agent), Duration::from_secs(90))
-        .await;
-    assert!(
-        agent.exited().is_none(),
-        "the agent gave up:\n{}",
-        agent.log()
-    );
-    assert!(agent.log().contains("retry_in"), "{}", agent.log());
+    world.assert_recovered(&mut agent).await;
     drop(agent);
     world.cleanup().await;
 }
@@ -310,15 +302,7 @@ async fn survives_a_database_restart(world: World, server: &str, update: &str, i
         world.sql_retrying(&update.replace("{n}", &n)).await;
         world.sql_retrying(&insert.replace("{n}", &n)).await;
     }
-    world
-        .wait_converged(Some(&agent), Duration::from_secs(90))
-        .await;
-    assert!(
-        agent.exited().is_none(),
-        "the agent gave up:\n{}",
-        agent.log()
-    );
-    assert!(agent.log().contains("retry_in"), "{}", agent.log());
+    world.assert_recovered(&mut agent).await;
     drop(agent);
     world.cleanup().await;
 }

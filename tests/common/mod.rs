@@ -601,6 +601,18 @@ impl World {
         }
     }
 
+    /// After an outage: etcd converges, and the agent retried instead of giving up.
+    pub async fn assert_recovered(&self, agent: &mut Agent) {
+        self.wait_converged(Some(agent), Duration::from_secs(90))
+            .await;
+        assert!(
+            agent.exited().is_none(),
+            "the agent gave up:\n{}",
+            agent.log()
+        );
+        assert!(agent.log().contains("retry_in"), "{}", agent.log());
+    }
+
     /// Drops the database and slot; etcd prefixes are left for inspection.
     pub async fn cleanup(self) {
         if let Source::Mysql(pool) = &self.source {

@@ -196,6 +196,25 @@ impl CheckItem {
     pub fn fail(what: impl Into<String>, detail: impl Into<String>) -> Self {
         Self::new(CheckStatus::Fail, what, detail)
     }
+    /// The `connection` line of a successful connection.
+    pub fn connected(host: &str, port: u16, database: &str, user: &str) -> Self {
+        Self::ok(
+            "connection",
+            format!("connected to {host}:{port} database {database} as {user}"),
+        )
+    }
+
+    /// The `connection` line of a failed connection.
+    pub fn cannot_connect(host: &str, port: u16, user: &str, err: &DriverError) -> Self {
+        Self::fail(
+            "connection",
+            format!(
+                "cannot connect to {host}:{port} as {user}: {}",
+                error_chain(err)
+            ),
+        )
+    }
+
     fn new(status: CheckStatus, what: impl Into<String>, detail: impl Into<String>) -> Self {
         Self {
             status,

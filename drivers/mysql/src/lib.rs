@@ -661,26 +661,9 @@ impl etcd_sync_api::Driver for MysqlDriver {
         let c = &self.config;
         let mut conn = match self.conn().await {
             Ok(conn) => conn,
-            Err(e) => {
-                return vec![CheckItem::fail(
-                    "connection",
-                    format!(
-                        "cannot connect to {}:{} as {}: {}",
-                        c.host,
-                        c.port,
-                        c.user,
-                        error_chain(&e)
-                    ),
-                )]
-            }
+            Err(e) => return vec![CheckItem::cannot_connect(&c.host, c.port, &c.user, &e)],
         };
-        let mut items = vec![CheckItem::ok(
-            "connection",
-            format!(
-                "connected to {}:{} database {} as {}",
-                c.host, c.port, c.database, c.user
-            ),
-        )];
+        let mut items = vec![CheckItem::connected(&c.host, c.port, &c.database, &c.user)];
         match self.prerequisites(&mut conn).await {
             Ok(more) => items.extend(more),
             Err(e) => items.push(CheckItem::fail("prerequisites", error_chain(&e))),

@@ -531,26 +531,9 @@ impl etcd_sync_api::Driver for PostgresDriver {
         let p = &self.config.connect;
         let client = match self.query_client().await {
             Ok(client) => client,
-            Err(e) => {
-                return vec![CheckItem::fail(
-                    "connection",
-                    format!(
-                        "cannot connect to {}:{} as {}: {}",
-                        p.host,
-                        p.port,
-                        p.user,
-                        error_chain(&e)
-                    ),
-                )]
-            }
+            Err(e) => return vec![CheckItem::cannot_connect(&p.host, p.port, &p.user, &e)],
         };
-        let mut items = vec![CheckItem::ok(
-            "connection",
-            format!(
-                "connected to {}:{} database {} as {}",
-                p.host, p.port, p.database, p.user
-            ),
-        )];
+        let mut items = vec![CheckItem::connected(&p.host, p.port, &p.database, &p.user)];
         match self.prerequisites(&client).await {
             Ok(more) => items.extend(more),
             Err(e) => items.push(CheckItem::fail("prerequisites", error_chain(&e))),
