@@ -7,8 +7,8 @@ use crate::etcd::{is_too_many_ops, Store};
 
 /// Checks etcd: reachable, its version, the txn size the config asks for, the stored state.
 pub async fn check_etcd(settings: &Settings) -> Vec<CheckItem> {
-    let endpoints = settings.endpoints.join(",");
-    let mut store = match Store::connect(&settings.endpoints, &settings.state_prefix).await {
+    let endpoints = settings.etcd.endpoints.join(",");
+    let mut store = match Store::connect(&settings.etcd, &settings.state_prefix).await {
         Ok(store) => store,
         Err(e) => return vec![CheckItem::fail("etcd", crate::error_chain(&e))],
     };

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::path::Path;
 
+use etcd_sync_api::{TlsMode, TlsSettings};
 use serde::{Deserialize, Deserializer};
 
 /// Defaults, in one place.
@@ -144,12 +145,59 @@ pub struct DatabaseConfig {
     pub user: String,
     #[serde(default, deserialize_with = "env_secret")]
     pub password: Option<Secret>,
+    /// A file holding the password (trailing newline ignored), instead of `password`.
+    #[serde(default, deserialize_with = "env_opt_string")]
+    pub password_file: Option<String>,
     #[serde(deserialize_with = "env_string")]
     pub name: String,
+    #[serde(default)]
+    pub tls: DatabaseTls,
     #[serde(default)]
     pub postgres: PostgresOptions,
     #[serde(default)]
     pub mysql: MysqlOptions,
+}
+
+/// TLS to the database (`database.tls`); modes as libpq's `sslmode`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseTls {
+    #[serde(default, deserialize_with = "env_tls_mode")]
+    pub mode: TlsMode,
+    #[serde(default, deserialize_with = "env_opt_string")]
+    pub ca_file: Option<String>,
+    #[serde(default, deserialize_with = "env_opt_string")]
+    pub cert_file: Option<String>,
+    #[serde(default, deserialize_with = "env_opt_string")]
+    pub key_file: Option<String>,
+}
+
+impl DatabaseTls {
+    pub fn settings(&self) -> TlsSettings {
+        TlsSettings {
+            mode: self.mode,
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+        }
+    }
+}
+
+/// TLS to etcd (`etcd.tls`), used for `https://` endpoints.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdTls {
+    /// CA of etcd's server certificates; default: the system's trusted roots.
+    #[serde(default, deserialize_with = "env_opt_string")]
+    pub ca_file: Option<String>,
+    /// Client certificate for etcd's `--client-cert-auth`.
+    #[serde(default, deserialize_with = "env_opt_string")]
+    pub cert_file: Option<String>,
+    #[serde(default, deserialize_with = "env_opt_string")]
+    pub key_file: Option<String>,
+    /// The name etcd's certificate must carry, when it differs from the endpoints' host.
+    #[serde(default, deserialize_with = "env_opt_string")]
+    pub server_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -219,6 +267,15 @@ pub struct EtcdConfig {
     /// What to do with a row whose key and value exceed `max_txn_bytes`.
     #[serde(default)]
     pub oversized_rows: OversizedRows,
+    /// etcd user (with etcd's auth enabled); needs read/write on the prefix and state prefix.
+    #[serde(default, deserialize_with = "env_opt_string")]
+    pub user: Option<String>,
+    #[serde(default, deserialize_with = "env_secret")]
+    pub password: Option<Secret>,
+    #[serde(default, deserialize_with = "env_opt_string")]
+    pub password_file: Option<String>,
+    #[serde(default)]
+    pub tls: EtcdTls,
 }
 
 /// Rows too large for one etcd request.
@@ -242,6 +299,10 @@ impl Default for EtcdConfig {
             max_txn_bytes: default_max_txn_bytes(),
             dump_txns_in_flight: default_dump_txns_in_flight(),
             oversized_rows: OversizedRows::default(),
+            user: None,
+            password: None,
+            password_file: None,
+            tls: EtcdTls::default(),
         }
     }
 }
@@ -357,6 +418,10 @@ fn env_strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
         .collect()
 }
 
+fn env_tls_mode<'de, D: Deserializer<'de>>(d: D) -> Result<TlsMode, D::Error> {
+    env_string(d)?.parse().map_err(serde::de::Error::custom)
+}
+
 fn env_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
     Ok(env_opt_string(d)?.map(Secret))
 }
@@ -404,7 +469,9 @@ impl Config {
                 message,
             }
         })?;
-        let problems = config.problems();
+        let mut config = config;
+        let mut problems = config.read_password_files();
+        problems.extend(config.problems());
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -475,9 +542,103 @@ impl Config {
         })
     }
 
+    /// Moves `password_file` contents into `password`; the problems it met.
+    fn read_password_files(&mut self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let fields = [
+            (
+                "database",
+                &mut self.database.password,
+                &self.database.password_file,
+            ),
+            ("etcd", &mut self.etcd.password, &self.etcd.password_file),
+        ];
+        for (section, password, file) in fields {
+            let Some(file) = file else { continue };
+            if password.is_some() {
+                problems.push(format!(
+                    "{section}.password_file: set {section}.password or {section}.password_file, not both"
+                ));
+                continue;
+            }
+            match std::fs::read_to_string(file) {
+                Ok(text) => {
+                    *password = Some(Secret(text.trim_end_matches(['\r', '\n']).to_owned()))
+                }
+                Err(e) => {
+                    problems.push(format!("{section}.password_file: cannot read {file}: {e}"))
+                }
+            }
+        }
+        problems
+    }
+
+    /// The etcd connection settings.
+    pub fn etcd_connection(&self) -> crate::etcd::Connection {
+        crate::etcd::Connection {
+            endpoints: self.etcd.endpoints.clone(),
+            user: self.etcd.user.clone(),
+            password: self.etcd.password.clone(),
+            tls: self.etcd.tls.clone(),
+        }
+    }
+
     fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         let db = &self.database;
+        let tls = &db.tls;
+        for (field, file) in [
+            ("database.tls.ca_file", &tls.ca_file),
+            ("database.tls.cert_file", &tls.cert_file),
+            ("database.tls.key_file", &tls.key_file),
+            ("etcd.tls.ca_file", &self.etcd.tls.ca_file),
+            ("etcd.tls.cert_file", &self.etcd.tls.cert_file),
+            ("etcd.tls.key_file", &self.etcd.tls.key_file),
+        ] {
+            if let Some(file) = file {
+                if let Err(e) = std::fs::File::open(file) {
+                    p.push(format!("{field}: cannot read {file}: {e}"));
+                }
+            }
+        }
+        if tls.mode.verifies_ca() && tls.ca_file.is_none() {
+            p.push(format!(
+                "database.tls.ca_file: required with mode {}",
+                tls.mode
+            ));
+        }
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            p.push("database.tls: cert_file and key_file go together".into());
+        }
+        // The other rules the MySQL side has are the ones checked above.
+        if db.driver == DriverKind::Mysql && tls.mode == TlsMode::VerifyCa {
+            if let Err(e) = etcd_sync_mysql::check_tls_settings(&tls.settings()) {
+                p.push(format!("database.tls.mode: {e}"));
+            }
+        }
+        let etcd_tls = &self.etcd.tls;
+        if etcd_tls.cert_file.is_some() != etcd_tls.key_file.is_some() {
+            p.push("etcd.tls: cert_file and key_file go together".into());
+        }
+        let any_tls_setting = etcd_tls.ca_file.is_some()
+            || etcd_tls.cert_file.is_some()
+            || etcd_tls.server_name.is_some();
+        if any_tls_setting
+            && !self
+                .etcd
+                .endpoints
+                .iter()
+                .any(|e| e.starts_with("https://"))
+        {
+            p.push("etcd.tls: set, but no endpoint is https://; write the endpoints as https://host:2379".into());
+        }
+        if self.etcd.user.is_some() != self.etcd.password.is_some()
+            && self.etcd.password_file.is_none()
+        {
+            p.push(
+                "etcd.user: etcd.user and etcd.password (or etcd.password_file) go together".into(),
+            );
+        }
         if db.mysql.server_id == Some(0) {
             p.push("database.mysql.server_id: must not be 0".into());
         }
@@ -615,13 +776,15 @@ fn literal_password_warning(path: &Path, text: &str) -> Option<String> {
         return None;
     }
     let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).ok()?;
-    let password = yaml.get("database")?.get("password")?.as_str()?;
-    if password.contains("${") {
-        return None;
-    }
+    let section = ["database", "etcd"].into_iter().find(|section| {
+        yaml.get(section)
+            .and_then(|s| s.get("password"))
+            .and_then(|p| p.as_str())
+            .is_some_and(|p| !p.contains("${"))
+    })?;
     Some(format!(
-        "config file {} is readable by other users (mode {:o}) and holds a literal database.password: \
-         use database.password: ${{SYNC_DB_PASSWORD}} with the password in the environment, or chmod 600 the file",
+        "config file {} is readable by other users (mode {:o}) and holds a literal {section}.password: \
+         use {section}.password: ${{VARIABLE}} with the password in the environment, or {section}.password_file, or chmod 600 the file",
         path.display(),
         mode & 0o777
     ))
@@ -839,5 +1002,67 @@ mod tests {
         assert!(prefixes_overlap("/a", "/a/b"));
         assert!(prefixes_overlap("/a", "/a"));
         assert!(!prefixes_overlap("/a", "/ab"));
+    }
+
+    #[test]
+    fn passwords_come_from_files_and_never_show_in_debug() {
+        let dir = std::env::temp_dir().join(format!("etcd-sync-pwfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pw");
+        std::fs::write(&file, "s3cret-from-file\n").unwrap();
+        let text = format!(
+            "{MINIMAL}  password_file: {}\netcd:\n  user: agent\n  password: s3cret-etcd\n",
+            file.display()
+        );
+        let c = parse(&text).unwrap();
+        let db_password = c.database.password.as_ref().unwrap();
+        assert_eq!(db_password.expose(), "s3cret-from-file");
+        let debug = format!("{c:?} {:?}", c.etcd_connection());
+        assert!(!debug.contains("s3cret"), "{debug}");
+
+        let both = format!(
+            "{MINIMAL}  password: x\n  password_file: {}\n",
+            file.display()
+        );
+        let err = parse(&both).unwrap_err().to_string();
+        assert!(
+            err.contains("database.password_file: set database.password or"),
+            "{err}"
+        );
+        let missing = format!("{MINIMAL}  password_file: /nonexistent/pw\n");
+        let err = parse(&missing).unwrap_err().to_string();
+        assert!(
+            err.contains("database.password_file: cannot read /nonexistent/pw"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tls_settings_are_checked_together() {
+        let text = format!(
+            "{MINIMAL}  tls:\n    mode: verify-full\n    cert_file: /nonexistent/c.pem\netcd:\n  tls:\n    ca_file: /nonexistent/ca.pem\n"
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        for want in [
+            "database.tls.ca_file: required with mode verify-full",
+            "database.tls.cert_file: cannot read /nonexistent/c.pem",
+            "database.tls: cert_file and key_file go together",
+            "etcd.tls.ca_file: cannot read /nonexistent/ca.pem",
+            "etcd.tls: set, but no endpoint is https://",
+        ] {
+            assert!(err.contains(want), "{want:?} missing from {err}");
+        }
+        let err = parse(&format!("{MINIMAL}  tls:\n    mode: sometimes\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("database.tls.mode: unknown TLS mode"), "{err}");
+        let mysql =
+            "database:\n  driver: mysql\n  user: u\n  name: n\n  tls:\n    mode: verify-ca\n";
+        let err = parse(mysql).unwrap_err().to_string();
+        assert!(
+            err.contains("database.tls.mode: mode verify-ca is not available"),
+            "{err}"
+        );
     }
 }

@@ -8,10 +8,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::config::{EtcdTls, Secret};
 use crate::metrics::Metrics;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, Txn, TxnOp, TxnOpResponse,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KvClient,
+    TlsOptions, Txn, TxnOp, TxnOpResponse,
 };
 use etcd_sync_api::Position;
 use serde::{Deserialize, Serialize};
@@ -52,21 +54,54 @@ pub enum EtcdError {
          raise --quota-backend-bytes if the data needs it, then etcdctl alarm disarm"
     )]
     NoSpace { context: String },
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    /// etcd refused who we are or what we asked: no retry cures it.
+    #[error("etcd: {context}: {reason}")]
+    Refused { context: String, reason: String },
     #[error("lost the leadership: the lease on {key} expired (etcd unreachable for longer than ha.lease_ttl?)")]
     LostLeadership { key: String },
 }
 
 impl EtcdError {
     fn client(context: impl Into<String>, source: etcd_client::Error) -> Self {
-        if source.to_string().contains("database space exceeded") {
-            return Self::NoSpace {
-                context: context.into(),
-            };
+        let context: String = context.into();
+        let text = source.to_string();
+        if text.contains("database space exceeded") {
+            return Self::NoSpace { context };
         }
-        Self::Client {
-            context: context.into(),
-            source,
+        let refused = |reason: String| Self::Refused {
+            context: context.clone(),
+            reason,
+        };
+        if text.contains("permission denied") {
+            return refused(
+                "permission denied: give the etcd user's role readwrite on etcd.prefix and \
+                 etcd.state_prefix (see the README's etcd role)"
+                    .into(),
+            );
         }
+        if text.contains("authentication failed") || text.contains("user name is empty") {
+            return refused(format!("{text}: check etcd.user and etcd.password"));
+        }
+        // tonic folds the TLS error into a status message, out of reach of downcasts.
+        let tls_reason = etcd_sync_api::tls_failure(&source).or_else(|| {
+            text.split_once("invalid peer certificate: ")
+                .map(|(_, rest)| rest.split(['"', ',']).next().unwrap_or(rest).to_owned())
+        });
+        if let Some(reason) = tls_reason {
+            return refused(format!(
+                "TLS: etcd's certificate was refused ({reason}); check etcd.tls.ca_file and \
+                 etcd.tls.server_name"
+            ));
+        }
+        if text.contains("received fatal alert") {
+            return refused(format!(
+                "TLS: etcd refused the connection ({text}); check etcd.tls.cert_file and \
+                 etcd.tls.key_file (etcd's --client-cert-auth needs a client certificate)"
+            ));
+        }
+        Self::Client { context, source }
     }
 
     /// Whether a retry may cure it: unavailable, timeouts, leader changes, a full backend.
@@ -92,9 +127,11 @@ impl EtcdError {
             },
             // Retried until an operator frees space; each retry says how.
             EtcdError::LostLeadership { .. } | EtcdError::NoSpace { .. } => true,
-            EtcdError::Fenced { .. } | EtcdError::BadState { .. } | EtcdError::Locked { .. } => {
-                false
-            }
+            EtcdError::Fenced { .. }
+            | EtcdError::BadState { .. }
+            | EtcdError::Locked { .. }
+            | EtcdError::Refused { .. }
+            | EtcdError::TooManyOps => false,
         }
     }
 }
@@ -182,13 +219,72 @@ pub struct Store {
     leadership: Option<Leadership>,
 }
 
-impl Store {
-    pub async fn connect(endpoints: &[String], state_prefix: &str) -> Result<Self, EtcdError> {
-        let options = ConnectOptions::new()
+/// Where etcd is and how to talk to it.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub endpoints: Vec<String>,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub tls: EtcdTls,
+}
+
+impl Connection {
+    /// Plain `http://` endpoints without auth.
+    pub fn plain(endpoints: Vec<String>) -> Self {
+        Self {
+            endpoints,
+            user: None,
+            password: None,
+            tls: EtcdTls::default(),
+        }
+    }
+
+    fn options(&self) -> Result<ConnectOptions, EtcdError> {
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             .with_timeout(Duration::from_secs(30))
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(10));
-        let client = Client::connect(endpoints, Some(options))
+        if let (Some(user), Some(password)) = (&self.user, &self.password) {
+            // Tokens expire (etcd's --auth-token-ttl); the client gets a new one when needed.
+            options = options
+                .with_user(user.clone(), password.expose().to_owned())
+                .with_auto_token_refresh(true);
+        }
+        if self.endpoints.iter().any(|e| e.starts_with("https://")) {
+            options = options.with_tls(self.tls_options()?);
+        }
+        Ok(options)
+    }
+
+    fn tls_options(&self) -> Result<TlsOptions, EtcdError> {
+        let read = |field: &str, path: &str| {
+            std::fs::read(path).map_err(|e| EtcdError::Refused {
+                context: format!("etcd.tls.{field}"),
+                reason: format!("cannot read {path}: {e}"),
+            })
+        };
+        let mut tls = TlsOptions::new();
+        tls = match &self.tls.ca_file {
+            Some(ca) => tls.ca_certificate(Certificate::from_pem(read("ca_file", ca)?)),
+            None => tls.with_native_roots(),
+        };
+        if let (Some(cert), Some(key)) = (&self.tls.cert_file, &self.tls.key_file) {
+            tls = tls.identity(Identity::from_pem(
+                read("cert_file", cert)?,
+                read("key_file", key)?,
+            ));
+        }
+        if let Some(name) = &self.tls.server_name {
+            tls = tls.domain_name(name.clone());
+        }
+        Ok(tls)
+    }
+}
+
+impl Store {
+    pub async fn connect(connection: &Connection, state_prefix: &str) -> Result<Self, EtcdError> {
+        let endpoints = &connection.endpoints;
+        let client = Client::connect(endpoints, Some(connection.options()?))
             .await
             .map_err(|e| EtcdError::client(format!("connecting to {}", endpoints.join(",")), e))?;
         let host = std::env::var("HOSTNAME")
@@ -600,13 +696,17 @@ impl Store {
     /// Checks that a txn of `max_ops` operations is accepted (etcd's `--max-txn-ops`), with
     /// reads only.
     pub async fn probe_max_txn_ops(&self, max_ops: usize) -> Result<(), EtcdError> {
-        // A one-byte key keeps the probe far below the request size limit.
-        let ops: Vec<TxnOp> = (0..max_ops).map(|_| TxnOp::get("/", None)).collect();
-        self.kv()
-            .txn(Txn::new().and_then(ops))
-            .await
-            .map(|_| ())
-            .map_err(|e| EtcdError::client("probing the txn size limit", e))
+        // Reads of the state key: small, and inside what the agent's etcd role may read.
+        let ops: Vec<TxnOp> = (0..max_ops)
+            .map(|_| TxnOp::get(self.state_key.as_str(), None))
+            .collect();
+        match self.kv().txn(Txn::new().and_then(ops)).await {
+            Ok(_) => Ok(()),
+            // So many reads that the request outgrows gRPC's size limit: far above any server's
+            // --max-txn-ops as well.
+            Err(e) if e.to_string().contains("larger than max") => Err(EtcdError::TooManyOps),
+            Err(e) => Err(EtcdError::client("probing the txn size limit", e)),
+        }
     }
 }
 
@@ -670,8 +770,10 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
 
 /// Whether an etcd error says a txn has more operations than the server allows.
 pub fn is_too_many_ops(err: &EtcdError) -> bool {
-    err.to_string()
-        .contains("too many operations in txn request")
+    matches!(err, EtcdError::TooManyOps)
+        || err
+            .to_string()
+            .contains("too many operations in txn request")
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ pub use etcd_sync_api::error_chain;
 /// The engine's settings from the config.
 pub fn engine_settings(config: &Config) -> engine::Settings {
     engine::Settings {
-        endpoints: config.etcd.endpoints.clone(),
+        etcd: config.etcd_connection(),
         prefix: config.prefix().to_owned(),
         state_prefix: config.state_prefix(),
         max_txn_ops: config.etcd.max_txn_ops,
@@ -58,6 +58,7 @@ pub fn mysql_driver(config: &Config) -> MysqlDriver {
         server_id: config.mysql_server_id(),
         mysqldump: db.mysql.mysqldump.clone(),
         filter: table_filter(config),
+        tls: db.tls.settings(),
     })
 }
 
@@ -73,6 +74,7 @@ pub fn postgres_driver(config: &Config) -> PostgresDriver {
             password: db.password.as_ref().map(|p| p.expose().to_owned()),
             database: db.name.clone(),
             application_name: "etcd-sync".into(),
+            tls: db.tls.settings(),
         },
         slot: db.postgres.slot.clone(),
         publication: db.postgres.publication.clone(),

@@ -28,7 +28,7 @@ pub struct Status {
 }
 
 pub async fn status<D: Driver>(driver: &D, settings: &Settings) -> Result<Status, EngineError> {
-    let mut store = Store::connect(&settings.endpoints, &settings.state_prefix).await?;
+    let mut store = Store::connect(&settings.etcd, &settings.state_prefix).await?;
     let state = store.load_state().await?;
     let mut status = Status {
         state_key: store.state_key().to_owned(),

@@ -1,14 +1,24 @@
-//! `sync verify`: compares the database with etcd, key for key and byte for byte.
+//! `sync verify`: compares the database with etcd, key for key and byte for byte, in bounded
+//! memory and while the agent runs.
 //!
-//! Reads every selected table in one snapshot and each table's etcd prefix, and reports rows
-//! missing from etcd, keys etcd has that the database does not, and values that differ.
-//! This version holds one table's expected keys in memory at a time and is exact when the
-//! agent is caught up and the source is quiet.
+//! 1. Each table is read in one database snapshot and its etcd prefix is paged through; both
+//!    sides are folded into per-bucket digests (a key's bucket is a hash of the key; a bucket's
+//!    digest is the count and the wrapping sum of hashes of key and value), so memory is a
+//!    fixed number of buckets whatever the table size.
+//! 2. Only buckets whose digests differ are read again, key by key, a group of buckets at a time
+//!    (at most [`DETAIL_KEYS`] keys held at once), which names each missing, extra or
+//!    different key.
+//! 3. A running agent is behind the database by its lag, so a difference may be a change etcd
+//!    has not seen yet. Differences are re-checked after waiting ([`RECHECK_WAITS`]); a key is
+//!    reported once it differed in every round with the database row unchanged since the round
+//!    before. A row that changed between every round is reported as unsettled, not different.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
+use std::time::Duration;
 
-use etcd_sync_api::{Driver, DumpEvent, TableId, TableSchema};
+use etcd_sync_api::{Driver, DumpEvent, TableSchema};
 use tokio::sync::mpsc;
 
 use crate::encode::{encode_row, row_key, table_prefix};
@@ -17,6 +27,18 @@ use crate::etcd::Store;
 
 /// Examples kept per kind of difference.
 const EXAMPLES: usize = 5;
+/// Buckets per table in the digest pass.
+const BUCKETS: usize = 4096;
+/// Keys (of both sides) held in memory at once while naming differences.
+const DETAIL_KEYS: u64 = 200_000;
+/// Differences re-checked one by one; beyond this many, the difference is not lag.
+const RECHECK_KEYS: usize = 10_000;
+/// Waits before each re-check round: time for a running agent to catch up.
+const RECHECK_WAITS: [Duration; 3] = [
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+];
 
 #[derive(Debug, Default)]
 pub struct TableReport {
@@ -26,6 +48,8 @@ pub struct TableReport {
     pub missing: u64,
     pub extra: u64,
     pub different: u64,
+    /// Rows that changed between every re-check: neither equal nor shown to differ.
+    pub unsettled: u64,
     pub examples: Vec<String>,
 }
 
@@ -41,94 +65,331 @@ impl TableReport {
     }
 }
 
+/// Per-bucket counts and hash sums of one side of one table.
+struct Digest {
+    counts: Vec<u64>,
+    sums: Vec<u64>,
+}
+
+impl Digest {
+    fn new() -> Self {
+        Self {
+            counts: vec![0; BUCKETS],
+            sums: vec![0; BUCKETS],
+        }
+    }
+
+    fn add(&mut self, key: &str, value: &str) {
+        let bucket = bucket_of(key);
+        self.counts[bucket] += 1;
+        self.sums[bucket] = self.sums[bucket].wrapping_add(item_hash(key, value));
+    }
+
+    fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+fn bucket_of(key: &str) -> usize {
+    let mut hasher = DefaultHasher::new();
+    key.hash(&mut hasher);
+    (hasher.finish() % BUCKETS as u64) as usize
+}
+
+fn item_hash(key: &str, value: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    (key, value).hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The buckets that differ, in groups of at most [`DETAIL_KEYS`] keys (a larger bucket alone).
+fn differing_groups(db: &Digest, etcd: &Digest) -> Vec<HashSet<usize>> {
+    let mut groups = Vec::new();
+    let mut group = HashSet::new();
+    let mut size = 0;
+    for bucket in 0..BUCKETS {
+        if db.counts[bucket] == etcd.counts[bucket] && db.sums[bucket] == etcd.sums[bucket] {
+            continue;
+        }
+        let keys = db.counts[bucket] + etcd.counts[bucket];
+        if size + keys > DETAIL_KEYS && !group.is_empty() {
+            groups.push(std::mem::take(&mut group));
+            size = 0;
+        }
+        group.insert(bucket);
+        size += keys;
+    }
+    if !group.is_empty() {
+        groups.push(group);
+    }
+    groups
+}
+
+/// One key's two sides.
+#[derive(Debug, Clone, PartialEq)]
+struct Difference {
+    database: Option<String>,
+    etcd: Option<String>,
+}
+
 pub async fn verify<D: Driver>(
     driver: D,
     settings: &Settings,
 ) -> Result<Vec<TableReport>, EngineError> {
-    let store = Store::connect(&settings.endpoints, &settings.state_prefix).await?;
-    let selection = driver.select_tables().await?;
-    let tables: Vec<Arc<TableSchema>> = selection.tables;
-    let (tx, mut rx) = mpsc::channel(16);
-    let reader = tokio::spawn({
-        let tables = tables.clone();
-        async move { driver.read_snapshot(&tables, tx).await }
-    });
-    let mut expected: HashMap<TableId, HashMap<String, String>> = HashMap::new();
+    let store = Store::connect(&settings.etcd, &settings.state_prefix).await?;
+    let tables = driver.select_tables().await?.tables;
+    let mut db_digests: HashMap<String, Digest> = HashMap::new();
+    scan_database(&driver, &tables, &settings.prefix, |table, key, value| {
+        db_digests
+            .entry(table.to_owned())
+            .or_insert_with(Digest::new)
+            .add(&key, &value)
+    })
+    .await?;
     let mut reports = Vec::new();
-    while let Some(event) = rx.recv().await {
-        match event {
-            DumpEvent::TableStarted { table, .. } => {
-                expected.insert(table.id.clone(), HashMap::new());
-            }
-            DumpEvent::Rows { table, rows } => {
-                let map = expected.entry(table.id.clone()).or_default();
-                for row in &rows {
-                    map.insert(
-                        row_key(&settings.prefix, &table, row)?,
-                        encode_row(&table, row, None)?,
-                    );
-                }
-            }
-            DumpEvent::TableDone { table, .. } => {
-                let rows = expected.remove(&table.id).unwrap_or_default();
-                reports.push(compare(&store, settings, &table.id, rows).await?);
+    for table in &tables {
+        let name = table.id.to_string();
+        let db = db_digests.remove(&name).unwrap_or_else(Digest::new);
+        let mut etcd = Digest::new();
+        scan_etcd(&store, settings, table, |key, value| etcd.add(&key, &value)).await?;
+        let mut report = TableReport {
+            table: name,
+            rows: db.total(),
+            keys: etcd.total(),
+            ..Default::default()
+        };
+        let mut differences: HashMap<String, Difference> = HashMap::new();
+        for group in differing_groups(&db, &etcd) {
+            let found = differences_in(&driver, &store, settings, table, |key| {
+                group.contains(&bucket_of(key))
+            })
+            .await?;
+            if differences.len() + found.len() > RECHECK_KEYS {
+                // Far more than lag explains: report without re-checking.
+                count(&mut report, found);
+            } else {
+                differences.extend(found);
             }
         }
-    }
-    match reader.await {
-        Ok(result) => result?,
-        Err(join) => {
-            return Err(EngineError::Driver(etcd_sync_api::DriverError::Protocol(
-                format!("the snapshot task failed: {join}"),
-            )))
+        let (confirmed, unsettled) = recheck(&driver, &store, settings, table, differences).await?;
+        report.unsettled = unsettled.len() as u64;
+        for key in unsettled.keys().take(EXAMPLES) {
+            report.example(format!(
+                "unsettled {key}: the row changed during every re-check"
+            ));
         }
+        count(&mut report, confirmed);
+        reports.push(report);
     }
     reports.sort_by(|a, b| a.table.cmp(&b.table));
     Ok(reports)
 }
 
-async fn compare(
+/// Re-reads `differences` after each wait; returns the confirmed and the unsettled ones.
+async fn recheck<D: Driver>(
+    driver: &D,
     store: &Store,
     settings: &Settings,
-    table: &TableId,
-    mut expected: HashMap<String, String>,
-) -> Result<TableReport, EngineError> {
-    let mut report = TableReport {
-        table: table.to_string(),
-        rows: expected.len() as u64,
-        ..Default::default()
+    table: &Arc<TableSchema>,
+    mut differences: HashMap<String, Difference>,
+) -> Result<(HashMap<String, Difference>, HashMap<String, Difference>), EngineError> {
+    let mut unsettled = HashMap::new();
+    for wait in RECHECK_WAITS {
+        if differences.is_empty() {
+            break;
+        }
+        tokio::time::sleep(wait).await;
+        let keys: HashSet<String> = differences.keys().cloned().collect();
+        let now = differences_in(driver, store, settings, table, |key| keys.contains(key)).await?;
+        unsettled.clear();
+        let mut still = HashMap::new();
+        for (key, before) in differences {
+            let Some(after) = now.get(&key) else { continue };
+            if after.database == before.database {
+                still.insert(key, after.clone());
+            } else {
+                unsettled.insert(key, after.clone());
+            }
+        }
+        differences = still;
+        // A row still moving gets another round; one that settled and differs stays.
+        differences.extend(unsettled.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    for key in unsettled.keys() {
+        differences.remove(key);
+    }
+    Ok((differences, unsettled))
+}
+
+/// Reads the keys `wanted` selects from both sides; returns those that differ.
+async fn differences_in<D: Driver>(
+    driver: &D,
+    store: &Store,
+    settings: &Settings,
+    table: &Arc<TableSchema>,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<HashMap<String, Difference>, EngineError> {
+    let mut database: HashMap<String, String> = HashMap::new();
+    scan_database(
+        driver,
+        std::slice::from_ref(table),
+        &settings.prefix,
+        |_, key, value| {
+            if wanted(&key) {
+                database.insert(key, value);
+            }
+        },
+    )
+    .await?;
+    let mut differences = HashMap::new();
+    scan_etcd(store, settings, table, |key, value| {
+        if !wanted(&key) {
+            return;
+        }
+        match database.remove(&key) {
+            Some(db) if db == value => {}
+            db => {
+                differences.insert(
+                    key,
+                    Difference {
+                        database: db,
+                        etcd: Some(value),
+                    },
+                );
+            }
+        }
+    })
+    .await?;
+    for (key, value) in database {
+        differences.insert(
+            key,
+            Difference {
+                database: Some(value),
+                etcd: None,
+            },
+        );
+    }
+    Ok(differences)
+}
+
+/// Adds differences to the report's counts and examples, in key order.
+fn count(report: &mut TableReport, differences: HashMap<String, Difference>) {
+    let mut sorted: Vec<(String, Difference)> = differences.into_iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let (mut missing, mut extra, mut different) = (0, 0, 0);
+    for (key, difference) in sorted {
+        match (difference.database, difference.etcd) {
+            (Some(_), None) => {
+                report.missing += 1;
+                missing += 1;
+                if missing <= EXAMPLES {
+                    report.example(format!("missing key {key}"));
+                }
+            }
+            (None, Some(_)) => {
+                report.extra += 1;
+                extra += 1;
+                if extra <= EXAMPLES {
+                    report.example(format!("extra key {key}"));
+                }
+            }
+            (Some(db), Some(etcd)) => {
+                report.different += 1;
+                different += 1;
+                if different <= EXAMPLES {
+                    report.example(format!(
+                        "different {key}: etcd has {etcd}, the database {db}"
+                    ));
+                }
+            }
+            (None, None) => {}
+        }
+    }
+}
+
+/// Streams every row of `tables` in one snapshot as (table, key, value).
+async fn scan_database<D: Driver>(
+    driver: &D,
+    tables: &[Arc<TableSchema>],
+    prefix: &str,
+    mut visit: impl FnMut(&str, String, String),
+) -> Result<(), EngineError> {
+    let (tx, mut rx) = mpsc::channel(16);
+    let read = driver.read_snapshot(tables, tx);
+    let consume = async {
+        while let Some(event) = rx.recv().await {
+            if let DumpEvent::Rows { table, rows } = event {
+                let name = table.id.to_string();
+                for row in &rows {
+                    visit(
+                        &name,
+                        row_key(prefix, &table, row)?,
+                        encode_row(&table, row, None)?,
+                    );
+                }
+            }
+        }
+        Ok::<_, EngineError>(())
     };
-    let prefix = table_prefix(&settings.prefix, table);
-    let mut pager = store.pager(&prefix, true);
+    let (read, consumed) = tokio::join!(read, consume);
+    consumed?;
+    read?;
+    Ok(())
+}
+
+/// Pages through a table's etcd prefix as (key, value).
+async fn scan_etcd(
+    store: &Store,
+    settings: &Settings,
+    table: &TableSchema,
+    mut visit: impl FnMut(String, String),
+) -> Result<(), EngineError> {
+    let mut pager = store.pager(&table_prefix(&settings.prefix, &table.id), true);
     loop {
         let page = pager.next().await?;
         if page.is_empty() {
-            break;
+            return Ok(());
         }
         for (listed, value) in page {
-            report.keys += 1;
-            let value = value.unwrap_or_default();
-            match expected.remove(&listed.key) {
-                None => {
-                    report.extra += 1;
-                    report.example(format!("extra key {}", listed.key));
-                }
-                Some(want) if want != value => {
-                    report.different += 1;
-                    report.example(format!(
-                        "different {}: etcd has {value}, the database {want}",
-                        listed.key
-                    ));
-                }
-                Some(_) => {}
-            }
+            visit(listed.key, value.unwrap_or_default());
         }
     }
-    report.missing = expected.len() as u64;
-    let mut missing: Vec<&String> = expected.keys().collect();
-    missing.sort();
-    for key in missing.into_iter().take(EXAMPLES) {
-        report.example(format!("missing key {key}"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_sides_have_equal_digests_whatever_the_order() {
+        let mut a = Digest::new();
+        let mut b = Digest::new();
+        for i in 0..1000 {
+            a.add(&format!("/p/t/{i}"), &format!("{{\"id\":{i}}}"));
+        }
+        for i in (0..1000).rev() {
+            b.add(&format!("/p/t/{i}"), &format!("{{\"id\":{i}}}"));
+        }
+        assert!(differing_groups(&a, &b).is_empty());
+        b.add("/p/t/extra", "{}");
+        let groups = differing_groups(&a, &b);
+        assert_eq!(groups.len(), 1);
+        assert!(groups[0].contains(&bucket_of("/p/t/extra")));
     }
-    Ok(report)
+
+    #[test]
+    fn differing_buckets_come_in_bounded_groups() {
+        let mut a = Digest::new();
+        let b = Digest::new();
+        // Every bucket differs, with 100 keys each: 409,600 keys in groups of at most 200,000.
+        for bucket in 0..BUCKETS {
+            a.counts[bucket] = 100;
+        }
+        let groups = differing_groups(&a, &b);
+        assert_eq!(groups.iter().map(HashSet::len).sum::<usize>(), BUCKETS);
+        for group in &groups {
+            assert!(group.len() as u64 * 100 <= DETAIL_KEYS);
+        }
+        assert_eq!(groups.len(), 3);
+    }
 }

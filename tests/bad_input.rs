@@ -3,65 +3,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-use common::World;
-
-/// A config, and what the error must say.
-struct Case {
-    name: &'static str,
-    config: String,
-    expect: &'static [&'static str],
-}
-
-/// Runs `sync run` with a time limit: a bad input must stop the agent by itself.
-fn run_case(world: &World, case: &Case) -> (bool, String) {
-    let path = world.write_config(&case.config);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sync"))
-        .arg("--config-file")
-        .arg(&path)
-        .arg("run")
-        .env("TEST_DB_PASSWORD", "sync")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("case {:?}: the agent did not stop by itself", case.name);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let output = child.wait_with_output().unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
-async fn check_cases(world: &World, cases: &[Case]) {
-    let mut failures = Vec::new();
-    for case in cases {
-        let (success, stderr) = run_case(world, case);
-        let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("ERROR")).collect();
-        let ok = !success
-            && errors.len() == 1
-            && case.expect.iter().all(|want| errors[0].contains(want))
-            && world.etcd_key_count(&world.state_prefix()).await == 0
-            && world.etcd_key_count(&world.prefix()).await == 0;
-        if !ok {
-            failures.push(format!(
-                "case {:?}: success={success}, expected {:?} in one ERROR line, got:\n{stderr}",
-                case.name, case.expect
-            ));
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
-}
+use common::{check_cases, Case, World};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_bad_inputs() {

@@ -3,12 +3,11 @@
 
 mod common;
 
+use common::{CONVERGE_TIMEOUT, SYNC_TIMEOUT};
+
 use std::time::Duration;
 
 use common::{restart_server, OwnEtcd, World};
-
-const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
-const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_dump_exits_quickly_and_a_restart_converges() {

@@ -3,13 +3,12 @@
 
 mod common;
 
+use common::{CONVERGE_TIMEOUT, SYNC_TIMEOUT};
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::World;
-
-const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
-const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_agent_without_ha_is_refused() {

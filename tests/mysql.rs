@@ -3,12 +3,11 @@
 
 mod common;
 
+use common::{CONVERGE_TIMEOUT, SYNC_TIMEOUT};
+
 use std::time::Duration;
 
 use common::{Rng, World};
-
-const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
-const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 
 const TYPED_SCHEMA: &str = "
 CREATE TABLE typed (

@@ -2,12 +2,11 @@
 
 mod common;
 
+use common::{CONVERGE_TIMEOUT, SYNC_TIMEOUT};
+
 use std::time::{Duration, Instant};
 
 use common::{free_port, http_get, metric, World};
-
-const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
-const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Scrapes until `check` accepts the metrics text.
 fn scrape_until(port: u16, what: &str, check: impl Fn(&str) -> bool) -> String {

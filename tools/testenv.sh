@@ -21,6 +21,10 @@ PG_FAULTS_PORT=${TESTENV_PG_FAULTS_PORT:-55434}
 MARIADB_FAULTS_PORT=${TESTENV_MARIADB_FAULTS_PORT:-53310}
 ETCD_PORT=${TESTENV_ETCD_PORT:-52379}
 ETCD_PEER_PORT=$((ETCD_PORT + 1))
+# A second etcd with TLS, client certificates and auth (root's password: root).
+ETCD_TLS_PORT=${TESTENV_ETCD_TLS_PORT:-52381}
+ETCD_TLS_PEER_PORT=$((ETCD_TLS_PORT + 1))
+TLS=$DIR/tls
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 ENV_FILE=$DIR/env
 
@@ -51,14 +55,78 @@ install_packages() {
   # Debian's etcd-server package may start a system etcd on 2379; ours runs on its own port.
 }
 
+# A CA, a server certificate for the name localhost only (so that connecting to 127.0.0.1 tests
+# verify-ca against verify-full), a client certificate for user sync_cert, and a second CA that
+# signed none of them.
+make_certificates() {
+  [ -f "$TLS/other-ca.pem" ] && return
+  log "generating test certificates in $TLS"
+  mkdir -p "$TLS"
+  local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+  for ca in ca other-ca; do
+    openssl req -x509 "${ec[@]}" -keyout "$TLS/$ca.key" -out "$TLS/$ca.pem" -days 3650 \
+      -subj "/CN=etcd-sync test $ca" -addext basicConstraints=critical,CA:TRUE \
+      -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+  done
+  local name usage
+  for name in server client; do
+    if [ $name = server ]; then
+      usage="subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth"
+      subject=/CN=localhost
+    else
+      usage="subjectAltName=DNS:sync_cert\nextendedKeyUsage=clientAuth"
+      subject=/CN=sync_cert
+    fi
+    openssl req "${ec[@]}" -keyout "$TLS/$name.key" -out "$TLS/$name.csr" -subj "$subject" 2>/dev/null
+    openssl x509 -req -in "$TLS/$name.csr" -CA "$TLS/ca.pem" -CAkey "$TLS/ca.key" -CAcreateserial \
+      -out "$TLS/$name.pem" -days 3650 \
+      -extfile <(printf "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n$usage\n") 2>/dev/null
+  done
+  chmod 644 "$TLS"/*.pem "$TLS"/*.key
+  # libpq and others refuse a client key that others can read; servers copy or own theirs.
+  chmod 600 "$TLS/client.key"
+}
+
 # Runs a PostgreSQL binary as the postgres user: the server refuses to run as root.
 pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+# TLS for the main PostgreSQL: users tlspg and sync_cert may only come over TLS (sync_cert with a
+# client certificate), everyone else either way. Rewritten on every start (a reload applies it).
+pg_tls_config() { # data
+  local data=$1
+  cp "$TLS/server.pem" "$data/server.crt"
+  cp "$TLS/server.key" "$data/server.key"
+  cp "$TLS/ca.pem" "$data/root.crt"
+  [ "$(id -u)" = 0 ] && chown postgres:postgres "$data/server.crt" "$data/server.key" "$data/root.crt"
+  chmod 600 "$data/server.key"
+  cat >"$data/tls.conf" <<CONF
+ssl = on
+ssl_cert_file = 'server.crt'
+ssl_key_file = 'server.key'
+ssl_ca_file = 'root.crt'
+CONF
+  grep -q "include_if_exists = 'tls.conf'" "$data/postgresql.conf" ||
+    echo "include_if_exists = 'tls.conf'" >>"$data/postgresql.conf"
+  cat >"$data/pg_hba.conf" <<CONF
+local all all trust
+hostssl all sync_cert 127.0.0.1/32 cert
+hostssl all tlspg 127.0.0.1/32 scram-sha-256
+host all sync_cert,tlspg 127.0.0.1/32 reject
+host all all 127.0.0.1/32 scram-sha-256
+host replication all 127.0.0.1/32 scram-sha-256
+CONF
+  [ "$(id -u)" = 0 ] && chown postgres:postgres "$data/tls.conf" "$data/pg_hba.conf"
+  true
+}
 
 start_postgres() { # name port wal_level
   local name=$1 port=$2 wal_level=$3
   local data=$DIR/$name sock=$DIR/$name-sock
+  [ "$name" = pg ] && [ -f "$data/PG_VERSION" ] && pg_tls_config "$data"
   if pg "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$port"; then
     log "$name already running on port $port"
+    pg "$PG_BIN/pg_ctl" -D "$data" reload >/dev/null
+    pg_roles "$sock" "$port"
     return
   fi
   if [ ! -f "$data/PG_VERSION" ]; then
@@ -92,14 +160,27 @@ local all all trust
 host all all 127.0.0.1/32 scram-sha-256
 host replication all 127.0.0.1/32 scram-sha-256
 CONF
+    [ "$name" = pg ] && pg_tls_config "$data"
   fi
   log "starting $name on port $port"
   pg "$PG_BIN/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 start >/dev/null
+  pg_roles "$sock" "$port"
+}
+
+pg_roles() { # socket_dir port
+  local sock=$1 port=$2
   # The agent's role: it may log in, replicate and create databases (tests make their own).
   pg "$PG_BIN/psql" -q -h "$sock" -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 <<SQL
 DO \$\$ BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'sync') THEN
     CREATE ROLE sync LOGIN REPLICATION CREATEDB PASSWORD 'sync';
+  END IF;
+  -- The TLS tests' users: exactly the README's privileges (granted per test database).
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tlspg') THEN
+    CREATE ROLE tlspg LOGIN REPLICATION PASSWORD 'tlspg';
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'sync_cert') THEN
+    CREATE ROLE sync_cert LOGIN REPLICATION;
   END IF;
 END \$\$;
 SQL
@@ -111,9 +192,20 @@ SQL
 start_mariadb() { # name port binlog_format server_id [binlog_row_image]
   local name=$1 port=$2 format=$3 server_id=$4 image=${5:-FULL}
   local data=$DIR/$name run=$DIR/$name-run
+  # The main instance also serves TLS (for the TLS tests); one started without it is restarted.
+  local tls_args=()
+  [ "$name" = mariadb ] && tls_args=(--ssl-ca="$TLS/ca.pem" --ssl-cert="$TLS/server.pem" --ssl-key="$TLS/server.key")
   if mariadb-admin --protocol=tcp -h 127.0.0.1 -P "$port" -u root -proot ping >/dev/null 2>&1; then
-    log "$name already running on port $port"
-    return
+    if [ ${#tls_args[@]} -gt 0 ] && [ "$(mariadb --protocol=tcp -h 127.0.0.1 -P "$port" -u root -proot -N -e 'SELECT @@have_ssl')" != YES ]; then
+      log "restarting $name with TLS"
+      local pid
+      pid=$(cat "$run/mysqld.pid")
+      kill "$pid"
+      while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    else
+      log "$name already running on port $port"
+      return
+    fi
   fi
   mkdir -p "$run"
   if [ ! -d "$data/mysql" ]; then
@@ -132,7 +224,7 @@ start_mariadb() { # name port binlog_format server_id [binlog_row_image]
     --binlog-row-image="$image" --binlog-row-metadata=FULL --server-id="$server_id" \
     --innodb-buffer-pool-size=128M --innodb-flush-log-at-trx-commit=2 --sync-binlog=0 \
     --max-connections=300 --character-set-server=utf8mb4 --collation-server=utf8mb4_general_ci \
-    >/dev/null 2>&1 </dev/null &
+    "${tls_args[@]}" >/dev/null 2>&1 </dev/null &
   for _ in $(seq 1 150); do
     [ -S "$run/mysqld.sock" ] && mariadb-admin --socket="$run/mysqld.sock" -u root ping >/dev/null 2>&1 && break
     mariadb-admin --socket="$run/mysqld.sock" -u root -proot ping >/dev/null 2>&1 && break
@@ -147,6 +239,14 @@ GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION;
 CREATE USER IF NOT EXISTS 'sync'@'127.0.0.1' IDENTIFIED BY 'sync';
 GRANT ALL PRIVILEGES ON *.* TO 'sync'@'127.0.0.1';
 CREATE DATABASE IF NOT EXISTS app;
+SQL
+  # The TLS tests' users, with exactly the README's privileges: one that must use TLS, one that
+  # must present the test client certificate.
+  mariadb --socket="$run/mysqld.sock" -u root -proot <<SQL
+CREATE USER IF NOT EXISTS 'tlsmy'@'127.0.0.1' IDENTIFIED BY 'tlsmy' REQUIRE SSL;
+GRANT SELECT, REPLICATION SLAVE, BINLOG MONITOR ON *.* TO 'tlsmy'@'127.0.0.1';
+CREATE USER IF NOT EXISTS 'certmy'@'127.0.0.1' IDENTIFIED BY 'certmy' REQUIRE SUBJECT '/CN=sync_cert';
+GRANT SELECT, REPLICATION SLAVE, BINLOG MONITOR ON *.* TO 'certmy'@'127.0.0.1';
 SQL
   mariadb-admin --protocol=tcp -h 127.0.0.1 -P "$port" -u root -proot ping >/dev/null 2>&1 || {
     log "$name did not start; see $data/server.log"
@@ -179,6 +279,45 @@ start_etcd() {
   exit 1
 }
 
+# etcdctl against the TLS etcd, as root.
+etcdctl_tls() {
+  ETCDCTL_API=3 etcdctl --endpoints "https://localhost:$ETCD_TLS_PORT" --cacert "$TLS/ca.pem" \
+    --cert "$TLS/client.pem" --key "$TLS/client.key" "$@"
+}
+
+start_etcd_tls() {
+  if etcdctl_tls --user root:root endpoint health >/dev/null 2>&1; then
+    log "etcd with TLS and auth already running on port $ETCD_TLS_PORT"
+    return
+  fi
+  log "starting etcd with TLS, client certificates and auth on port $ETCD_TLS_PORT"
+  mkdir -p "$DIR/etcd-tls"
+  setsid nohup etcd --name testenv-tls --data-dir "$DIR/etcd-tls" \
+    --listen-client-urls "https://127.0.0.1:$ETCD_TLS_PORT" --advertise-client-urls "https://localhost:$ETCD_TLS_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$ETCD_TLS_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_TLS_PEER_PORT" \
+    --initial-cluster "testenv-tls=http://127.0.0.1:$ETCD_TLS_PEER_PORT" \
+    --cert-file "$TLS/server.pem" --key-file "$TLS/server.key" --trusted-ca-file "$TLS/ca.pem" \
+    --client-cert-auth \
+    >"$DIR/etcd-tls.log" 2>&1 </dev/null &
+  echo $! >"$DIR/etcd-tls.pid"
+  for _ in $(seq 1 100); do
+    etcdctl_tls endpoint health >/dev/null 2>&1 && break
+    etcdctl_tls --user root:root endpoint health >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  # Auth on, with a root user the tests use to create their own roles and users.
+  if ! etcdctl_tls --user root:root user get root >/dev/null 2>&1; then
+    etcdctl_tls user add root --new-user-password=root >/dev/null 2>&1 || true
+    etcdctl_tls user grant-role root root >/dev/null 2>&1 || true
+    etcdctl_tls auth enable >/dev/null
+  fi
+  etcdctl_tls --user root:root user get root >/dev/null 2>&1 || {
+    log "etcd with TLS did not come up with auth; see $DIR/etcd-tls.log"
+    tail -20 "$DIR/etcd-tls.log" >&2
+    exit 1
+  }
+}
+
 write_env() {
   cat >"$ENV_FILE" <<ENV
 ETCD_SYNC_TEST_PG_HOST=127.0.0.1
@@ -199,6 +338,9 @@ ETCD_SYNC_TEST_MYSQL_ADMIN_PASSWORD=root
 ETCD_SYNC_TEST_MYSQL_USER=sync
 ETCD_SYNC_TEST_MYSQL_PASSWORD=sync
 ETCD_SYNC_TEST_ETCD=http://127.0.0.1:$ETCD_PORT
+ETCD_SYNC_TEST_ETCD_TLS=https://localhost:$ETCD_TLS_PORT
+ETCD_SYNC_TEST_ETCD_TLS_ROOT_PASSWORD=root
+ETCD_SYNC_TEST_TLS_DIR=$TLS
 ENV
   log "settings written to $ENV_FILE"
 }
@@ -207,6 +349,7 @@ up() {
   install_packages
   mkdir -p "$DIR"
   chmod 755 "$DIR"
+  make_certificates
   start_postgres pg "$PG_PORT" logical
   start_postgres pg-replica "$PG_REPLICA_PORT" replica
   start_mariadb mariadb "$MARIADB_PORT" ROW 1
@@ -215,6 +358,7 @@ up() {
   start_postgres pg-faults "$PG_FAULTS_PORT" logical
   start_mariadb mariadb-faults "$MARIADB_FAULTS_PORT" ROW 4
   start_etcd
+  start_etcd_tls
   write_env
 }
 
@@ -228,10 +372,12 @@ down() {
       for _ in $(seq 1 100); do [ -f "$DIR/$name-run/mysqld.pid" ] || break; sleep 0.1; done
     fi
   done
-  if [ -f "$DIR/etcd.pid" ]; then
-    kill "$(cat "$DIR/etcd.pid")" 2>/dev/null && log "stopped etcd"
-    rm -f "$DIR/etcd.pid"
-  fi
+  for name in etcd etcd-tls; do
+    if [ -f "$DIR/$name.pid" ]; then
+      kill "$(cat "$DIR/$name.pid")" 2>/dev/null && log "stopped $name"
+      rm -f "$DIR/$name.pid"
+    fi
+  done
   true
 }
 

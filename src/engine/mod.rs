@@ -18,7 +18,7 @@ mod dump;
 /// What the engine needs from the config.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub endpoints: Vec<String>,
+    pub etcd: crate::etcd::Connection,
     pub prefix: String,
     pub state_prefix: String,
     pub max_txn_ops: usize,
@@ -195,7 +195,7 @@ async fn session<D: Driver>(
     cancel: &CancellationToken,
     progressed: &mut bool,
 ) -> Result<(), EngineError> {
-    let mut store = Store::connect(&settings.endpoints, &settings.state_prefix)
+    let mut store = Store::connect(&settings.etcd, &settings.state_prefix)
         .await?
         .with_metrics(settings.metrics.clone());
     // Everything that can refuse the config or the server comes before the lock: a refused

@@ -15,6 +15,9 @@ use etcd_client::{Client as Etcd, DeleteOptions, GetOptions};
 use tokio_postgres::{Client, NoTls};
 
 pub const ENV_FILE: &str = "/tmp/etcd-sync-testenv/env";
+/// How long an agent may take to reach the sync phase, and etcd to converge after changes.
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
+pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Connection settings written by `tools/testenv.sh`.
 #[derive(Clone, Debug)]
@@ -87,6 +90,8 @@ pub struct World {
     pub etcd: Etcd,
     pub dir: PathBuf,
     pub extra_config: String,
+    /// Lines added to the config's `etcd:` section (TLS, user).
+    pub etcd_extra_config: String,
 }
 
 fn mysql_pool(
@@ -219,6 +224,7 @@ impl World {
             source,
             etcd,
             extra_config: String::new(),
+            etcd_extra_config: String::new(),
         };
         let _ = std::fs::remove_dir_all(&world.dir);
         std::fs::create_dir_all(&world.dir).unwrap();
@@ -251,28 +257,49 @@ impl World {
     pub fn config_text(&self, port: Option<&str>) -> String {
         if let Source::Mysql(_) = self.source {
             return format!(
-                "database:\n  driver: mysql\n  host: {host}\n  port: {port}\n  user: {user}\n  password: ${{TEST_DB_PASSWORD}}\n  name: {db}\n{extra}etcd:\n  endpoints: [{etcd}]\n  prefix: {prefix}\n  state_prefix: {state}\n",
+                "database:\n  driver: mysql\n  host: {host}\n  port: {port}\n  user: {user}\n  password: ${{TEST_DB_PASSWORD}}\n  name: {db}\n{extra}etcd:\n{etcd_extra}  endpoints: [{etcd}]\n  prefix: {prefix}\n  state_prefix: {state}\n",
                 host = self.env.get("MYSQL_HOST"),
                 port = port.map(str::to_owned).unwrap_or_else(|| self.env.get("MYSQL_PORT")),
                 user = self.env.get("MYSQL_USER"),
                 db = self.name,
                 extra = self.extra_config,
+                etcd_extra = self.etcd_extra_config,
                 etcd = self.etcd_endpoint,
                 prefix = self.prefix(),
                 state = self.state_prefix(),
             );
         }
         format!(
-            "database:\n  driver: postgres\n  host: {host}\n  port: {port}\n  user: {user}\n  password: ${{TEST_DB_PASSWORD}}\n  name: {db}\n  postgres:\n    slot: {db}\n    publication: {db}\n{extra}etcd:\n  endpoints: [{etcd}]\n  prefix: {prefix}\n  state_prefix: {state}\n",
+            "database:\n  driver: postgres\n  host: {host}\n  port: {port}\n  user: {user}\n  password: ${{TEST_DB_PASSWORD}}\n  name: {db}\n  postgres:\n    slot: {db}\n    publication: {db}\n{extra}etcd:\n{etcd_extra}  endpoints: [{etcd}]\n  prefix: {prefix}\n  state_prefix: {state}\n",
             host = self.env.get("PG_HOST"),
             port = port.map(str::to_owned).unwrap_or_else(|| self.env.get("PG_PORT")),
             user = self.env.get("PG_USER"),
             db = self.name,
             extra = self.extra_config,
+            etcd_extra = self.etcd_extra_config,
             etcd = self.etcd_endpoint,
             prefix = self.prefix(),
             state = self.state_prefix(),
         )
+    }
+
+    /// Points the world at the test environment's etcd with TLS, client certificates and auth;
+    /// its own client is root there. The agent's config gets the CA and client certificate.
+    pub async fn use_secure_etcd(&mut self) {
+        let endpoint = self.env.get("ETCD_TLS");
+        self.etcd =
+            secure_etcd_client(&self.env, "root", &self.env.get("ETCD_TLS_ROOT_PASSWORD")).await;
+        self.etcd_endpoint = endpoint;
+        let tls = self.env.get("TLS_DIR");
+        self.etcd_extra_config = format!(
+            "  tls:\n    ca_file: {tls}/ca.pem\n    cert_file: {tls}/client.pem\n    key_file: {tls}/client.key\n"
+        );
+        let mut kv = self.etcd.kv_client();
+        for prefix in [self.prefix(), self.state_prefix()] {
+            kv.delete(prefix, Some(DeleteOptions::new().with_prefix()))
+                .await
+                .unwrap();
+        }
     }
 
     /// Points the world (its configs and its etcd client) at another etcd.
@@ -343,6 +370,14 @@ impl World {
             .spawn()
             .unwrap();
         Agent { child, log_path }
+    }
+
+    /// Runs statements as the administrator (PostgreSQL) or root (MariaDB).
+    pub async fn admin_sql(&self, sql: &str) {
+        match &self.source {
+            Source::Postgres(_) => self.pg_admin(sql).await,
+            Source::Mysql(pool) => mysql_exec(pool, sql).await,
+        }
     }
 
     pub async fn sql(&self, sql: &str) {
@@ -855,4 +890,78 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
+}
+
+/// A config, and what the error must say.
+pub struct Case {
+    pub name: &'static str,
+    pub config: String,
+    pub expect: &'static [&'static str],
+}
+
+/// A client of the TLS etcd as `user`.
+pub async fn secure_etcd_client(env: &TestEnv, user: &str, password: &str) -> Etcd {
+    let tls = env.get("TLS_DIR");
+    let read = |file: &str| std::fs::read(format!("{tls}/{file}")).unwrap();
+    let options = etcd_client::ConnectOptions::new()
+        .with_user(user, password)
+        .with_tls(
+            etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(read("ca.pem")))
+                .identity(etcd_client::Identity::from_pem(
+                    read("client.pem"),
+                    read("client.key"),
+                )),
+        );
+    Etcd::connect([env.get("ETCD_TLS")], Some(options))
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to the TLS etcd ({e}): run `make testenv`"))
+}
+
+/// Runs `sync run` with a time limit: a bad input must stop the agent by itself.
+fn run_case(world: &World, case: &Case) -> (bool, String) {
+    let path = world.write_config(&case.config);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sync"))
+        .arg("--config-file")
+        .arg(&path)
+        .arg("run")
+        .env("TEST_DB_PASSWORD", "sync")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("case {:?}: the agent did not stop by itself", case.name);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+pub async fn check_cases(world: &World, cases: &[Case]) {
+    let mut failures = Vec::new();
+    for case in cases {
+        let (success, stderr) = run_case(world, case);
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("ERROR")).collect();
+        let ok = !success
+            && errors.len() == 1
+            && case.expect.iter().all(|want| errors[0].contains(want))
+            && world.etcd_key_count(&world.state_prefix()).await == 0
+            && world.etcd_key_count(&world.prefix()).await == 0;
+        if !ok {
+            failures.push(format!(
+                "case {:?}: success={success}, expected {:?} in one ERROR line, got:\n{stderr}",
+                case.name, case.expect
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }

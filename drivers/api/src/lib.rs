@@ -14,7 +14,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 mod error;
+mod tls;
 pub use error::{error_chain, BoxError, DriverError};
+pub use tls::{tls_failure, TlsMode, TlsSettings};
 
 /// One column value as the source delivered it, already in the shape it takes in JSON.
 #[derive(Debug, Clone, PartialEq)]

@@ -27,6 +27,10 @@ pub fn my_error(context: &str, err: mysql_async::Error) -> DriverError {
             }
         }
         mysql_async::Error::Url(_) => DriverError::Misconfigured(format!("{context}: {err}")),
+        _ if etcd_sync_api::tls_failure(&err).is_some() => DriverError::Misconfigured(format!(
+            "{context}: TLS: the server's certificate was refused ({}); check database.tls",
+            etcd_sync_api::tls_failure(&err).unwrap_or_default()
+        )),
         _ => DriverError::transient(context, err),
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use etcd_sync_api::{
     error_chain, CheckItem, CheckStatus, DriverError, DumpEvent, Position, Row, Selection,
-    StreamEvent, TableFilter, TableSchema,
+    StreamEvent, TableFilter, TableSchema, TlsMode, TlsSettings,
 };
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder};
@@ -20,6 +20,8 @@ mod binlog;
 pub mod dump_parser;
 mod error;
 mod schema;
+mod tls;
+pub use tls::validate as check_tls_settings;
 pub mod types;
 
 use dump_parser::{DumpLine, DumpParser};
@@ -42,6 +44,7 @@ pub struct MysqlConfig {
     /// Path or name of the mysqldump binary.
     pub mysqldump: String,
     pub filter: TableFilter,
+    pub tls: TlsSettings,
 }
 
 impl std::fmt::Debug for MysqlConfig {
@@ -53,6 +56,7 @@ impl std::fmt::Debug for MysqlConfig {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("database", &self.database)
             .field("server_id", &self.server_id)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -104,9 +108,26 @@ impl MysqlDriver {
             .pass(c.password.clone())
             .db_name(Some(c.database.clone()))
             .prefer_socket(false);
-        Conn::new(opts)
-            .await
-            .map_err(|e| my_error(&format!("connecting to MySQL at {}:{}", c.host, c.port), e))
+        let context = format!("connecting to MySQL at {}:{}", c.host, c.port);
+        let Some(ssl) = tls::ssl_opts(&c.tls)? else {
+            return Conn::new(opts).await.map_err(|e| my_error(&context, e));
+        };
+        match Conn::new(opts.clone().ssl_opts(ssl)).await {
+            Ok(conn) => Ok(conn),
+            Err(mysql_async::Error::Driver(
+                mysql_async::DriverError::NoClientSslFlagFromServer,
+            )) if c.tls.mode == TlsMode::Prefer => {
+                Conn::new(opts).await.map_err(|e| my_error(&context, e))
+            }
+            Err(mysql_async::Error::Driver(
+                mysql_async::DriverError::NoClientSslFlagFromServer,
+            )) => Err(DriverError::Misconfigured(format!(
+                "{context}: database.tls.mode is {} but the server does not offer TLS: \
+                     set ssl_cert and ssl_key in the server's my.cnf, or lower the mode",
+                c.tls.mode
+            ))),
+            Err(e) => Err(my_error(&context, e)),
+        }
     }
 
     async fn server(conn: &mut Conn) -> Result<Server, DriverError> {
@@ -377,6 +398,7 @@ impl MysqlDriver {
                 args.push(format!("--ignore-table={db}.{table}"));
             }
         }
+        args.extend(tls::mysqldump_args(&c.tls, version.contains("MariaDB")));
         args.push("--databases".into());
         args.extend(dbs.iter().cloned());
 

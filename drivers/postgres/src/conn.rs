@@ -5,11 +5,14 @@
 use std::io;
 
 use bytes::{Buf, Bytes, BytesMut};
+use etcd_sync_api::{TlsMode, TlsSettings};
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::{backend, frontend};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::tls;
 
 /// Where and as whom to connect; shared by the query and replication connections.
 #[derive(Clone)]
@@ -20,6 +23,7 @@ pub struct ConnectParams {
     pub password: Option<String>,
     pub database: String,
     pub application_name: String,
+    pub tls: TlsSettings,
 }
 
 impl std::fmt::Debug for ConnectParams {
@@ -30,6 +34,7 @@ impl std::fmt::Debug for ConnectParams {
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("database", &self.database)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -62,6 +67,9 @@ pub enum ConnError {
     Auth(String),
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// TLS cannot be set up as configured (files, mode, the server's certificate or answer).
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl ConnError {
@@ -80,8 +88,15 @@ struct Frame {
     body: Bytes,
 }
 
+/// A plain or TLS byte stream.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// The `SSLRequest` message: length 8, then the request code 1234.5679.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
 pub struct ReplicationConnection {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     read_buf: BytesMut,
     write_buf: BytesMut,
 }
@@ -96,6 +111,7 @@ impl ReplicationConnection {
             .await
             .map_err(|source| ConnError::Connect { addr, source })?;
         stream.set_nodelay(true)?;
+        let stream = negotiate_tls(stream, params).await?;
         let mut conn = Self {
             stream,
             read_buf: BytesMut::with_capacity(64 * 1024),
@@ -314,6 +330,44 @@ impl ReplicationConnection {
     pub async fn terminate(mut self) {
         frontend::terminate(&mut self.write_buf);
         let _ = self.flush().await;
+    }
+}
+
+/// Asks the server for TLS as `params.tls.mode` says and wraps the stream in it.
+async fn negotiate_tls(
+    mut stream: TcpStream,
+    params: &ConnectParams,
+) -> Result<Box<dyn Io>, ConnError> {
+    let tls_err = |e: tls::TlsConfigError| ConnError::Tls(e.to_string());
+    let Some(config) = tls::client_config(&params.tls).map_err(tls_err)? else {
+        return Ok(Box::new(stream));
+    };
+    stream.write_all(&SSL_REQUEST).await?;
+    // One byte, read unbuffered: anything after it must come through TLS (CVE-2021-23222).
+    match stream.read_u8().await? {
+        b'S' => {
+            let name = tls::server_name(&params.host).map_err(tls_err)?;
+            let tls_stream = tokio_rustls::TlsConnector::from(config)
+                .connect(name, stream)
+                .await
+                .map_err(|e| match etcd_sync_api::tls_failure(&e) {
+                    Some(reason) => ConnError::Tls(format!(
+                        "the server's certificate was refused ({reason}); check database.tls"
+                    )),
+                    None => ConnError::Io(e),
+                })?;
+            Ok(Box::new(tls_stream))
+        }
+        b'N' if params.tls.mode == TlsMode::Prefer => Ok(Box::new(stream)),
+        b'N' => Err(ConnError::Tls(format!(
+            "database.tls.mode is {} but the server does not accept TLS: set ssl = on \
+             (with ssl_cert_file and ssl_key_file) in postgresql.conf, or lower the mode",
+            params.tls.mode
+        ))),
+        other => Err(ConnError::Protocol(format!(
+            "unexpected answer {:?} to the TLS request",
+            other as char
+        ))),
     }
 }
 

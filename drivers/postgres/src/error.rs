@@ -36,7 +36,9 @@ fn classify(
 /// Classifies an error of a replication connection.
 pub fn conn_error(context: &str, err: ConnError) -> DriverError {
     match &err {
-        ConnError::Auth(message) => DriverError::Misconfigured(format!("{context}: {message}")),
+        ConnError::Auth(message) | ConnError::Tls(message) => {
+            DriverError::Misconfigured(format!("{context}: {message}"))
+        }
         ConnError::Protocol(message) => DriverError::Protocol(format!("{context}: {message}")),
         ConnError::Server { code, message, .. } => {
             let (code, message) = (code.clone(), message.clone());
@@ -54,6 +56,21 @@ pub fn pg_error(context: &str, err: tokio_postgres::Error) -> DriverError {
             let message = db.message().to_owned();
             classify(context, Some(&code), message, Box::new(err))
         }
-        None => DriverError::transient(context, err),
+        None => match etcd_sync_api::tls_failure(&err) {
+            Some(reason) => DriverError::Misconfigured(format!(
+                "{context}: TLS: the server's certificate was refused ({reason}); check database.tls"
+            )),
+            None if etcd_sync_api::error_chain(&err).contains("does not support TLS") => {
+                DriverError::Misconfigured(format!(
+                    "{context}: the server does not accept TLS: set ssl = on (with ssl_cert_file \
+                     and ssl_key_file) in postgresql.conf, or lower database.tls.mode"
+                ))
+            }
+            None if err.to_string().contains("TLS") => DriverError::Misconfigured(format!(
+                "{context}: {}; check database.tls",
+                etcd_sync_api::error_chain(&err)
+            )),
+            None => DriverError::transient(context, err),
+        },
     }
 }

@@ -8,11 +8,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use etcd_sync_api::{
     error_chain, CheckItem, DriverError, DumpEvent, Position, Row, Selection, StreamEvent,
-    TableFilter, TableSchema,
+    TableFilter, TableSchema, TlsMode,
 };
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
@@ -22,6 +23,7 @@ mod error;
 pub mod lsn;
 pub mod pgoutput;
 mod stream;
+mod tls;
 pub mod types;
 
 use catalog::{PgTable, TypeCatalog};
@@ -74,6 +76,23 @@ pub(crate) fn system_time(pg_micros: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_micros(unix_micros.max(0) as u64)
 }
 
+/// Drives a query connection in a task of its own and returns its client.
+fn spawn_connection<S, T>(
+    connected: Result<(Client, tokio_postgres::Connection<S, T>), tokio_postgres::Error>,
+) -> Result<Client, tokio_postgres::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (client, connection) = connected?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            debug!("PostgreSQL query connection ended: {e}");
+        }
+    });
+    Ok(client)
+}
+
 impl PostgresDriver {
     pub fn new(config: PostgresConfig) -> Self {
         Self { config }
@@ -100,16 +119,23 @@ impl PostgresDriver {
             config.password(password);
         }
         let context = format!("connecting to PostgreSQL at {}:{}", p.host, p.port);
-        let (client, connection) = config
-            .connect(NoTls)
-            .await
-            .map_err(|e| pg_error(&context, e))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                debug!("PostgreSQL query connection ended: {e}");
-            }
+        config.ssl_mode(match p.tls.mode {
+            TlsMode::Disable => SslMode::Disable,
+            TlsMode::Prefer => SslMode::Prefer,
+            TlsMode::Require | TlsMode::VerifyCa | TlsMode::VerifyFull => SslMode::Require,
         });
-        Ok(client)
+        let tls_config = tls::client_config(&p.tls)
+            .map_err(|e| DriverError::Misconfigured(format!("{context}: {e}")))?;
+        match tls_config {
+            None => spawn_connection(config.connect(tokio_postgres::NoTls).await),
+            Some(tls_config) => {
+                let connector = tokio_postgres_rustls::MakeRustlsConnect::new(
+                    std::sync::Arc::unwrap_or_clone(tls_config),
+                );
+                spawn_connection(config.connect(connector).await)
+            }
+        }
+        .map_err(|e| pg_error(&context, e))
     }
 
     async fn replication_connection(&self) -> Result<ReplicationConnection, DriverError> {
