@@ -347,3 +347,58 @@ async fn works_with_exactly_the_documented_grants() {
     drop(agent);
     world.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_binlog_connection_is_retried() {
+    let world = World::new_mysql("connlost").await;
+    world
+        .sql("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t SELECT seq, 0 FROM seq_1_to_100;")
+        .await;
+    // A user of its own, so that only this agent's binary-log connection is cut.
+    world
+        .mysql_admin(
+            "DROP USER IF EXISTS 'connlost'@'127.0.0.1';
+             CREATE USER 'connlost'@'127.0.0.1' IDENTIFIED BY 'connlost';
+             GRANT SELECT, REPLICATION SLAVE, BINLOG MONITOR ON *.* TO 'connlost'@'127.0.0.1';",
+        )
+        .await;
+    let text = world
+        .config_text(None)
+        .replace("user: sync", "user: connlost")
+        .replace("${TEST_DB_PASSWORD}", "connlost");
+    let mut agent = world.start_agent_with(&world.write_config(&text));
+    world.wait_for_sync_phase(&mut agent, SYNC_TIMEOUT).await;
+    world.sql("UPDATE t SET v = 1 WHERE id <= 10").await;
+    // Kill the binlog dump thread, as a network failure or a server restart would end it.
+    let deadline = std::time::Instant::now() + CONVERGE_TIMEOUT;
+    loop {
+        let killed = world
+            .mysql_admin_query(
+                "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = 'connlost' AND COMMAND LIKE 'Binlog Dump%'",
+            )
+            .await;
+        if !killed.is_empty() {
+            for id in killed {
+                world.mysql_admin(&format!("KILL {id}")).await;
+            }
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no binary-log connection"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    world
+        .sql("UPDATE t SET v = 2 WHERE id <= 50; DELETE FROM t WHERE id > 90; INSERT INTO t VALUES (500, 5);")
+        .await;
+    world.wait_converged(Some(&agent), CONVERGE_TIMEOUT).await;
+    assert!(
+        agent.exited().is_none(),
+        "the agent gave up:\n{}",
+        agent.log()
+    );
+    assert!(agent.log().contains("retry_in"), "{}", agent.log());
+    drop(agent);
+    world.cleanup().await;
+}

@@ -385,6 +385,7 @@ async fn check_reports_a_healthy_setup() {
     assert!(output.status.success(), "{stdout}");
     for line in [
         "[ok  ] wal_level: logical",
+        "[ok  ] tls: TLSv1.3 (database.tls.mode prefer)",
         "[ok  ] replication privilege",
         "[ok  ] table a: primary key (id)",
         "[warn] table nokey: skipped",

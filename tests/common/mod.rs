@@ -471,6 +471,17 @@ impl World {
         let _ = admin.disconnect().await;
     }
 
+    /// The first column of a query's rows, run as root.
+    pub async fn mysql_admin_query(&self, sql: &str) -> Vec<u64> {
+        use mysql_async::prelude::Queryable;
+        let admin = self.mysql_admin_pool(&self.env.get("MYSQL_PORT"));
+        let mut conn = admin.get_conn().await.unwrap();
+        let rows: Vec<u64> = conn.query(sql).await.unwrap();
+        drop(conn);
+        let _ = admin.disconnect().await;
+        rows
+    }
+
     /// etcd's keys and values under the data prefix.
     pub async fn etcd_data(&self) -> Vec<(String, String)> {
         let response = self

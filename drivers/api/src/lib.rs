@@ -206,6 +206,21 @@ impl CheckItem {
         )
     }
 
+    /// The `tls` line: the protocol version the connection negotiated, if any.
+    pub fn tls(mode: TlsMode, version: Option<&str>) -> Self {
+        match version.filter(|v| !v.is_empty()) {
+            Some(version) => Self::ok("tls", format!("{version} (database.tls.mode {mode})")),
+            None if mode == TlsMode::Disable => Self::ok("tls", "off (database.tls.mode disable)"),
+            None => Self::warn(
+                "tls",
+                format!(
+                    "off: the server offers no TLS (database.tls.mode {mode}); the connection is \
+                     not encrypted"
+                ),
+            ),
+        }
+    }
+
     /// The `connection` line of a failed connection.
     pub fn cannot_connect(host: &str, port: u16, user: &str, err: &DriverError) -> Self {
         Self::fail(

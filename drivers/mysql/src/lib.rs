@@ -686,6 +686,15 @@ impl etcd_sync_api::Driver for MysqlDriver {
             Err(e) => return vec![CheckItem::cannot_connect(&c.host, c.port, &c.user, &e)],
         };
         let mut items = vec![CheckItem::connected(&c.host, c.port, &c.database, &c.user)];
+        let tls_version: Option<(String, String)> = conn
+            .query_first("SHOW SESSION STATUS LIKE 'Ssl_version'")
+            .await
+            .ok()
+            .flatten();
+        items.push(CheckItem::tls(
+            c.tls.mode,
+            tls_version.as_ref().map(|(_, v)| v.as_str()),
+        ));
         match self.prerequisites(&mut conn).await {
             Ok(more) => items.extend(more),
             Err(e) => items.push(CheckItem::fail("prerequisites", error_chain(&e))),

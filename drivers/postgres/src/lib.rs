@@ -560,6 +560,16 @@ impl etcd_sync_api::Driver for PostgresDriver {
             Err(e) => return vec![CheckItem::cannot_connect(&p.host, p.port, &p.user, &e)],
         };
         let mut items = vec![CheckItem::connected(&p.host, p.port, &p.database, &p.user)];
+        let tls_version: Option<String> = client
+            .query_opt(
+                "SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl",
+                &[],
+            )
+            .await
+            .ok()
+            .flatten()
+            .and_then(|row| row.get(0));
+        items.push(CheckItem::tls(p.tls.mode, tls_version.as_deref()));
         match self.prerequisites(&client).await {
             Ok(more) => items.extend(more),
             Err(e) => items.push(CheckItem::fail("prerequisites", error_chain(&e))),
