@@ -281,6 +281,21 @@ async fn etcd_with_tls_client_certificates_auth_and_a_prefix_role() {
     world.wait_converged(Some(&agent), CONVERGE_TIMEOUT).await;
     assert!(agent.terminate(Duration::from_secs(10)).success());
 
+    // An endpoint by IP address: the certificate names localhost, which etcd.tls.server_name says.
+    let by_ip = world
+        .config_text(None)
+        .replace("https://localhost:", "https://127.0.0.1:")
+        .replace(
+            "  tls:\n    ca_file:",
+            "  tls:\n    server_name: localhost\n    ca_file:",
+        );
+    let status = world.run_command(&world.write_config(&by_ip), &["status"]);
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+
     // The role really is limited: the agent's user can't touch a key outside its prefixes.
     let limited = secure_etcd_client(&world.env, &user, &user).await;
     let denied = limited.kv_client().put("/elsewhere", "x", None).await;
@@ -317,6 +332,11 @@ async fn etcd_with_tls_client_certificates_auth_and_a_prefix_role() {
             name: "etcd's certificate from another CA",
             config: base.replace(&format!("{tls}/ca.pem"), &format!("{tls}/other-ca.pem")),
             expect: &["etcd's certificate was refused", "etcd.tls.ca_file"],
+        },
+        Case {
+            name: "an endpoint by IP address, which etcd's certificate does not name",
+            config: base.replace("https://localhost:", "https://127.0.0.1:"),
+            expect: &["etcd's certificate was refused", "etcd.tls.server_name"],
         },
         Case {
             name: "no client certificate for etcd's --client-cert-auth",
