@@ -271,6 +271,8 @@ async fn etcd_with_tls_client_certificates_auth_and_a_prefix_role() {
     ));
     let mut agent = world.start_agent();
     world.wait_for_sync_phase(&mut agent, SYNC_TIMEOUT).await;
+    // Idle past the auth token's TTL (2 s in the test environment): the agent renews it.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     world
         .sql("INSERT INTO t VALUES (2, 'b'); UPDATE t SET v = 'c' WHERE id = 1;")
         .await;

@@ -21,7 +21,8 @@ PG_FAULTS_PORT=${TESTENV_PG_FAULTS_PORT:-55434}
 MARIADB_FAULTS_PORT=${TESTENV_MARIADB_FAULTS_PORT:-53310}
 ETCD_PORT=${TESTENV_ETCD_PORT:-52379}
 ETCD_PEER_PORT=$((ETCD_PORT + 1))
-# A second etcd with TLS, client certificates and auth (root's password: root).
+# A second etcd with TLS, client certificates and auth (root's password: root), whose auth tokens
+# expire after 2 s so that the tests see the agent renew them.
 ETCD_TLS_PORT=${TESTENV_ETCD_TLS_PORT:-52381}
 ETCD_TLS_PEER_PORT=$((ETCD_TLS_PORT + 1))
 TLS=$DIR/tls
@@ -297,7 +298,7 @@ start_etcd_tls() {
     --listen-peer-urls "http://127.0.0.1:$ETCD_TLS_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_TLS_PEER_PORT" \
     --initial-cluster "testenv-tls=http://127.0.0.1:$ETCD_TLS_PEER_PORT" \
     --cert-file "$TLS/server.pem" --key-file "$TLS/server.key" --trusted-ca-file "$TLS/ca.pem" \
-    --client-cert-auth \
+    --client-cert-auth --auth-token-ttl 2 \
     >"$DIR/etcd-tls.log" 2>&1 </dev/null &
   echo $! >"$DIR/etcd-tls.pid"
   for _ in $(seq 1 100); do

@@ -916,6 +916,7 @@ pub async fn secure_etcd_client(env: &TestEnv, user: &str, password: &str) -> Et
     let read = |file: &str| std::fs::read(format!("{tls}/{file}")).unwrap();
     let options = etcd_client::ConnectOptions::new()
         .with_user(user, password)
+        .with_auto_token_refresh(true)
         .with_tls(
             etcd_client::TlsOptions::new()
                 .ca_certificate(etcd_client::Certificate::from_pem(read("ca.pem")))
