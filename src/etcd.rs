@@ -653,23 +653,37 @@ impl Store {
             after: None,
             with_values,
             done: false,
+            pinned: false,
+            revision: 0,
+        }
+    }
+
+    /// A pager that reads the whole prefix at one revision (the first page's), as a snapshot.
+    pub fn snapshot_pager(&self, prefix: &str) -> Pager<'_> {
+        Pager {
+            pinned: true,
+            ..self.pager(prefix, true)
         }
     }
 
     /// A page of keys under `prefix` after `after` (exclusive), in key order.
+    /// A page, read at `revision` (0: the latest); also the revision it was read at.
     async fn page(
         &self,
         prefix: &str,
         after: Option<&str>,
         with_values: bool,
-        limit: i64,
-    ) -> Result<Vec<(ListedKey, Option<String>)>, EtcdError> {
+        revision: i64,
+    ) -> Result<(Vec<(ListedKey, Option<String>)>, i64), EtcdError> {
         let end = prefix_end(prefix);
         let start = match after {
             Some(key) => format!("{key}\0"),
             None => prefix.to_owned(),
         };
-        let mut options = GetOptions::new().with_range(end).with_limit(limit);
+        let mut options = GetOptions::new()
+            .with_range(end)
+            .with_limit(PAGE_KEYS)
+            .with_revision(revision);
         if !with_values {
             options = options.with_keys_only();
         }
@@ -678,7 +692,8 @@ impl Store {
             .get(start, Some(options))
             .await
             .map_err(|e| EtcdError::client(format!("listing {prefix}"), e))?;
-        Ok(response
+        let read_at = response.header().map_or(revision, |h| h.revision());
+        let page = response
             .kvs()
             .iter()
             .map(|kv| {
@@ -690,7 +705,8 @@ impl Store {
                     with_values.then(|| String::from_utf8_lossy(kv.value()).into_owned()),
                 )
             })
-            .collect())
+            .collect();
+        Ok((page, read_at))
     }
 
     /// Checks that a txn of `max_ops` operations is accepted (etcd's `--max-txn-ops`), with
@@ -717,6 +733,9 @@ pub struct Pager<'a> {
     after: Option<String>,
     with_values: bool,
     done: bool,
+    /// Read every page at the first page's revision.
+    pinned: bool,
+    revision: i64,
 }
 
 impl Pager<'_> {
@@ -725,15 +744,18 @@ impl Pager<'_> {
         if self.done {
             return Ok(Vec::new());
         }
-        let page = self
+        let (page, read_at) = self
             .store
             .page(
                 &self.prefix,
                 self.after.as_deref(),
                 self.with_values,
-                PAGE_KEYS,
+                self.revision,
             )
             .await?;
+        if self.pinned {
+            self.revision = read_at;
+        }
         match page.last() {
             Some((last, _)) => self.after = Some(last.key.clone()),
             None => self.done = true,

@@ -1,7 +1,7 @@
 //! `sync verify`: compares the database with etcd, key for key and byte for byte, in bounded
 //! memory and while the agent runs.
 //!
-//! 1. Each table is read in one database snapshot and its etcd prefix is paged through; both
+//! 1. Each table is read in one database snapshot and its etcd prefix at one revision; both
 //!    sides are folded into per-bucket digests (a key's bucket is a hash of the key; a bucket's
 //!    digest is the count and the wrapping sum of hashes of key and value), so memory is a
 //!    fixed number of buckets whatever the table size.
@@ -337,14 +337,14 @@ async fn scan_database<D: Driver>(
     Ok(())
 }
 
-/// Pages through a table's etcd prefix as (key, value).
+/// Pages through a table's etcd prefix as (key, value), at one revision.
 async fn scan_etcd(
     store: &Store,
     settings: &Settings,
     table: &TableSchema,
     mut visit: impl FnMut(String, String),
 ) -> Result<(), EngineError> {
-    let mut pager = store.pager(&table_prefix(&settings.prefix, &table.id), true);
+    let mut pager = store.snapshot_pager(&table_prefix(&settings.prefix, &table.id));
     loop {
         let page = pager.next().await?;
         if page.is_empty() {
