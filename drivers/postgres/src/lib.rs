@@ -129,10 +129,7 @@ impl PostgresDriver {
         match tls_config {
             None => spawn_connection(config.connect(tokio_postgres::NoTls).await),
             Some(tls_config) => {
-                let connector = tokio_postgres_rustls::MakeRustlsConnect::new(
-                    std::sync::Arc::unwrap_or_clone(tls_config),
-                );
-                spawn_connection(config.connect(connector).await)
+                spawn_connection(config.connect(tls::MakeRustlsConnect(tls_config)).await)
             }
         }
         .map_err(|e| pg_error(&context, e))
