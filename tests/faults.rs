@@ -103,10 +103,7 @@ async fn passwords_never_reach_the_logs() {
             world.name
         ))
         .await;
-    let text = world
-        .config_text(None)
-        .replace("user: sync", "user: secretive")
-        .replace("${TEST_DB_PASSWORD}", "${SECRET_PW}");
+    let text = world.config_as("secretive", "${SECRET_PW}");
     let config = world.write_config(&text);
     // At the most verbose level, through a dump, streaming and a clean stop.
     let mut agent =
@@ -273,10 +270,7 @@ async fn postgres_works_with_exactly_the_documented_grants() {
             world.name
         ))
         .await;
-    let text = world
-        .config_text(None)
-        .replace("user: sync", "user: leastpg")
-        .replace("${TEST_DB_PASSWORD}", "leastpg");
+    let text = world.config_as("leastpg", "leastpg");
     let config = world.write_config(&text);
     let mut agent = world.start_agent_with(&config);
     world.wait_for_sync_phase(&mut agent, SYNC_TIMEOUT).await;

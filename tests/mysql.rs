@@ -271,10 +271,7 @@ async fn missing_replication_privilege_is_explained() {
             world.name
         ))
         .await;
-    let text = world
-        .config_text(None)
-        .replace("user: sync", "user: norepl")
-        .replace("${TEST_DB_PASSWORD}", "norepl");
+    let text = world.config_as("norepl", "norepl");
     world.extra_config.clear();
     let config = world.write_config(&text);
     let output = world.run_command(&config, &["run"]);
@@ -332,10 +329,7 @@ async fn works_with_exactly_the_documented_grants() {
              GRANT SELECT, REPLICATION SLAVE, BINLOG MONITOR ON *.* TO 'least'@'127.0.0.1';",
         )
         .await;
-    let text = world
-        .config_text(None)
-        .replace("user: sync", "user: least")
-        .replace("${TEST_DB_PASSWORD}", "least");
+    let text = world.config_as("least", "least");
     let config = world.write_config(&text);
     let mut agent = world.start_agent_with(&config);
     world.wait_for_sync_phase(&mut agent, SYNC_TIMEOUT).await;
@@ -362,10 +356,7 @@ async fn a_dropped_binlog_connection_is_retried() {
              GRANT SELECT, REPLICATION SLAVE, BINLOG MONITOR ON *.* TO 'connlost'@'127.0.0.1';",
         )
         .await;
-    let text = world
-        .config_text(None)
-        .replace("user: sync", "user: connlost")
-        .replace("${TEST_DB_PASSWORD}", "connlost");
+    let text = world.config_as("connlost", "connlost");
     let mut agent = world.start_agent_with(&world.write_config(&text));
     world.wait_for_sync_phase(&mut agent, SYNC_TIMEOUT).await;
     world.sql("UPDATE t SET v = 1 WHERE id <= 10").await;

@@ -87,10 +87,7 @@ async fn postgres_tls_modes_on_query_and_replication_connections() {
         .await;
     let tls = world.env.get("TLS_DIR");
     // tlspg may only log in over TLS (pg_hba.conf: hostssl, else reject).
-    let base = world
-        .config_text(None)
-        .replace("user: sync", "user: tlspg")
-        .replace("${TEST_DB_PASSWORD}", "tlspg");
+    let base = world.config_as("tlspg", "tlspg");
     let ca = format!("    ca_file: {tls}/ca.pem\n");
     let good = [
         ("127.0.0.1", "    mode: prefer\n".to_owned()),
@@ -116,10 +113,7 @@ async fn postgres_tls_modes_on_query_and_replication_connections() {
         .await;
         w
     };
-    let base = world
-        .config_text(None)
-        .replace("user: sync", "user: tlspg")
-        .replace("${TEST_DB_PASSWORD}", "tlspg");
+    let base = world.config_as("tlspg", "tlspg");
     let cases = [
         Case {
             name: "TLS disabled where the server demands it",
@@ -183,10 +177,7 @@ async fn mariadb_tls_modes_with_exactly_the_documented_grants() {
         .await;
     let tls = world.env.get("TLS_DIR");
     // tlsmy: REQUIRE SSL, and only SELECT, REPLICATION SLAVE, BINLOG MONITOR (tools/testenv.sh).
-    let base = world
-        .config_text(None)
-        .replace("user: sync", "user: tlsmy")
-        .replace("${TEST_DB_PASSWORD}", "tlsmy");
+    let base = world.config_as("tlsmy", "tlsmy");
     let ca = format!("    ca_file: {tls}/ca.pem\n");
     let good = [
         ("127.0.0.1", "    mode: prefer\n".to_owned()),
@@ -203,10 +194,7 @@ async fn mariadb_tls_modes_with_exactly_the_documented_grants() {
 
     let world = World::new_mysql(&format!("{}_bad", name.trim_start_matches("m_"))).await;
     world.sql("CREATE TABLE t (id int PRIMARY KEY);").await;
-    let base = world
-        .config_text(None)
-        .replace("user: sync", "user: tlsmy")
-        .replace("${TEST_DB_PASSWORD}", "tlsmy");
+    let base = world.config_as("tlsmy", "tlsmy");
     let cases = [
         Case {
             name: "TLS disabled for a user that requires it",

@@ -255,25 +255,24 @@ impl World {
 
     /// The config text; `port` overrides the database port.
     pub fn config_text(&self, port: Option<&str>) -> String {
-        if let Source::Mysql(_) = self.source {
-            return format!(
-                "database:\n  driver: mysql\n  host: {host}\n  port: {port}\n  user: {user}\n  password: ${{TEST_DB_PASSWORD}}\n  name: {db}\n{extra}etcd:\n{etcd_extra}  endpoints: [{etcd}]\n  prefix: {prefix}\n  state_prefix: {state}\n",
-                host = self.env.get("MYSQL_HOST"),
-                port = port.map(str::to_owned).unwrap_or_else(|| self.env.get("MYSQL_PORT")),
-                user = self.env.get("MYSQL_USER"),
-                db = self.name,
-                extra = self.extra_config,
-                etcd_extra = self.etcd_extra_config,
-                etcd = self.etcd_endpoint,
-                prefix = self.prefix(),
-                state = self.state_prefix(),
-            );
-        }
+        let (driver, env, driver_section) = match self.source {
+            Source::Mysql(_) => ("mysql", "MYSQL", String::new()),
+            Source::Postgres(_) => (
+                "postgres",
+                "PG",
+                format!(
+                    "  postgres:\n    slot: {db}\n    publication: {db}\n",
+                    db = self.name
+                ),
+            ),
+        };
         format!(
-            "database:\n  driver: postgres\n  host: {host}\n  port: {port}\n  user: {user}\n  password: ${{TEST_DB_PASSWORD}}\n  name: {db}\n  postgres:\n    slot: {db}\n    publication: {db}\n{extra}etcd:\n{etcd_extra}  endpoints: [{etcd}]\n  prefix: {prefix}\n  state_prefix: {state}\n",
-            host = self.env.get("PG_HOST"),
-            port = port.map(str::to_owned).unwrap_or_else(|| self.env.get("PG_PORT")),
-            user = self.env.get("PG_USER"),
+            "database:\n  driver: {driver}\n  host: {host}\n  port: {port}\n  user: {user}\n  password: ${{TEST_DB_PASSWORD}}\n  name: {db}\n{driver_section}{extra}etcd:\n{etcd_extra}  endpoints: [{etcd}]\n  prefix: {prefix}\n  state_prefix: {state}\n",
+            host = self.env.get(&format!("{env}_HOST")),
+            port = port
+                .map(str::to_owned)
+                .unwrap_or_else(|| self.env.get(&format!("{env}_PORT"))),
+            user = self.env.get(&format!("{env}_USER")),
             db = self.name,
             extra = self.extra_config,
             etcd_extra = self.etcd_extra_config,
@@ -281,6 +280,13 @@ impl World {
             prefix = self.prefix(),
             state = self.state_prefix(),
         )
+    }
+
+    /// The config text with the database user `user` and its password (a literal or `${VAR}`).
+    pub fn config_as(&self, user: &str, password: &str) -> String {
+        self.config_text(None)
+            .replace("  user: sync\n", &format!("  user: {user}\n"))
+            .replace("${TEST_DB_PASSWORD}", password)
     }
 
     /// Points the world at the test environment's etcd with TLS, client certificates and auth;
