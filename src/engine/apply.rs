@@ -326,9 +326,9 @@ impl<'a> Applier<'a> {
         // Chunks written while paging hold only deletes of this table's keys (its pending puts
         // became deletes above), so paging on by key stays correct.
         let store = self.store.clone();
-        let mut pager = store.pager(&prefix, false);
+        let mut scan = store.scan(&prefix, false);
         loop {
-            let page = pager.next().await?;
+            let page = scan.next().await?;
             if page.is_empty() {
                 break;
             }

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use super::{EngineError, Settings};
 use crate::encode::{encode_row, row_key, table_prefix};
-use crate::etcd::{EtcdError, Op, Phase, Store, Writer};
+use crate::etcd::{EtcdError, Op, Phase, ScanStats, Store, Writer};
 use crate::metrics::TableLabels;
 
 /// Row batches buffered between the driver and etcd.
@@ -33,12 +33,24 @@ pub async fn dump<D: Driver>(
     // belongs to rows that no longer exist.
     let state = store.state(Phase::Dump, None);
     let start_revision = store.commit(vec![], Some(&state)).await?;
+    // Tables whose prefix is empty now cannot have stale keys afterwards: one count each (a
+    // single walk of the prefix) spares them the stale-key pass.
+    let mut tables_with_keys = Vec::new();
+    for table in tables {
+        let prefix = table_prefix(&settings.prefix, &table.id);
+        let existing = store.count(&prefix).await?;
+        if existing > 0 {
+            info!(table = %table.id, keys = existing, "keys from an earlier dump exist: those not rewritten will be deleted afterwards");
+            tables_with_keys.push(table.clone());
+        }
+    }
     info!(
         tables = tables.len(),
         revision = start_revision,
         "dump started"
     );
 
+    let started = Instant::now();
     let (tx, mut rx) = mpsc::channel(DUMP_CHANNEL_BATCHES);
     let driver_task = tokio::spawn({
         let driver = driver.clone();
@@ -105,48 +117,83 @@ pub async fn dump<D: Driver>(
         return Err(EngineError::Stopped);
     }
 
-    let deleted = delete_stale(store, tables, settings, start_revision).await?;
+    info!(
+        rows = progress.total(),
+        seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
+        "dump phase 1/3: rows written"
+    );
+
+    let stale_started = Instant::now();
+    let deleted = if tables_with_keys.is_empty() {
+        info!("dump phase 2/3: no stale-key pass (the tables' prefixes were empty)");
+        0
+    } else {
+        let (deleted, cost) =
+            delete_stale(store, &tables_with_keys, settings, start_revision).await?;
+        info!(
+            stale_keys_deleted = deleted,
+            keys_listed = cost.keys_read,
+            etcd_requests = cost.requests,
+            keys_counted_by_etcd = cost.keys_counted,
+            seconds = format!("{:.1}", stale_started.elapsed().as_secs_f64()),
+            "dump phase 2/3: stale keys deleted"
+        );
+        deleted
+    };
+    let state_started = Instant::now();
     let state = store.state(Phase::Sync, Some(position.clone()));
     store.commit(vec![], Some(&state)).await?;
     settings.metrics.set_phase(Phase::Sync);
     info!(
+        seconds = format!("{:.3}", state_started.elapsed().as_secs_f64()),
+        "dump phase 3/3: state committed"
+    );
+    info!(
         rows = progress.total(),
         stale_keys_deleted = deleted,
+        seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
         position = %position.0,
         "dump finished; etcd holds a consistent snapshot"
     );
     Ok(position)
 }
 
-/// Deletes keys under the tables' prefixes last written at or before `start_revision`.
+/// Deletes keys under the tables' prefixes last written at or before `start_revision`, with
+/// several delete txns in flight while the scan reads on; returns how many, and what the scan
+/// cost etcd.
 async fn delete_stale(
     store: &Store,
     tables: &[Arc<TableSchema>],
     settings: &Settings,
     start_revision: i64,
-) -> Result<u64, EngineError> {
-    let writer = store.writer();
+) -> Result<(u64, ScanStats), EngineError> {
+    let mut writer = BatchWriter::new(store.writer(), settings);
     let mut deleted = 0u64;
+    let mut cost = ScanStats::default();
     for table in tables {
         let prefix = table_prefix(&settings.prefix, &table.id);
-        let mut pager = store.pager(&prefix, false);
+        let mut scan = store.scan(&prefix, false);
         loop {
-            let page = pager.next().await?;
+            let page = scan.next().await?;
             if page.is_empty() {
                 break;
             }
-            let stale: Vec<Op> = page
-                .into_iter()
-                .filter(|(k, _)| k.mod_revision <= start_revision)
-                .map(|(k, _)| Op::Delete { key: k.key })
-                .collect();
-            for chunk in stale.chunks(settings.max_txn_ops) {
-                deleted += chunk.len() as u64;
-                writer.commit(chunk.to_vec()).await?;
+            for (listed, _) in page {
+                if listed.mod_revision <= start_revision {
+                    deleted += 1;
+                    writer
+                        .push(&table.id, Op::Delete { key: listed.key })
+                        .await?;
+                }
             }
         }
+        let stats = scan.stats();
+        cost.requests += stats.requests;
+        cost.keys_counted += stats.keys_counted;
+        cost.keys_read += stats.keys_read;
     }
-    Ok(deleted)
+    writer.finish().await?;
+    Ok((deleted, cost))
 }
 
 /// Packs puts into txns of at most `max_txn_ops` and `max_txn_bytes`, with several in flight:
@@ -182,7 +229,11 @@ impl BatchWriter {
         key: String,
         value: String,
     ) -> Result<(), EngineError> {
-        let op = Op::Put { key, value };
+        self.push(table, Op::Put { key, value }).await
+    }
+
+    /// Adds an operation on a key no other queued or in-flight operation touches.
+    async fn push(&mut self, table: &TableId, op: Op) -> Result<(), EngineError> {
         let size = op.size();
         if size > self.max_bytes {
             if self.skip_oversized {

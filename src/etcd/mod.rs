@@ -18,10 +18,11 @@ use etcd_client::{
 use etcd_sync_api::Position;
 use serde::{Deserialize, Serialize};
 
+mod scan;
+pub use scan::{Scan, ScanStats};
+
 /// Decode limit for reads: values may be up to etcd's request limit, and pages hold many.
 const MAX_DECODE_BYTES: usize = 256 * 1024 * 1024;
-/// Keys per page when listing.
-const PAGE_KEYS: i64 = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
@@ -645,70 +646,6 @@ impl Store {
         Ok(response.count())
     }
 
-    /// Pages through the keys under `prefix`; with values when `with_values`.
-    pub fn pager(&self, prefix: &str, with_values: bool) -> Pager<'_> {
-        Pager {
-            store: self,
-            prefix: prefix.to_owned(),
-            after: None,
-            with_values,
-            done: false,
-            pinned: false,
-            revision: 0,
-        }
-    }
-
-    /// A pager that reads the whole prefix at one revision (the first page's), as a snapshot.
-    pub fn snapshot_pager(&self, prefix: &str) -> Pager<'_> {
-        Pager {
-            pinned: true,
-            ..self.pager(prefix, true)
-        }
-    }
-
-    /// A page of keys under `prefix` after `after` (exclusive), in key order.
-    /// A page, read at `revision` (0: the latest); also the revision it was read at.
-    async fn page(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        with_values: bool,
-        revision: i64,
-    ) -> Result<(Vec<(ListedKey, Option<String>)>, i64), EtcdError> {
-        let end = prefix_end(prefix);
-        let start = match after {
-            Some(key) => format!("{key}\0"),
-            None => prefix.to_owned(),
-        };
-        let mut options = GetOptions::new()
-            .with_range(end)
-            .with_limit(PAGE_KEYS)
-            .with_revision(revision);
-        if !with_values {
-            options = options.with_keys_only();
-        }
-        let response = self
-            .kv()
-            .get(start, Some(options))
-            .await
-            .map_err(|e| EtcdError::client(format!("listing {prefix}"), e))?;
-        let read_at = response.header().map_or(revision, |h| h.revision());
-        let page = response
-            .kvs()
-            .iter()
-            .map(|kv| {
-                (
-                    ListedKey {
-                        key: String::from_utf8_lossy(kv.key()).into_owned(),
-                        mod_revision: kv.mod_revision(),
-                    },
-                    with_values.then(|| String::from_utf8_lossy(kv.value()).into_owned()),
-                )
-            })
-            .collect();
-        Ok((page, read_at))
-    }
-
     /// Checks that a txn of `max_ops` operations is accepted (etcd's `--max-txn-ops`), with
     /// reads only.
     pub async fn probe_max_txn_ops(&self, max_ops: usize) -> Result<(), EtcdError> {
@@ -723,44 +660,6 @@ impl Store {
             Err(e) if e.to_string().contains("larger than max") => Err(EtcdError::TooManyOps),
             Err(e) => Err(EtcdError::client("probing the txn size limit", e)),
         }
-    }
-}
-
-/// Walks the keys under a prefix page by page, in key order.
-pub struct Pager<'a> {
-    store: &'a Store,
-    prefix: String,
-    after: Option<String>,
-    with_values: bool,
-    done: bool,
-    /// Read every page at the first page's revision.
-    pinned: bool,
-    revision: i64,
-}
-
-impl Pager<'_> {
-    /// The next page, empty at the end.
-    pub async fn next(&mut self) -> Result<Vec<(ListedKey, Option<String>)>, EtcdError> {
-        if self.done {
-            return Ok(Vec::new());
-        }
-        let (page, read_at) = self
-            .store
-            .page(
-                &self.prefix,
-                self.after.as_deref(),
-                self.with_values,
-                self.revision,
-            )
-            .await?;
-        if self.pinned {
-            self.revision = read_at;
-        }
-        match page.last() {
-            Some((last, _)) => self.after = Some(last.key.clone()),
-            None => self.done = true,
-        }
-        Ok(page)
     }
 }
 

@@ -1,0 +1,47 @@
+//! One measured figure of the bench, as printed and as written to the results JSON.
+
+use serde_json::{json, Value};
+
+#[derive(Debug, Default, Clone)]
+pub struct Measure {
+    /// "3.4" or "3.5".
+    pub etcd: String,
+    /// "postgres", "mariadb", or "etcd" for the ceilings.
+    pub source: String,
+    pub scenario: String,
+    pub rows: Option<u64>,
+    /// What a user waits for, end to end.
+    pub seconds: Option<f64>,
+    pub rate: Option<f64>,
+    /// `rate` over the ceiling named in `against`, measured in the same run.
+    pub ratio: Option<f64>,
+    pub against: Option<&'static str>,
+    /// Seconds of each phase, in order.
+    pub phases: Vec<(String, f64)>,
+    /// Extra counts (keys counted by etcd, stale keys deleted, …).
+    pub counts: Vec<(String, f64)>,
+    pub lag_ms: Option<(f64, f64, f64)>,
+    pub peak_rss_mb: Option<f64>,
+    /// CPU cores used on average: agent, etcd, database server.
+    pub cores: Option<(f64, f64, f64)>,
+}
+
+impl Measure {
+    pub fn json(&self) -> Value {
+        json!({
+            "etcd": self.etcd,
+            "source": self.source,
+            "scenario": self.scenario,
+            "rows": self.rows,
+            "seconds": self.seconds,
+            "rate": self.rate,
+            "ratio": self.ratio,
+            "ratio_against": self.against,
+            "phases": self.phases.iter().map(|(k, v)| json!({"phase": k, "seconds": v})).collect::<Vec<_>>(),
+            "counts": self.counts.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            "lag_ms": self.lag_ms.map(|(a, b, c)| json!({"p50": a, "p99": b, "max": c})),
+            "peak_rss_mb": self.peak_rss_mb,
+            "cores": self.cores.map(|(a, e, d)| json!({"agent": a, "etcd": e, "database": d})),
+        })
+    }
+}

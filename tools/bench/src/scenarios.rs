@@ -1,0 +1,496 @@
+//! The dump and catch-up scenarios, per etcd version and source.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use etcd_client::DeleteOptions;
+
+use crate::agent::Agent;
+use crate::ceiling;
+use crate::db::{Db, Source, TestEnv};
+use crate::measure::Measure;
+use crate::server::{find_process, EtcdServer, EtcdVersion};
+use crate::stream::{self, cpu_now};
+use crate::ETCD_PORT;
+
+/// The JSON value size of a `bench_accounts` row, as pgbench's accounts give.
+pub const VALUE_BYTES: usize = 126;
+/// Rows of the dumps whose time is plotted against their size.
+const DUMP_SIZES: [u64; 3] = [1_000_000, 2_000_000, 4_000_000];
+/// Catch-up: this many single-row inserts, then as many single-row updates.
+const CATCHUP_ROWS: u64 = 100_000;
+const PARALLEL_CEILING_KEYS: u64 = 1_000_000;
+const SEQUENTIAL_CEILING_KEYS: u64 = 200_000;
+
+/// `BENCH_SCALE=0.1` runs every scenario at a tenth of its size (to try the bench out).
+pub fn scaled(n: u64) -> u64 {
+    let scale: f64 = std::env::var("BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    ((n as f64 * scale) as u64).max(1)
+}
+
+pub struct Bench {
+    pub env: TestEnv,
+    pub dir: PathBuf,
+    pub agent_bin: PathBuf,
+    pub results: Vec<Measure>,
+}
+
+/// etcd's ingest ceilings of one run: 127 puts × 16 in flight (what a dump may use), and ×1
+/// (what a stream of ordered transactions may use).
+#[derive(Clone, Copy)]
+struct Ceilings {
+    parallel: f64,
+    sequential: f64,
+}
+
+impl Bench {
+    pub async fn run_version(&mut self, version: &EtcdVersion) -> Result<()> {
+        let ceilings = self.ceilings(version).await?;
+        for source in [Source::Postgres, Source::Mariadb] {
+            let db = Db::create(&self.env, source).await?;
+            db.create_tables().await?;
+            self.dumps(version, source, &db, ceilings).await?;
+            self.catchup(version, source, &db, ceilings).await?;
+            if version.label == "3.4" {
+                self.streams(version, source, &db, ceilings).await?;
+            }
+            db.drop().await?;
+        }
+        Ok(())
+    }
+
+    fn base(&self, version: &EtcdVersion, source: &str, scenario: &str) -> Measure {
+        Measure {
+            etcd: version.label.clone(),
+            source: source.into(),
+            scenario: scenario.into(),
+            ..Default::default()
+        }
+    }
+
+    async fn ceilings(&mut self, version: &EtcdVersion) -> Result<Ceilings> {
+        let mut rates = Vec::new();
+        for (keys, in_flight) in [
+            (scaled(PARALLEL_CEILING_KEYS), 16),
+            (scaled(SEQUENTIAL_CEILING_KEYS), 1),
+        ] {
+            let etcd = EtcdServer::start(&self.dir, version, ETCD_PORT).await?;
+            let rate = ceiling::measure(
+                &etcd.client,
+                "/bench-ceiling/items/",
+                keys,
+                in_flight,
+                VALUE_BYTES,
+            )
+            .await?;
+            etcd.stop().await?;
+            println!(
+                "etcd {}: ceiling {} puts/txn x {in_flight} in flight, {keys} keys: {rate:.0} keys/s",
+                version.label,
+                ceiling::TXN_PUTS
+            );
+            self.results.push(Measure {
+                rows: Some(keys),
+                rate: Some(rate),
+                ratio: Some(1.0),
+                ..self.base(
+                    version,
+                    "etcd",
+                    &format!(
+                        "ceiling, {} puts/txn x {in_flight} in flight",
+                        ceiling::TXN_PUTS
+                    ),
+                )
+            });
+            rates.push(rate);
+        }
+        Ok(Ceilings {
+            parallel: rates[0],
+            sequential: rates[1],
+        })
+    }
+
+    fn config(&self, db: &Db, etcd: &EtcdServer, name: &str, tables: &[&str]) -> Result<PathBuf> {
+        let path = self.dir.join(format!("{name}.yaml"));
+        std::fs::write(&path, db.config(&self.env, &etcd.url, name, tables))?;
+        Ok(path)
+    }
+
+    fn db_pid(&self, source: Source) -> Option<u32> {
+        match source {
+            Source::Postgres => {
+                let pid =
+                    std::fs::read_to_string("/tmp/etcd-sync-testenv/pg/postmaster.pid").ok()?;
+                pid.lines().next()?.trim().parse().ok()
+            }
+            Source::Mariadb => find_process(&[
+                "mariadbd",
+                &format!("--port={}", self.env.get("MYSQL_PORT")),
+            ]),
+        }
+    }
+
+    /// First dumps of 1M, 2M and 4M rows, each into a fresh etcd, and a re-dump over the 1M
+    /// keys after 10% of the rows were deleted.
+    async fn dumps(
+        &mut self,
+        version: &EtcdVersion,
+        source: Source,
+        db: &Db,
+        ceilings: Ceilings,
+    ) -> Result<()> {
+        let mut loaded = 0;
+        for rows in DUMP_SIZES.map(scaled) {
+            db.load_accounts(loaded + 1, rows).await?;
+            loaded = rows;
+            db.drop_slot("accounts").await?;
+            let etcd = EtcdServer::start(&self.dir, version, ETCD_PORT).await?;
+            let m = self
+                .dump_once(version, source, db, &etcd, rows, "first dump", ceilings)
+                .await?;
+            self.results.push(m);
+            if rows == scaled(DUMP_SIZES[0]) {
+                // Re-dump: the rows' keys are there, 10% of the rows are not, the state is gone
+                // (as after a lost slot or a purged binary log).
+                db.sql("DELETE FROM bench_accounts WHERE aid % 10 = 0")
+                    .await?;
+                db.drop_slot("accounts").await?;
+                etcd.client
+                    .kv_client()
+                    .delete(
+                        "/bench-state/accounts/",
+                        Some(DeleteOptions::new().with_prefix()),
+                    )
+                    .await?;
+                let m = self
+                    .dump_once(
+                        version,
+                        source,
+                        db,
+                        &etcd,
+                        rows * 9 / 10,
+                        "re-dump over 1M keys, 10% deleted",
+                        ceilings,
+                    )
+                    .await?;
+                let left = etcd
+                    .client
+                    .kv_client()
+                    .get(
+                        "/bench/accounts/",
+                        Some(
+                            etcd_client::GetOptions::new()
+                                .with_prefix()
+                                .with_count_only(),
+                        ),
+                    )
+                    .await?
+                    .count();
+                if left as u64 != rows * 9 / 10 {
+                    bail!(
+                        "after the re-dump etcd holds {left} keys, not {}",
+                        rows * 9 / 10
+                    );
+                }
+                self.results.push(m);
+                db.sql("DELETE FROM bench_accounts").await?;
+                db.load_accounts(1, rows).await?;
+            }
+            etcd.stop().await?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn dump_once(
+        &self,
+        version: &EtcdVersion,
+        source: Source,
+        db: &Db,
+        etcd: &EtcdServer,
+        rows: u64,
+        scenario: &str,
+        ceilings: Ceilings,
+    ) -> Result<Measure> {
+        let config = self.config(db, etcd, "accounts", &["bench_accounts"])?;
+        let name = source.name();
+        let log = self.dir.join(format!(
+            "agent-{}-{name}-{}-{rows}.log",
+            version.label,
+            scenario.split(' ').next().unwrap_or("")
+        ));
+        let db_pid = self.db_pid(source);
+        let before = (
+            0.0,
+            etcd.pid().map_or(0.0, crate::server::cpu_seconds_tree),
+            db_pid.map_or(0.0, crate::server::cpu_seconds_tree),
+        );
+        let mut agent = Agent::start(&self.agent_bin, &config, log)?;
+        let seconds = agent
+            .wait_for_sync(&etcd.client, "/bench-state/accounts")
+            .await?;
+        let after = cpu_now(&agent, etcd, db_pid);
+        let rss = agent.peak_rss_mb()?;
+        agent.stop().await?;
+        let at = |needle: &str| agent.phase_seconds(needle);
+        let started = at("dump started").unwrap_or(0.0);
+        let written = at("dump phase 1/3").unwrap_or(started);
+        let stale = at("dump phase 2/3").unwrap_or(written);
+        let state = at("dump phase 3/3").unwrap_or(stale);
+        let phases = vec![
+            ("start-up".to_owned(), started),
+            ("rows written".to_owned(), written - started),
+            ("stale-key pass".to_owned(), stale - written),
+            ("state commit".to_owned(), state - stale),
+            ("state seen".to_owned(), (seconds - state).max(0.0)),
+        ];
+        let log_text = std::fs::read_to_string(&agent.log).unwrap_or_default();
+        let field = |name: &str| -> Option<f64> {
+            log_text
+                .lines()
+                .filter(|l| l.contains("dump phase 2/3"))
+                .flat_map(|l| l.split_whitespace())
+                .find_map(|w| {
+                    w.strip_prefix(&format!("{name}="))?
+                        .trim_matches('"')
+                        .parse()
+                        .ok()
+                })
+        };
+        let mut counts = Vec::new();
+        for name in [
+            "stale_keys_deleted",
+            "keys_listed",
+            "etcd_requests",
+            "keys_counted_by_etcd",
+        ] {
+            if let Some(v) = field(name) {
+                counts.push((name.to_owned(), v));
+            }
+        }
+        let rate = rows as f64 / seconds;
+        let m = Measure {
+            rows: Some(rows),
+            seconds: Some(seconds),
+            rate: Some(rate),
+            ratio: Some(rate / ceilings.parallel),
+            against: Some("parallel"),
+            phases,
+            counts,
+            peak_rss_mb: Some(rss),
+            cores: Some((
+                after.0 / seconds,
+                (after.1 - before.1) / seconds,
+                (after.2 - before.2) / seconds,
+            )),
+            ..self.base(version, name, scenario)
+        };
+        println!(
+            "etcd {} {name}: {scenario} of {rows} rows: {seconds:.1} s, {rate:.0} rows/s, {:.2} of the ceiling; phases {:?}; {:?}; RSS {rss:.0} MB; cores {:?}",
+            version.label,
+            rate / ceilings.parallel,
+            m.phases,
+            m.counts,
+            m.cores
+        );
+        Ok(m)
+    }
+
+    /// 200,000 single-row transactions committed while the agent was stopped, applied from
+    /// the agent's start to the marker row's key in etcd.
+    async fn catchup(
+        &mut self,
+        version: &EtcdVersion,
+        source: Source,
+        db: &Db,
+        ceilings: Ceilings,
+    ) -> Result<()> {
+        let etcd = EtcdServer::start(&self.dir, version, ETCD_PORT).await?;
+        db.drop_slot("catchup").await?;
+        let config = self.config(db, &etcd, "catchup", &["bench_catchup"])?;
+        let name = source.name();
+        let mut agent = Agent::start(
+            &self.agent_bin,
+            &config,
+            self.dir
+                .join(format!("agent-{}-{name}-catchup-dump.log", version.label)),
+        )?;
+        agent
+            .wait_for_sync(&etcd.client, "/bench-state/catchup")
+            .await?;
+        agent.stop().await?;
+        let started = std::time::Instant::now();
+        db.catchup_load(scaled(CATCHUP_ROWS)).await?;
+        println!(
+            "etcd {} {name}: {} single-row transactions committed in {:.1} s",
+            version.label,
+            2 * scaled(CATCHUP_ROWS) + 1,
+            started.elapsed().as_secs_f64()
+        );
+        let db_pid = self.db_pid(source);
+        let before = (
+            0.0,
+            etcd.pid().map_or(0.0, crate::server::cpu_seconds_tree),
+            db_pid.map_or(0.0, crate::server::cpu_seconds_tree),
+        );
+        let mut agent = Agent::start(
+            &self.agent_bin,
+            &config,
+            self.dir
+                .join(format!("agent-{}-{name}-catchup.log", version.label)),
+        )?;
+        let marker = "/bench/catchup/bench_catchup/0";
+        let seconds = agent.wait_for_key(&etcd.client, marker).await?;
+        let after = cpu_now(&agent, &etcd, db_pid);
+        let rss = agent.peak_rss_mb()?;
+        let resumed = agent.phase_seconds("resuming the stream").unwrap_or(0.0);
+        agent.stop().await?;
+        etcd.stop().await?;
+        let txns = 2 * scaled(CATCHUP_ROWS) + 1;
+        let rate = txns as f64 / seconds;
+        println!(
+            "etcd {} {name}: catch-up of {txns} transactions: {seconds:.1} s, {rate:.0} txns/s, {:.2} of the sequential ceiling",
+            version.label,
+            rate / ceilings.sequential
+        );
+        self.results.push(Measure {
+            rows: Some(txns),
+            seconds: Some(seconds),
+            rate: Some(rate),
+            ratio: Some(rate / ceilings.sequential),
+            against: Some("sequential"),
+            phases: vec![
+                ("start-up".into(), resumed),
+                ("applying".into(), seconds - resumed),
+            ],
+            peak_rss_mb: Some(rss),
+            cores: Some((
+                after.0 / seconds,
+                (after.1 - before.1) / seconds,
+                (after.2 - before.2) / seconds,
+            )),
+            ..self.base(version, name, "catch-up, 200k single-row txns")
+        });
+        Ok(())
+    }
+
+    async fn streams(
+        &mut self,
+        version: &EtcdVersion,
+        source: Source,
+        db: &Db,
+        ceilings: Ceilings,
+    ) -> Result<()> {
+        let etcd = EtcdServer::start(&self.dir, version, ETCD_PORT).await?;
+        let config = self.config(db, &etcd, "stream", &["bench_stream", "bench_huge"])?;
+        let mut agent = Agent::start(
+            &self.agent_bin,
+            &config,
+            self.dir.join(format!(
+                "agent-{}-{}-stream.log",
+                version.label,
+                source.name()
+            )),
+        )?;
+        agent
+            .wait_for_sync(&etcd.client, "/bench-state/stream")
+            .await?;
+        let base = self.base(version, source.name(), "");
+        let measures = stream::run(
+            &self.env,
+            &etcd,
+            db,
+            source,
+            &agent,
+            "/bench/stream",
+            self.db_pid(source),
+            ceilings.parallel,
+            &base,
+        )
+        .await?;
+        self.results.extend(measures);
+        agent.stop().await?;
+        etcd.stop().await
+    }
+}
+
+/// The targets, from the results: (check, value, target, met).
+pub fn checks(results: &[Measure]) -> Vec<(String, f64, String, bool)> {
+    let mut out = Vec::new();
+    let find = |etcd: &str, source: &str, scenario: &str, rows: u64| {
+        results.iter().find(|m| {
+            m.etcd == etcd && m.source == source && m.scenario == scenario && m.rows == Some(rows)
+        })
+    };
+    let mut keys: Vec<(String, String)> = results
+        .iter()
+        .filter(|m| m.source != "etcd")
+        .map(|m| (m.etcd.clone(), m.source.clone()))
+        .collect();
+    keys.dedup();
+    for (etcd, source) in keys {
+        let label = format!("etcd {etcd} {source}");
+        let one = find(&etcd, &source, "first dump", scaled(DUMP_SIZES[0]));
+        let four = find(&etcd, &source, "first dump", scaled(DUMP_SIZES[2]));
+        let redump = find(
+            &etcd,
+            &source,
+            "re-dump over 1M keys, 10% deleted",
+            scaled(DUMP_SIZES[0]) * 9 / 10,
+        );
+        if let Some(one) = one {
+            let r = one.ratio.unwrap_or(0.0);
+            out.push((
+                format!("{label}: 1M dump, ratio to the ceiling"),
+                r,
+                "≥ 0.85".into(),
+                r >= 0.85,
+            ));
+        }
+        if let (Some(one), Some(four)) = (one, four) {
+            let r = four.seconds.unwrap_or(0.0) / one.seconds.unwrap_or(1.0);
+            out.push((
+                format!("{label}: 4M dump time / 1M dump time"),
+                r,
+                "≤ 4.4".into(),
+                r <= 4.4,
+            ));
+        }
+        if let (Some(one), Some(redump)) = (one, redump) {
+            let r = redump.seconds.unwrap_or(0.0) / one.seconds.unwrap_or(1.0);
+            out.push((
+                format!("{label}: re-dump time / first dump time"),
+                r,
+                "≤ 1.3".into(),
+                r <= 1.3,
+            ));
+        }
+        let rss = results
+            .iter()
+            .filter(|m| m.etcd == etcd && m.source == source && m.scenario.contains("dump"))
+            .filter_map(|m| m.peak_rss_mb)
+            .fold(0.0, f64::max);
+        out.push((
+            format!("{label}: peak RSS of the dumps (MB)"),
+            rss,
+            "≤ 100".into(),
+            rss <= 100.0,
+        ));
+        if let Some(c) = results
+            .iter()
+            .find(|m| m.etcd == etcd && m.source == source && m.scenario.starts_with("catch-up"))
+        {
+            let r = c.ratio.unwrap_or(0.0);
+            out.push((
+                format!("{label}: catch-up, ratio to the sequential ceiling"),
+                r,
+                "≥ 0.70".into(),
+                r >= 0.70,
+            ));
+        }
+    }
+    out
+}

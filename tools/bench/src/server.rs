@@ -1,0 +1,137 @@
+//! The bench's own etcd servers: a fresh data dir each, so that nothing left by tests or an
+//! earlier scenario (history, tombstones) slows the next measurement down.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use etcd_client::Client as Etcd;
+use tokio::process::{Child, Command};
+
+/// An etcd version the bench runs against, and the binary that serves it.
+#[derive(Debug, Clone)]
+pub struct EtcdVersion {
+    /// "3.4" or "3.5".
+    pub label: String,
+    pub binary: PathBuf,
+}
+
+pub struct EtcdServer {
+    child: Child,
+    pub url: String,
+    pub client: Etcd,
+}
+
+impl EtcdServer {
+    /// Starts `version` on `port` with a new data dir under `dir`.
+    pub async fn start(dir: &Path, version: &EtcdVersion, port: u16) -> Result<Self> {
+        let data = dir.join(format!("etcd-{}-data", version.label));
+        let _ = std::fs::remove_dir_all(&data);
+        let url = format!("http://127.0.0.1:{port}");
+        let peer = format!("http://127.0.0.1:{}", port + 1);
+        let child = Command::new(&version.binary)
+            .args(["--name", "bench", "--data-dir"])
+            .arg(&data)
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("bench={peer}")])
+            .args(["--quota-backend-bytes", "8589934592"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(
+                dir.join(format!("etcd-{}.log", version.label)),
+            )?)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "starting {} (make testenv installs it)",
+                    version.binary.display()
+                )
+            })?;
+        for _ in 0..100 {
+            if let Ok(mut client) = Etcd::connect([url.as_str()], None).await {
+                if client.status().await.is_ok() {
+                    return Ok(Self { child, url, client });
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!(
+            "the bench's etcd {} did not start; see target/bench/etcd-*.log",
+            version.label
+        )
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    pub async fn stop(mut self) -> Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+}
+
+/// CPU seconds of a process and all its descendants, the exited ones included (the kernel
+/// adds a reaped child's time to its parent's): a database server with its backends, or the
+/// agent with mysqldump.
+pub fn cpu_seconds_tree(pid: u32) -> f64 {
+    let Some(fields) = stat_fields(pid) else {
+        return 0.0;
+    };
+    // utime, stime, cutime, cstime.
+    let own: f64 = fields.get(11..15).map_or(0.0, |f| {
+        f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
+    }) / 100.0;
+    own + children(pid).into_iter().map(cpu_seconds_tree).sum::<f64>()
+}
+
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(
+        stat.rsplit(')')
+            .next()?
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&child| {
+            stat_fields(child).and_then(|f| f.get(1).and_then(|p| p.parse::<u32>().ok()))
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// The pid of the first process whose command line contains every one of `parts`.
+pub fn find_process(parts: &[&str]) -> Option<u32> {
+    let entries = std::fs::read_dir("/proc").ok()?;
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    let c = String::from_utf8_lossy(&c).replace('\0', " ");
+                    parts.iter().all(|p| c.contains(p))
+                })
+                .unwrap_or(false)
+        })
+}
