@@ -314,6 +314,71 @@ impl World {
         self.etcd = Etcd::connect([endpoint], None).await.unwrap();
     }
 
+    /// Points the world at the test environment's etcd of `version` ("3.4" or "3.5"), its
+    /// prefixes emptied.
+    pub async fn use_etcd_version(&mut self, version: &str) {
+        let endpoint = match version {
+            "3.4" => self.env.get("ETCD"),
+            "3.5" => self.env.get("ETCD35"),
+            other => panic!("no etcd {other} in the test environment"),
+        };
+        self.use_etcd(&endpoint).await;
+        let mut kv = self.etcd.kv_client();
+        for prefix in [self.prefix(), self.state_prefix()] {
+            kv.delete(prefix, Some(DeleteOptions::new().with_prefix()))
+                .await
+                .unwrap();
+        }
+        let status = self.etcd.maintenance_client().status().await.unwrap();
+        assert!(
+            status.version().starts_with(version),
+            "{endpoint} runs etcd {}, not {version}",
+            status.version()
+        );
+    }
+
+    /// A row source of the integers `from..=to` for `INSERT … SELECT` (its column:
+    /// [`World::series_column`]).
+    pub fn series(&self, from: i64, to: i64) -> String {
+        match self.source {
+            Source::Postgres(_) => format!("generate_series({from}, {to}) i"),
+            Source::Mysql(_) => format!("seq_{from}_to_{to}"),
+        }
+    }
+
+    pub fn series_column(&self) -> &'static str {
+        match self.source {
+            Source::Postgres(_) => "i",
+            Source::Mysql(_) => "seq",
+        }
+    }
+
+    pub async fn etcd_put(&self, key: &str, value: &str) {
+        self.etcd.kv_client().put(key, value, None).await.unwrap();
+    }
+
+    /// Forgets where the agent was, as a lost slot or purged binary log would: the state key
+    /// goes, and (PostgreSQL) the slot. The next start dumps again over the keys in etcd.
+    pub async fn lose_position(&self) {
+        let key = format!("{}/state", self.state_prefix());
+        self.etcd.kv_client().delete(key, None).await.unwrap();
+        if let Source::Postgres(_) = &self.source {
+            drop_slot(&self.pg_admin_on_postgres().await, &self.name).await;
+        }
+    }
+
+    /// The PostgreSQL administrator, connected to database `postgres`.
+    async fn pg_admin_on_postgres(&self) -> Client {
+        pg_connect(
+            &self.env,
+            &self.env.get("PG_PORT"),
+            &self.env.get("PG_ADMIN_USER"),
+            &self.env.get("PG_ADMIN_PASSWORD"),
+            "postgres",
+        )
+        .await
+    }
+
     /// Writes the config atomically: an agent may be reading the previous one.
     pub fn write_config(&self, text: &str) -> PathBuf {
         let path = self.dir.join("config.yaml");
@@ -673,14 +738,7 @@ impl World {
                 .await;
             return;
         }
-        let admin = pg_connect(
-            &self.env,
-            &self.env.get("PG_PORT"),
-            &self.env.get("PG_ADMIN_USER"),
-            &self.env.get("PG_ADMIN_PASSWORD"),
-            "postgres",
-        )
-        .await;
+        let admin = self.pg_admin_on_postgres().await;
         drop(self.source);
         drop_slot(&admin, &self.name).await;
         let _ = admin

@@ -108,9 +108,9 @@ impl Agent {
         let text = std::fs::read_to_string(&self.log).ok()?;
         let first = text.lines().next().and_then(timestamp)?;
         text.lines()
+            .rev()
             .filter(|l| l.contains(needle))
-            .filter_map(timestamp)
-            .last()
+            .find_map(timestamp)
             .map(|at| at - first)
     }
 }

@@ -152,6 +152,29 @@ impl Db {
         )
     }
 
+    /// Writes out what a bulk load left in memory: a checkpoint (PostgreSQL), dirty pages
+    /// flushed (MariaDB).
+    pub async fn flush(&self, env: &TestEnv) -> Result<()> {
+        match self {
+            Db::Postgres { name, .. } => {
+                let admin = pg_connect(&format!(
+                    "host={} port={} user={} password={} dbname={name}",
+                    env.get("PG_HOST"),
+                    env.get("PG_PORT"),
+                    env.get("PG_ADMIN_USER"),
+                    env.get("PG_ADMIN_PASSWORD")
+                ))
+                .await?;
+                admin.batch_execute("CHECKPOINT").await?;
+            }
+            Db::Mariadb { pool, .. } => {
+                let mut conn = pool.get_conn().await?;
+                conn.query_drop("FLUSH TABLES").await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Drops the replication slot of config `name` (PostgreSQL), as a lost slot would be.
     pub async fn drop_slot(&self, name: &str) -> Result<()> {
         if let Db::Postgres { client, .. } = self {

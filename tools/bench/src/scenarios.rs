@@ -46,6 +46,10 @@ struct Ceilings {
     sequential: f64,
 }
 
+/// Keys of the ceiling measured at the largest dump's size too: etcd's own ingest slows as it
+/// holds more keys, and a dump cannot scale better than etcd does.
+const LARGE_CEILING_KEYS: u64 = 4_000_000;
+
 impl Bench {
     pub async fn run_version(&mut self, version: &EtcdVersion) -> Result<()> {
         let ceilings = self.ceilings(version).await?;
@@ -76,8 +80,10 @@ impl Bench {
         for (keys, in_flight) in [
             (scaled(PARALLEL_CEILING_KEYS), 16),
             (scaled(SEQUENTIAL_CEILING_KEYS), 1),
+            (scaled(LARGE_CEILING_KEYS), 16),
         ] {
             let etcd = EtcdServer::start(&self.dir, version, ETCD_PORT).await?;
+            let cpu = etcd.pid().map_or(0.0, crate::server::cpu_seconds_tree);
             let rate = ceiling::measure(
                 &etcd.client,
                 "/bench-ceiling/items/",
@@ -86,16 +92,20 @@ impl Bench {
                 VALUE_BYTES,
             )
             .await?;
+            let etcd_cpu = etcd.pid().map_or(0.0, crate::server::cpu_seconds_tree) - cpu;
             etcd.stop().await?;
             println!(
                 "etcd {}: ceiling {} puts/txn x {in_flight} in flight, {keys} keys: {rate:.0} keys/s",
                 version.label,
                 ceiling::TXN_PUTS
             );
+            let seconds = keys as f64 / rate;
             self.results.push(Measure {
                 rows: Some(keys),
+                seconds: Some(seconds),
                 rate: Some(rate),
                 ratio: Some(1.0),
+                cores: Some((0.0, etcd_cpu / seconds, 0.0)),
                 ..self.base(
                     version,
                     "etcd",
@@ -204,6 +214,24 @@ impl Bench {
         Ok(())
     }
 
+    /// Waits until the database server has gone quiet (under 5% of a core over a second, for
+    /// at most a minute): a bulk load leaves checkpoints, purge and flushing behind, and they
+    /// would compete with the scenario for the same two cores.
+    async fn settle(&self, db: &Db, source: Source) -> Result<()> {
+        db.flush(&self.env).await?;
+        let Some(pid) = self.db_pid(source) else {
+            return Ok(());
+        };
+        for _ in 0..60 {
+            let before = crate::server::cpu_seconds_tree(pid);
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            if crate::server::cpu_seconds_tree(pid) - before < 0.05 {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn dump_once(
         &self,
@@ -222,6 +250,7 @@ impl Bench {
             version.label,
             scenario.split(' ').next().unwrap_or("")
         ));
+        self.settle(db, source).await?;
         let db_pid = self.db_pid(source);
         let before = (
             0.0,
@@ -330,6 +359,7 @@ impl Bench {
             2 * scaled(CATCHUP_ROWS) + 1,
             started.elapsed().as_secs_f64()
         );
+        self.settle(db, source).await?;
         let db_pid = self.db_pid(source);
         let before = (
             0.0,
@@ -431,8 +461,30 @@ pub fn checks(results: &[Measure]) -> Vec<(String, f64, String, bool)> {
         .map(|m| (m.etcd.clone(), m.source.clone()))
         .collect();
     keys.dedup();
+    let ceiling = |etcd: &str, keys: u64| {
+        results.iter().find(|m| {
+            m.etcd == etcd
+                && m.source == "etcd"
+                && m.rows == Some(keys)
+                && m.scenario.ends_with("x 16 in flight")
+        })
+    };
     for (etcd, source) in keys {
         let label = format!("etcd {etcd} {source}");
+        if source == "postgres" {
+            if let (Some(one), Some(four)) = (
+                ceiling(&etcd, scaled(PARALLEL_CEILING_KEYS)),
+                ceiling(&etcd, scaled(LARGE_CEILING_KEYS)),
+            ) {
+                let r = four.seconds.unwrap_or(0.0) / one.seconds.unwrap_or(1.0);
+                out.push((
+                    format!("etcd {etcd}: ceiling time for 4M keys / for 1M keys (etcd alone)"),
+                    r,
+                    "for reference".into(),
+                    true,
+                ));
+            }
+        }
         let one = find(&etcd, &source, "first dump", scaled(DUMP_SIZES[0]));
         let four = find(&etcd, &source, "first dump", scaled(DUMP_SIZES[2]));
         let redump = find(
