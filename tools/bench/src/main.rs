@@ -2,10 +2,13 @@
 //! test environment (these machines are noisy: only ratios within one run compare).
 //!
 //! For each etcd version (3.4 from Debian, 3.5 from the test environment's virtualenv) it
-//! measures the ceilings, then for PostgreSQL and MariaDB: dumps of 1M, 2M and 4M rows of a
+//! runs, for PostgreSQL and MariaDB: dumps of 1M, 2M and 4M rows of a
 //! pgbench-shaped table, each split into its phases; a re-dump over 1M existing keys after 10%
 //! of the rows were deleted; the catch-up of 200,000 single-row transactions committed while the
-//! agent was stopped; and (etcd 3.4) the stream scenarios. It prints a table, writes
+//! agent was stopped; and (etcd 3.4) the stream scenarios. Each dump and each catch-up is a
+//! ratio to etcd's ceiling measured right before it, on a fresh etcd, with as many keys (127
+//! puts per txn; 16 in flight for dumps, 1 for the ordered txns of a catch-up). It prints a
+//! table, writes
 //! `target/bench/results.json` and a plot of dump time against rows (`dump-scaling.svg`).
 //!
 //! `etcd-sync-bench ceiling URL [KEYS] [IN_FLIGHT]` measures one ceiling against a running etcd.

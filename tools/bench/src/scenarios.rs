@@ -19,7 +19,6 @@ pub const VALUE_BYTES: usize = 126;
 const DUMP_SIZES: [u64; 3] = [1_000_000, 2_000_000, 4_000_000];
 /// Catch-up: this many single-row inserts, then as many single-row updates.
 const CATCHUP_ROWS: u64 = 100_000;
-const PARALLEL_CEILING_KEYS: u64 = 1_000_000;
 const SEQUENTIAL_CEILING_KEYS: u64 = 200_000;
 
 /// `BENCH_SCALE=0.1` runs every scenario at a tenth of its size (to try the bench out).
@@ -38,28 +37,15 @@ pub struct Bench {
     pub results: Vec<Measure>,
 }
 
-/// etcd's ingest ceilings of one run: 127 puts × 16 in flight (what a dump may use), and ×1
-/// (what a stream of ordered transactions may use).
-#[derive(Clone, Copy)]
-struct Ceilings {
-    parallel: f64,
-    sequential: f64,
-}
-
-/// Keys of the ceiling measured at the largest dump's size too: etcd's own ingest slows as it
-/// holds more keys, and a dump cannot scale better than etcd does.
-const LARGE_CEILING_KEYS: u64 = 4_000_000;
-
 impl Bench {
     pub async fn run_version(&mut self, version: &EtcdVersion) -> Result<()> {
-        let ceilings = self.ceilings(version).await?;
         for source in [Source::Postgres, Source::Mariadb] {
             let db = Db::create(&self.env, source).await?;
             db.create_tables().await?;
-            self.dumps(version, source, &db, ceilings).await?;
-            self.catchup(version, source, &db, ceilings).await?;
+            let parallel = self.dumps(version, source, &db).await?;
+            self.catchup(version, source, &db).await?;
             if version.label == "3.4" {
-                self.streams(version, source, &db, ceilings).await?;
+                self.streams(version, source, &db, parallel).await?;
             }
             db.drop().await?;
         }
@@ -75,52 +61,51 @@ impl Bench {
         }
     }
 
-    async fn ceilings(&mut self, version: &EtcdVersion) -> Result<Ceilings> {
-        let mut rates = Vec::new();
-        for (keys, in_flight) in [
-            (scaled(PARALLEL_CEILING_KEYS), 16),
-            (scaled(SEQUENTIAL_CEILING_KEYS), 1),
-            (scaled(LARGE_CEILING_KEYS), 16),
-        ] {
-            let etcd = EtcdServer::start(&self.dir, version, ETCD_PORT).await?;
-            let cpu = etcd.pid().map_or(0.0, crate::server::cpu_seconds_tree);
-            let rate = ceiling::measure(
-                &etcd.client,
-                "/bench-ceiling/items/",
-                keys,
-                in_flight,
-                VALUE_BYTES,
+    /// etcd's ingest ceiling for `keys` keys with `in_flight` txns of 127 puts, on a fresh etcd,
+    /// measured right before the scenario it is the baseline of (`for`): these machines drift
+    /// by ±20% within minutes, so a baseline taken at the start of the run would not do.
+    async fn ceiling(
+        &mut self,
+        version: &EtcdVersion,
+        keys: u64,
+        in_flight: usize,
+        baseline_of: &str,
+    ) -> Result<f64> {
+        // A port of its own: the scenario's etcd may be up already.
+        let etcd = EtcdServer::start(&self.dir, version, ETCD_PORT + 10).await?;
+        let cpu = etcd.pid().map_or(0.0, crate::server::cpu_seconds_tree);
+        let rate = ceiling::measure(
+            &etcd.client,
+            "/bench-ceiling/items/",
+            keys,
+            in_flight,
+            VALUE_BYTES,
+        )
+        .await?;
+        let etcd_cpu = etcd.pid().map_or(0.0, crate::server::cpu_seconds_tree) - cpu;
+        etcd.stop().await?;
+        println!(
+            "etcd {}: ceiling {} puts/txn x {in_flight} in flight, {keys} keys: {rate:.0} keys/s (baseline of {baseline_of})",
+            version.label,
+            ceiling::TXN_PUTS
+        );
+        let seconds = keys as f64 / rate;
+        self.results.push(Measure {
+            rows: Some(keys),
+            seconds: Some(seconds),
+            rate: Some(rate),
+            ratio: Some(1.0),
+            cores: Some((0.0, etcd_cpu / seconds, 0.0)),
+            ..self.base(
+                version,
+                "etcd",
+                &format!(
+                    "ceiling, {} puts/txn x {in_flight} in flight (baseline of {baseline_of})",
+                    ceiling::TXN_PUTS
+                ),
             )
-            .await?;
-            let etcd_cpu = etcd.pid().map_or(0.0, crate::server::cpu_seconds_tree) - cpu;
-            etcd.stop().await?;
-            println!(
-                "etcd {}: ceiling {} puts/txn x {in_flight} in flight, {keys} keys: {rate:.0} keys/s",
-                version.label,
-                ceiling::TXN_PUTS
-            );
-            let seconds = keys as f64 / rate;
-            self.results.push(Measure {
-                rows: Some(keys),
-                seconds: Some(seconds),
-                rate: Some(rate),
-                ratio: Some(1.0),
-                cores: Some((0.0, etcd_cpu / seconds, 0.0)),
-                ..self.base(
-                    version,
-                    "etcd",
-                    &format!(
-                        "ceiling, {} puts/txn x {in_flight} in flight",
-                        ceiling::TXN_PUTS
-                    ),
-                )
-            });
-            rates.push(rate);
-        }
-        Ok(Ceilings {
-            parallel: rates[0],
-            sequential: rates[1],
-        })
+        });
+        Ok(rate)
     }
 
     fn config(&self, db: &Db, etcd: &EtcdServer, name: &str, tables: &[&str]) -> Result<PathBuf> {
@@ -145,21 +130,28 @@ impl Bench {
 
     /// First dumps of 1M, 2M and 4M rows, each into a fresh etcd, and a re-dump over the 1M
     /// keys after 10% of the rows were deleted.
-    async fn dumps(
-        &mut self,
-        version: &EtcdVersion,
-        source: Source,
-        db: &Db,
-        ceilings: Ceilings,
-    ) -> Result<()> {
+    async fn dumps(&mut self, version: &EtcdVersion, source: Source, db: &Db) -> Result<f64> {
         let mut loaded = 0;
+        let mut first_ceiling = 0.0;
         for rows in DUMP_SIZES.map(scaled) {
             db.load_accounts(loaded + 1, rows).await?;
             loaded = rows;
             db.drop_slot("accounts").await?;
+            self.settle(db, source).await?;
+            let ceiling = self
+                .ceiling(
+                    version,
+                    rows,
+                    16,
+                    &format!("{} dump of {rows}", source.name()),
+                )
+                .await?;
+            if first_ceiling == 0.0 {
+                first_ceiling = ceiling;
+            }
             let etcd = EtcdServer::start(&self.dir, version, ETCD_PORT).await?;
             let m = self
-                .dump_once(version, source, db, &etcd, rows, "first dump", ceilings)
+                .dump_once(version, source, db, &etcd, rows, "first dump", ceiling)
                 .await?;
             self.results.push(m);
             if rows == scaled(DUMP_SIZES[0]) {
@@ -183,7 +175,7 @@ impl Bench {
                         &etcd,
                         rows * 9 / 10,
                         "re-dump over 1M keys, 10% deleted",
-                        ceilings,
+                        ceiling,
                     )
                     .await?;
                 let left = etcd
@@ -211,7 +203,7 @@ impl Bench {
             }
             etcd.stop().await?;
         }
-        Ok(())
+        Ok(first_ceiling)
     }
 
     /// Waits until the database server has gone quiet (under 5% of a core over a second, for
@@ -241,7 +233,7 @@ impl Bench {
         etcd: &EtcdServer,
         rows: u64,
         scenario: &str,
-        ceilings: Ceilings,
+        ceiling: f64,
     ) -> Result<Measure> {
         let config = self.config(db, etcd, "accounts", &["bench_accounts"])?;
         let name = source.name();
@@ -305,7 +297,7 @@ impl Bench {
             rows: Some(rows),
             seconds: Some(seconds),
             rate: Some(rate),
-            ratio: Some(rate / ceilings.parallel),
+            ratio: Some(rate / ceiling),
             against: Some("parallel"),
             phases,
             counts,
@@ -320,7 +312,7 @@ impl Bench {
         println!(
             "etcd {} {name}: {scenario} of {rows} rows: {seconds:.1} s, {rate:.0} rows/s, {:.2} of the ceiling; phases {:?}; {:?}; RSS {rss:.0} MB; cores {:?}",
             version.label,
-            rate / ceilings.parallel,
+            rate / ceiling,
             m.phases,
             m.counts,
             m.cores
@@ -330,13 +322,7 @@ impl Bench {
 
     /// 200,000 single-row transactions committed while the agent was stopped, applied from
     /// the agent's start to the marker row's key in etcd.
-    async fn catchup(
-        &mut self,
-        version: &EtcdVersion,
-        source: Source,
-        db: &Db,
-        ceilings: Ceilings,
-    ) -> Result<()> {
+    async fn catchup(&mut self, version: &EtcdVersion, source: Source, db: &Db) -> Result<()> {
         let etcd = EtcdServer::start(&self.dir, version, ETCD_PORT).await?;
         db.drop_slot("catchup").await?;
         let config = self.config(db, &etcd, "catchup", &["bench_catchup"])?;
@@ -360,6 +346,14 @@ impl Bench {
             started.elapsed().as_secs_f64()
         );
         self.settle(db, source).await?;
+        let sequential = self
+            .ceiling(
+                version,
+                scaled(SEQUENTIAL_CEILING_KEYS),
+                1,
+                &format!("{name} catch-up"),
+            )
+            .await?;
         let db_pid = self.db_pid(source);
         let before = (
             0.0,
@@ -384,13 +378,13 @@ impl Bench {
         println!(
             "etcd {} {name}: catch-up of {txns} transactions: {seconds:.1} s, {rate:.0} txns/s, {:.2} of the sequential ceiling",
             version.label,
-            rate / ceilings.sequential
+            rate / sequential
         );
         self.results.push(Measure {
             rows: Some(txns),
             seconds: Some(seconds),
             rate: Some(rate),
-            ratio: Some(rate / ceilings.sequential),
+            ratio: Some(rate / sequential),
             against: Some("sequential"),
             phases: vec![
                 ("start-up".into(), resumed),
@@ -412,7 +406,7 @@ impl Bench {
         version: &EtcdVersion,
         source: Source,
         db: &Db,
-        ceilings: Ceilings,
+        parallel: f64,
     ) -> Result<()> {
         let etcd = EtcdServer::start(&self.dir, version, ETCD_PORT).await?;
         let config = self.config(db, &etcd, "stream", &["bench_stream", "bench_huge"])?;
@@ -437,7 +431,7 @@ impl Bench {
             &agent,
             "/bench/stream",
             self.db_pid(source),
-            ceilings.parallel,
+            parallel,
             &base,
         )
         .await?;
@@ -461,29 +455,27 @@ pub fn checks(results: &[Measure]) -> Vec<(String, f64, String, bool)> {
         .map(|m| (m.etcd.clone(), m.source.clone()))
         .collect();
     keys.dedup();
-    let ceiling = |etcd: &str, keys: u64| {
+    let ceiling = |etcd: &str, source: &str, rows: u64| {
         results.iter().find(|m| {
             m.etcd == etcd
                 && m.source == "etcd"
-                && m.rows == Some(keys)
-                && m.scenario.ends_with("x 16 in flight")
+                && m.scenario
+                    .ends_with(&format!("(baseline of {source} dump of {rows})"))
         })
     };
     for (etcd, source) in keys {
         let label = format!("etcd {etcd} {source}");
-        if source == "postgres" {
-            if let (Some(one), Some(four)) = (
-                ceiling(&etcd, scaled(PARALLEL_CEILING_KEYS)),
-                ceiling(&etcd, scaled(LARGE_CEILING_KEYS)),
-            ) {
-                let r = four.seconds.unwrap_or(0.0) / one.seconds.unwrap_or(1.0);
-                out.push((
-                    format!("etcd {etcd}: ceiling time for 4M keys / for 1M keys (etcd alone)"),
-                    r,
-                    "for reference".into(),
-                    true,
-                ));
-            }
+        if let (Some(one), Some(four)) = (
+            ceiling(&etcd, &source, scaled(DUMP_SIZES[0])),
+            ceiling(&etcd, &source, scaled(DUMP_SIZES[2])),
+        ) {
+            let r = four.seconds.unwrap_or(0.0) / one.seconds.unwrap_or(1.0);
+            out.push((
+                format!("{label}: etcd alone, ceiling time for 4M keys / for 1M keys"),
+                r,
+                "for reference".into(),
+                true,
+            ));
         }
         let one = find(&etcd, &source, "first dump", scaled(DUMP_SIZES[0]));
         let four = find(&etcd, &source, "first dump", scaled(DUMP_SIZES[2]));

@@ -26,7 +26,7 @@ pub struct EtcdServer {
 impl EtcdServer {
     /// Starts `version` on `port` with a new data dir under `dir`.
     pub async fn start(dir: &Path, version: &EtcdVersion, port: u16) -> Result<Self> {
-        let data = dir.join(format!("etcd-{}-data", version.label));
+        let data = dir.join(format!("etcd-{}-{port}-data", version.label));
         let _ = std::fs::remove_dir_all(&data);
         let url = format!("http://127.0.0.1:{port}");
         let peer = format!("http://127.0.0.1:{}", port + 1);
@@ -49,7 +49,7 @@ impl EtcdServer {
             .args(["--quota-backend-bytes", "8589934592"])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(
-                dir.join(format!("etcd-{}.log", version.label)),
+                dir.join(format!("etcd-{}-{port}.log", version.label)),
             )?)
             .kill_on_drop(true)
             .spawn()
