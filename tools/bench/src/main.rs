@@ -11,7 +11,8 @@
 //! table, writes
 //! `target/bench/results.json` and a plot of dump time against rows (`dump-scaling.svg`).
 //!
-//! `etcd-sync-bench ceiling URL [KEYS] [IN_FLIGHT]` measures one ceiling against a running etcd.
+//! `etcd-sync-bench ceiling URL [KEYS] [IN_FLIGHT]` measures one ceiling against a running etcd;
+//! `etcd-sync-bench plot RESULTS.json OUT.svg` draws the plot again from a results file.
 
 mod agent;
 mod ceiling;
@@ -56,6 +57,20 @@ async fn main() -> Result<()> {
             "{} puts/txn x {in_flight} in flight: {rate:.0} keys/s",
             ceiling::TXN_PUTS
         );
+        return Ok(());
+    }
+    if args.first().map(String::as_str) == Some("plot") {
+        let (Some(json), Some(svg)) = (args.get(1), args.get(2)) else {
+            bail!("usage: etcd-sync-bench plot RESULTS.json OUT.svg");
+        };
+        let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json)?)?;
+        let measures: Vec<Measure> = results["results"]
+            .as_array()
+            .context("no results in the JSON")?
+            .iter()
+            .map(Measure::from_json)
+            .collect();
+        std::fs::write(svg, plot::dump_scaling(&measures))?;
         return Ok(());
     }
     let only: Option<&str> = args

@@ -27,6 +27,19 @@ pub struct Measure {
 }
 
 impl Measure {
+    /// The fields the plot needs, read back from [`Measure::json`]'s output.
+    pub fn from_json(v: &Value) -> Self {
+        let text = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+        Measure {
+            etcd: text("etcd"),
+            source: text("source"),
+            scenario: text("scenario"),
+            rows: v["rows"].as_u64(),
+            seconds: v["seconds"].as_f64(),
+            ..Default::default()
+        }
+    }
+
     pub fn json(&self) -> Value {
         json!({
             "etcd": self.etcd,

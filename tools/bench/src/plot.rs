@@ -100,11 +100,17 @@ pub fn dump_scaling(results: &[Measure]) -> String {
                 y(*secs)
             );
         }
+        let legend_y = MARGIN + 16.0 * i as f64;
         let _ = writeln!(
             svg,
-            r#"<text x="{}" y="{}" fill="{color}">{label}</text>"#,
+            r#"<path d="M{},{:.1} h16" stroke="{color}" stroke-width="3"/>"#,
             MARGIN + 12.0,
-            MARGIN + 16.0 * i as f64
+            legend_y - 4.0
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="{}" y="{legend_y}" fill="{color}">{label}</text>"#,
+            MARGIN + 34.0
         );
     }
     svg.push_str("</svg>\n");
