@@ -43,7 +43,7 @@ run-mysql: demo-mysql
 test: testenv
 	$(CARGO) test --workspace --all-targets
 
-## Benchmarks against etcd's own ingest ceilings, etcd 3.4 and 3.5 (not part of `make test`; ~30 minutes).
+## Benchmarks against etcd's own ingest ceilings, etcd 3.4 and 3.5 (not part of `make test`; ~20 minutes).
 bench: testenv
 	$(CARGO) build --release -p etcd-sync -p etcd-sync-bench
 	./target/release/etcd-sync-bench
