@@ -187,10 +187,7 @@ async fn delete_stale(
                 }
             }
         }
-        let stats = scan.stats();
-        cost.requests += stats.requests;
-        cost.keys_counted += stats.keys_counted;
-        cost.keys_read += stats.keys_read;
+        cost.add(scan.stats());
     }
     writer.finish().await?;
     Ok((deleted, cost))

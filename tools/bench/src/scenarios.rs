@@ -10,7 +10,7 @@ use crate::ceiling;
 use crate::db::{Db, Source, TestEnv};
 use crate::measure::Measure;
 use crate::server::{find_process, EtcdServer, EtcdVersion};
-use crate::stream::{self, cpu_now};
+use crate::stream::{self, cpu_before_agent, cpu_now};
 use crate::ETCD_PORT;
 
 /// The JSON value size of a `bench_accounts` row, as pgbench's accounts give.
@@ -244,11 +244,7 @@ impl Bench {
         ));
         self.settle(db, source).await?;
         let db_pid = self.db_pid(source);
-        let before = (
-            0.0,
-            etcd.pid().map_or(0.0, crate::server::cpu_seconds_tree),
-            db_pid.map_or(0.0, crate::server::cpu_seconds_tree),
-        );
+        let before = cpu_before_agent(etcd, db_pid);
         let mut agent = Agent::start(&self.agent_bin, &config, log)?;
         let seconds = agent
             .wait_for_sync(&etcd.client, "/bench-state/accounts")
@@ -355,11 +351,7 @@ impl Bench {
             )
             .await?;
         let db_pid = self.db_pid(source);
-        let before = (
-            0.0,
-            etcd.pid().map_or(0.0, crate::server::cpu_seconds_tree),
-            db_pid.map_or(0.0, crate::server::cpu_seconds_tree),
-        );
+        let before = cpu_before_agent(&etcd, db_pid);
         let mut agent = Agent::start(
             &self.agent_bin,
             &config,

@@ -115,6 +115,16 @@ pub async fn run(
     Ok(out)
 }
 
+/// CPU seconds so far of etcd and the database server, before the agent starts (its own
+/// count starts at 0).
+pub fn cpu_before_agent(etcd: &EtcdServer, db_pid: Option<u32>) -> (f64, f64, f64) {
+    (
+        0.0,
+        etcd.pid().map_or(0.0, cpu_seconds_tree),
+        db_pid.map_or(0.0, cpu_seconds_tree),
+    )
+}
+
 /// CPU seconds so far: the agent (with mysqldump), etcd, the database server.
 pub fn cpu_now(agent: &Agent, etcd: &EtcdServer, db_pid: Option<u32>) -> (f64, f64, f64) {
     (
