@@ -72,11 +72,16 @@ pub fn row_key(prefix: &str, table: &TableSchema, row: &[Value]) -> Result<Strin
 /// A key value's canonical text: strings as they are, everything else as in its JSON form.
 fn key_text(value: &Value) -> String {
     match value {
-        Value::Text(s) | Value::Number(s) | Value::Json(s) => s.clone(),
+        Value::Text(s) | Value::Number(s) | Value::Json(s) | Value::ZeroDate(s) => s.clone(),
+        Value::Bytes(b) => base64::engine::general_purpose::STANDARD.encode(b),
         other => {
             let mut out = String::new();
             write_value(other, &mut out);
-            out
+            // A value whose JSON form is a string (a float's "NaN") goes in without quotes.
+            match serde_json::from_str::<String>(&out) {
+                Ok(unquoted) => unquoted,
+                Err(_) => out,
+            }
         }
     }
 }
@@ -129,7 +134,7 @@ pub fn has_unchanged(row: &[Value]) -> bool {
 
 fn write_value(value: &Value, out: &mut String) {
     match value {
-        Value::Null | Value::Unchanged => out.push_str("null"),
+        Value::Null | Value::Unchanged | Value::ZeroDate(_) => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         Value::Int(i) => {
             let _ = write!(out, "{i}");
@@ -212,6 +217,26 @@ mod tests {
             name: "in/voices".into(),
         };
         assert_eq!(table_prefix("/p", &schema_table), "/p/billing.in%2Fvoices/");
+    }
+
+    /// The README's contract: a key segment is the JSON form without quotes.
+    #[test]
+    fn key_segments_are_unquoted() {
+        let t = table(&["b", "f", "z", "d"], vec![0, 1, 2, 3]);
+        let row = vec![
+            Value::Bytes(vec![0, 0xff]),
+            Value::Float(f64::NAN),
+            Value::ZeroDate("0000-00-00".into()),
+            Value::Bool(true),
+        ];
+        assert_eq!(
+            row_key("/p", &t, &row).unwrap(),
+            "/p/t/AP8=/NaN/0000-00-00/true"
+        );
+        assert_eq!(
+            encode_row(&t, &row, None).unwrap(),
+            r#"{"b":"AP8=","f":"NaN","z":null,"d":true}"#
+        );
     }
 
     #[test]

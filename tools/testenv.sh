@@ -200,9 +200,17 @@ start_mariadb() { # name port binlog_format server_id [binlog_row_image]
   # The main instance also serves TLS (for the TLS tests); one started without it is restarted.
   local tls_args=()
   [ "$name" = mariadb ] && tls_args=(--ssl-ca="$TLS/ca.pem" --ssl-cert="$TLS/server.pem" --ssl-key="$TLS/server.key")
+  # The faults instance runs in a non-UTC system time zone (time_zone = SYSTEM), for the tests
+  # that show TIMESTAMP values do not depend on the server's zone.
+  local system_tz=UTC
+  [ "$name" = mariadb-faults ] && system_tz=Asia/Kolkata
   if mariadb-admin --protocol=tcp -h 127.0.0.1 -P "$port" -u root -proot ping >/dev/null 2>&1; then
-    if [ ${#tls_args[@]} -gt 0 ] && [ "$(mariadb --protocol=tcp -h 127.0.0.1 -P "$port" -u root -proot -N -e 'SELECT @@have_ssl')" != YES ]; then
-      log "restarting $name with TLS"
+    local query='SELECT CONCAT(@@have_ssl, " ", @@system_time_zone)' have_ssl running_tz
+    read -r have_ssl running_tz < <(mariadb --protocol=tcp -h 127.0.0.1 -P "$port" -u root -proot -N -e "$query")
+    local want_tz=UTC
+    [ "$system_tz" = Asia/Kolkata ] && want_tz=IST
+    if { [ ${#tls_args[@]} -gt 0 ] && [ "$have_ssl" != YES ]; } || [ "$running_tz" != "$want_tz" ]; then
+      log "restarting $name with TLS and system time zone $system_tz"
       local pid
       pid=$(cat "$run/mysqld.pid")
       kill "$pid"
@@ -223,7 +231,7 @@ start_mariadb() { # name port binlog_format server_id [binlog_row_image]
   fi
   [ "$(id -u)" = 0 ] && chown -R mysql:mysql "$data" "$run"
   log "starting $name on port $port (binlog_format=$format)"
-  setsid nohup mariadbd --no-defaults --datadir="$data" --user=mysql --port="$port" \
+  TZ=$system_tz setsid nohup mariadbd --no-defaults --datadir="$data" --user=mysql --port="$port" \
     --bind-address=127.0.0.1 --socket="$run/mysqld.sock" --pid-file="$run/mysqld.pid" \
     --log-error="$data/server.log" --log-bin="$data/binlog" --binlog-format="$format" \
     --binlog-row-image="$image" --binlog-row-metadata=FULL --server-id="$server_id" \

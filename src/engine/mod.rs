@@ -82,6 +82,7 @@ impl EngineError {
         match self {
             EngineError::Driver(DriverError::Transient { .. }) => "source",
             EngineError::Driver(DriverError::PositionLost(_)) => "position_lost",
+            EngineError::Driver(DriverError::Resnapshot(_)) => "resnapshot",
             EngineError::Driver(DriverError::Misconfigured(_)) => "misconfigured",
             EngineError::Driver(DriverError::Protocol(_)) => "protocol",
             EngineError::Driver(DriverError::Stopped) | EngineError::Stopped => "stopped",
@@ -112,7 +113,9 @@ impl EngineError {
     fn action(&self) -> Action {
         match self {
             EngineError::Driver(DriverError::Transient { .. }) => Action::Retry,
-            EngineError::Driver(DriverError::PositionLost(_)) => Action::Redump,
+            EngineError::Driver(DriverError::PositionLost(_) | DriverError::Resnapshot(_)) => {
+                Action::Redump
+            }
             EngineError::Etcd(e) if e.is_transient() => Action::Retry,
             _ => Action::Stop,
         }

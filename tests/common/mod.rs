@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+mod twins;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};

@@ -20,6 +20,10 @@ pub enum DriverError {
     /// a new dump is needed.
     #[error("{0}")]
     PositionLost(String),
+    /// Rows changed in a way the stream does not carry (a partition attached, detached or
+    /// truncated): the position is good, but etcd can only be made equal by a new dump.
+    #[error("{0}")]
+    Resnapshot(String),
     /// The source sent something this driver cannot decode.
     #[error("{0}")]
     Protocol(String),

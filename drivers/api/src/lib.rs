@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 mod error;
+pub mod json;
 mod tls;
 pub use error::{error_chain, BoxError, DriverError};
 pub use tls::{tls_failure, TlsMode, TlsSettings};
@@ -38,6 +39,10 @@ pub enum Value {
     /// Compact JSON text, embedded as is.
     Json(String),
     Array(Vec<Value>),
+    /// A date or time the source stores but that names no day (MySQL's zero dates such as
+    /// `0000-00-00` or `2024-00-10`): `null` in the JSON value, this text in a key, so that a
+    /// key column holding one still gives the row a key.
+    ZeroDate(String),
 }
 
 /// A row: one value per column of its [`TableSchema`], in column order.
@@ -51,7 +56,7 @@ impl Value {
     /// Roughly the bytes this value takes, for batching by size.
     pub fn approx_size(&self) -> usize {
         match self {
-            Value::Number(s) | Value::Text(s) | Value::Json(s) => s.len() + 8,
+            Value::Number(s) | Value::Text(s) | Value::Json(s) | Value::ZeroDate(s) => s.len() + 8,
             Value::Bytes(b) => b.len() + 8,
             Value::Array(items) => items.iter().map(Value::approx_size).sum::<usize>() + 8,
             _ => 8,

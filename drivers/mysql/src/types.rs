@@ -1,6 +1,7 @@
 //! MySQL column types and the two ways their values arrive: as SQL literals in mysqldump's
 //! output, and as decoded binary-log values. Both land in the same [`Value`] for the same row.
 
+use etcd_sync_api::json::canonical_json;
 use etcd_sync_api::Value;
 use mysql_async::Value as MyValue;
 
@@ -41,7 +42,12 @@ pub enum MyType {
     Enum(Vec<String>),
     Set(Vec<String>),
     Bit,
+    /// MySQL's JSON type: the server keeps a binary form whose numbers are already int64,
+    /// uint64 or double, so both paths go through serde_json's numbers.
     Json,
+    /// MariaDB's JSON (LONGTEXT with a `json_valid` check): the server keeps the text, so its
+    /// numbers are kept digit for digit.
+    JsonText,
     Geometry,
 }
 
@@ -140,7 +146,7 @@ impl MyType {
             },
             "json" => MyType::Json,
             "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" if is_json_check => {
-                MyType::Json
+                MyType::JsonText
             }
             "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" => MyType::Text {
                 charset: charset_of(),
@@ -198,6 +204,7 @@ impl MyType {
             MyType::Text { .. } | MyType::Enum(_) => Value::Text(text),
             MyType::Set(_) => set_from_text(&text),
             MyType::Json => json(&text).ok_or_else(|| self.error(&text))?,
+            MyType::JsonText => json_text(&text).ok_or_else(|| self.error(&text))?,
             MyType::Bytes | MyType::Binary { .. } | MyType::Geometry | MyType::Bit => {
                 return self.bytes_value(text.into_bytes())
             }
@@ -231,6 +238,10 @@ impl MyType {
                 let text = String::from_utf8_lossy(&bytes);
                 json(&text).ok_or_else(|| self.error(&text))?
             }
+            MyType::JsonText => {
+                let text = String::from_utf8_lossy(&bytes);
+                json_text(&text).ok_or_else(|| self.error(&text))?
+            }
             other => {
                 let text = String::from_utf8_lossy(&bytes).into_owned();
                 return other.literal_value(Literal::String(text.into_bytes()));
@@ -255,13 +266,14 @@ impl MyType {
                 date_text(&format!("{y:04}-{m:02}-{d:02}"))
             }
             (MyType::Datetime { fsp }, MyValue::Date(y, mo, d, h, mi, s, us)) => {
+                let text = format!(
+                    "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}{}",
+                    fraction(us, *fsp)
+                );
                 if y == 0 || mo == 0 || d == 0 {
-                    Value::Null
+                    Value::ZeroDate(text)
                 } else {
-                    Value::Text(format!(
-                        "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}{}",
-                        fraction(us, *fsp)
-                    ))
+                    Value::Text(text)
                 }
             }
             (MyType::Timestamp { fsp }, MyValue::Bytes(b)) => {
@@ -271,14 +283,14 @@ impl MyType {
                     None => (text.parse::<i64>(), Ok(0)),
                 };
                 match (secs, micros) {
-                    (Ok(0), _) => Value::Null,
+                    (Ok(0), Ok(us)) => zero_timestamp(us, *fsp),
                     (Ok(secs), Ok(us)) => {
                         Value::Text(format!("{}{}Z", unix_to_civil(secs), fraction(us, *fsp)))
                     }
                     _ => return Err(self.error(&text)),
                 }
             }
-            (MyType::Timestamp { .. }, MyValue::Int(0)) => Value::Null,
+            (MyType::Timestamp { fsp }, MyValue::Int(0)) => zero_timestamp(0, *fsp),
             (MyType::Timestamp { .. }, MyValue::Int(secs)) => {
                 Value::Text(format!("{}Z", unix_to_civil(secs)))
             }
@@ -364,10 +376,10 @@ fn fraction(micros: u32, fsp: usize) -> String {
     format!(".{}", &digits[..fsp.min(6)])
 }
 
-/// A date, or null for MySQL's zero dates (`0000-00-00`, `2024-00-10`).
+/// A date; MySQL's zero dates (`0000-00-00`, `2024-00-10`) are null in values, their text in keys.
 fn date_text(text: &str) -> Value {
     if is_zero_date(text) {
-        Value::Null
+        Value::ZeroDate(text.to_owned())
     } else {
         Value::Text(text.to_owned())
     }
@@ -379,11 +391,18 @@ fn is_zero_date(text: &str) -> bool {
 }
 
 fn datetime_text(text: &str, utc: bool) -> Value {
-    if is_zero_date(text) {
-        return Value::Null;
-    }
     let iso = text.replacen(' ', "T", 1);
-    Value::Text(if utc { format!("{iso}Z") } else { iso })
+    let iso = if utc { format!("{iso}Z") } else { iso };
+    if is_zero_date(text) {
+        Value::ZeroDate(iso)
+    } else {
+        Value::Text(iso)
+    }
+}
+
+/// TIMESTAMP's zero value, in the form [`datetime_text`] gives the dumped one.
+fn zero_timestamp(micros: u32, fsp: usize) -> Value {
+    Value::ZeroDate(format!("0000-00-00T00:00:00{}Z", fraction(micros, fsp)))
 }
 
 fn set_from_text(text: &str) -> Value {
@@ -397,6 +416,11 @@ fn set_from_text(text: &str) -> Value {
 fn json(text: &str) -> Option<Value> {
     let value: serde_json::Value = serde_json::from_str(text).ok()?;
     Some(Value::Json(value.to_string()))
+}
+
+/// JSON kept as text by the server in the canonical form of [`canonical_json`], numbers as written.
+fn json_text(text: &str) -> Option<Value> {
+    canonical_json(text).map(Value::Json)
 }
 
 /// A binary JSON value to the same canonical form.
@@ -556,6 +580,31 @@ mod tests {
                 MyValue::Date(0, 0, 0, 0, 0, 0, 0),
             ),
             (
+                MyType::Datetime { fsp: 0 },
+                Literal::String(b"0000-00-00 00:00:00".to_vec()),
+                MyValue::Date(0, 0, 0, 0, 0, 0, 0),
+            ),
+            (
+                MyType::Datetime { fsp: 2 },
+                Literal::String(b"2024-00-10 10:00:00.50".to_vec()),
+                MyValue::Date(2024, 0, 10, 10, 0, 0, 500_000),
+            ),
+            (
+                MyType::Timestamp { fsp: 0 },
+                Literal::String(b"0000-00-00 00:00:00".to_vec()),
+                MyValue::Int(0),
+            ),
+            (
+                MyType::Timestamp { fsp: 3 },
+                Literal::String(b"0000-00-00 00:00:00.000".to_vec()),
+                MyValue::Bytes(b"0.000000".to_vec()),
+            ),
+            (
+                MyType::JsonText,
+                Literal::String(br#"{"n": 18446744073709551616, "d": 1.50}"#.to_vec()),
+                MyValue::Bytes(br#"{"n":18446744073709551616,"d":1.50}"#.to_vec()),
+            ),
+            (
                 MyType::Datetime { fsp: 6 },
                 Literal::String(b"2024-05-01 10:00:00.123456".to_vec()),
                 MyValue::Date(2024, 5, 1, 10, 0, 0, 123_456),
@@ -653,6 +702,33 @@ mod tests {
             .unwrap();
         assert_eq!(from_binlog, from_dump);
         assert_eq!(from_dump, Value::Json(r#"{"a":1,"b":[true,"x"]}"#.into()));
+    }
+
+    /// Zero dates are null in the JSON value but keep MySQL's digits for keys.
+    #[test]
+    fn zero_dates_have_key_text() {
+        let cases = [
+            (MyType::Date, "0000-00-00", "0000-00-00"),
+            (
+                MyType::Datetime { fsp: 0 },
+                "0000-00-00 00:00:00",
+                "0000-00-00T00:00:00",
+            ),
+            (
+                MyType::Timestamp { fsp: 0 },
+                "0000-00-00 00:00:00",
+                "0000-00-00T00:00:00Z",
+            ),
+            (MyType::Date, "2024-00-10", "2024-00-10"),
+        ];
+        for (ty, dumped, key) in cases {
+            assert_eq!(
+                ty.literal_value(Literal::String(dumped.as_bytes().to_vec()))
+                    .unwrap(),
+                Value::ZeroDate(key.into()),
+                "{ty:?}"
+            );
+        }
     }
 
     #[test]

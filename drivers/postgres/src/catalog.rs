@@ -35,6 +35,8 @@ pub struct PgTable {
     pub schema: Arc<TableSchema>,
     pub types: Vec<PgType>,
     pub estimated_rows: Option<u64>,
+    /// A partitioned table: its rows live in its partitions, read and streamed through it.
+    pub partitioned: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +122,8 @@ struct Candidate {
     primary_key: Vec<String>,
     estimated_rows: Option<u64>,
     partitioned: bool,
+    /// For a partition, the table at the top of its partition tree.
+    partition_root: Option<TableId>,
 }
 
 /// Parses a table name as written in the config: `table` (default schema) or `schema.table`.
@@ -138,17 +142,27 @@ pub async fn select_tables(
 ) -> Result<(Selection, Vec<PgTable>), DriverError> {
     let rows = client
         .query(
+            // Partitions are listed only to explain that their rows are synced under their
+            // root's name; a partitioned table's row estimate is the sum of its leaves'.
             "SELECT c.oid, n.nspname::text, c.relname::text, c.relreplident::text, \
-                    c.reltuples::float8, c.relkind = 'p', \
+                    CASE WHEN c.relkind = 'p' THEN \
+                      (SELECT COALESCE(sum(GREATEST(l.reltuples, 0)), 0)::float8 \
+                         FROM pg_partition_tree(c.oid) t JOIN pg_class l ON l.oid = t.relid \
+                        WHERE t.isleaf) \
+                    ELSE c.reltuples::float8 END, \
+                    c.relkind = 'p', \
                     COALESCE((SELECT array_agg(a.attname::text ORDER BY k.ord) \
                        FROM pg_index i \
                        CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
                        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
                       WHERE i.indrelid = c.oid AND i.indisprimary), '{}'), \
                     EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid \
-                            AND i.indisreplident AND i.indisprimary) \
+                            AND i.indisreplident AND i.indisprimary), \
+                    rn.nspname::text, r.relname::text \
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-              WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
+               LEFT JOIN pg_class r ON c.relispartition AND r.oid = pg_partition_root(c.oid) \
+               LEFT JOIN pg_namespace rn ON rn.oid = r.relnamespace \
+              WHERE c.relkind IN ('r', 'p') \
                 AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
                 AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
               ORDER BY n.nspname, c.relname",
@@ -170,6 +184,10 @@ pub async fn select_tables(
                 partitioned: row.get(5),
                 primary_key: row.get(6),
                 replica_identity_is_key: row.get(7),
+                partition_root: row
+                    .get::<_, Option<String>>(8)
+                    .zip(row.get::<_, Option<String>>(9))
+                    .map(|(namespace, name)| table_id(&namespace, &name)),
             }
         })
         .collect();
@@ -189,6 +207,16 @@ pub async fn select_tables(
     let mut tables = Vec::new();
     for candidate in candidates {
         let named = included.contains(&candidate.id);
+        if let Some(root) = &candidate.partition_root {
+            if named {
+                problems.push(format!(
+                    "tables.include names {}, a partition of {root}: a partitioned table is \
+                     synced as one table under its root's name; name {root} instead",
+                    candidate.id
+                ));
+            }
+            continue;
+        }
         if excluded.contains(&candidate.id) || (!included.is_empty() && !named) {
             continue;
         }
@@ -215,11 +243,6 @@ pub async fn select_tables(
 
 /// Why a table cannot be synced, with what to change.
 fn unsyncable(c: &Candidate) -> Option<String> {
-    if c.partitioned {
-        return Some(
-            "is partitioned: its partitions are synced as tables of their own; name those".into(),
-        );
-    }
     if c.primary_key.is_empty() {
         return Some(format!(
             "has no primary key: add one (ALTER TABLE {} ADD PRIMARY KEY (...)) or exclude the table; \
@@ -263,13 +286,15 @@ async fn load_table(
         .await
         .map_err(|e| pg_error("listing columns", e))?;
     let columns: Vec<(String, u32)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    build_table(
+    let mut table = build_table(
         candidate.id.clone(),
         &columns,
         &candidate.primary_key,
         types,
         candidate.estimated_rows,
-    )
+    )?;
+    table.partitioned = candidate.partitioned;
+    Ok(table)
 }
 
 /// Builds a table from its columns (`name`, type oid) and primary-key column names.
@@ -307,5 +332,6 @@ pub fn build_table(
         }),
         types: columns.iter().map(|(_, oid)| types.resolve(*oid)).collect(),
         estimated_rows,
+        partitioned: false,
     })
 }

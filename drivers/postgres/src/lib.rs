@@ -21,6 +21,7 @@ mod catalog;
 mod conn;
 mod error;
 pub mod lsn;
+mod partitions;
 pub mod pgoutput;
 mod stream;
 mod tls;
@@ -54,13 +55,20 @@ pub struct PostgresDriver {
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct PgPosition {
     lsn: String,
+    /// The partitions of the selected partitioned tables as the dump saw them (see
+    /// [`partitions`]); absent when none is selected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    partitions: Option<String>,
 }
 
-pub(crate) fn position_of(lsn: Lsn) -> Position {
-    Position(serde_json::json!({ "lsn": lsn.to_string() }))
+pub(crate) fn position_of(lsn: Lsn, partitions: Option<&str>) -> Position {
+    Position(match partitions {
+        None => serde_json::json!({ "lsn": lsn.to_string() }),
+        Some(p) => serde_json::json!({ "lsn": lsn.to_string(), "partitions": p }),
+    })
 }
 
-fn lsn_of(position: &Position) -> Result<Lsn, DriverError> {
+fn parse_position(position: &Position) -> Result<(Lsn, Option<String>), DriverError> {
     let parsed: PgPosition = serde_json::from_value(position.0.clone()).map_err(|e| {
         DriverError::Misconfigured(format!(
             "the stored position {} is not a PostgreSQL position ({e}); was the state written \
@@ -68,7 +76,12 @@ fn lsn_of(position: &Position) -> Result<Lsn, DriverError> {
             position.0
         ))
     })?;
-    parsed.lsn.parse().map_err(DriverError::Misconfigured)
+    let lsn = parsed.lsn.parse().map_err(DriverError::Misconfigured)?;
+    Ok((lsn, parsed.partitions))
+}
+
+fn lsn_of(position: &Position) -> Result<Lsn, DriverError> {
+    parse_position(position).map(|(lsn, _)| lsn)
 }
 
 pub(crate) fn system_time(pg_micros: i64) -> SystemTime {
@@ -276,23 +289,45 @@ impl PostgresDriver {
         let publication = &self.config.publication;
         let existing = client
             .query_opt(
-                "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+                "SELECT puballtables, pubviaroot FROM pg_publication WHERE pubname = $1",
                 &[publication],
             )
             .await
             .map_err(|e| pg_error("reading the publication", e))?;
+        if let Some(row) = &existing {
+            if tables.iter().any(|t| t.partitioned) && !row.get::<_, bool>(1) {
+                info!(%publication, "setting publish_via_partition_root: partitioned tables are synced");
+                let sql = format!(
+                    "ALTER PUBLICATION {} SET (publish_via_partition_root = true)",
+                    quote_ident(publication)
+                );
+                client.batch_execute(&sql).await.map_err(|e| {
+                    pg_error(
+                        &format!("setting publish_via_partition_root on publication {publication}"),
+                        e,
+                    )
+                })?;
+            }
+        }
         let names = |ts: &[&PgTable]| {
             ts.iter()
                 .map(|t| catalog::qualified_name(&t.schema.id))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        // A partitioned table's changes must arrive as its own, not as its partitions'.
+        let via_root = tables.iter().any(|t| t.partitioned);
         match existing {
             None => {
                 let sql = format!(
-                    "CREATE PUBLICATION {} FOR TABLE {}",
+                    "CREATE PUBLICATION {} FOR TABLE {}{}",
                     quote_ident(publication),
-                    names(tables)
+                    names(tables),
+                    if via_root {
+                        " WITH (publish_via_partition_root = true)"
+                    } else {
+                        ""
+                    }
                 );
                 info!(%publication, "creating the publication");
                 client
@@ -383,6 +418,24 @@ impl PostgresDriver {
         Ok(client)
     }
 
+    /// The partitions fingerprint as of `snapshot`, so that it describes what the dump copies.
+    async fn snapshot_fingerprint(
+        &self,
+        snapshot: &str,
+        tables: &[&PgTable],
+    ) -> Result<Option<String>, DriverError> {
+        if !tables.iter().any(|t| t.partitioned) {
+            return Ok(None);
+        }
+        let client = self.snapshot_client(Some(snapshot)).await?;
+        let fingerprint = partitions::fingerprint(&client, tables).await?;
+        client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(|e| pg_error("ending the snapshot transaction", e))?;
+        Ok(fingerprint)
+    }
+
     /// COPYs `tables` over `connections` connections sharing `snapshot`, biggest first.
     async fn copy_tables(
         &self,
@@ -455,10 +508,18 @@ async fn copy_table(
         .map(|c| quote_ident(&c.name))
         .collect::<Vec<_>>()
         .join(", ");
-    let sql = format!(
-        "COPY {} ({columns}) TO STDOUT",
-        catalog::qualified_name(&schema.id)
-    );
+    // COPY cannot read a partitioned table directly; a query over it reads every partition.
+    let sql = if table.partitioned {
+        format!(
+            "COPY (SELECT {columns} FROM {}) TO STDOUT",
+            catalog::qualified_name(&schema.id)
+        )
+    } else {
+        format!(
+            "COPY {} ({columns}) TO STDOUT",
+            catalog::qualified_name(&schema.id)
+        )
+    };
     let context = format!("copying table {}", schema.id);
     let stream = client
         .copy_out(&sql)
@@ -640,6 +701,14 @@ impl etcd_sync_api::Driver for PostgresDriver {
 
         // The exporting connection must stay open and idle until every COPY connection has
         // imported the snapshot; it is kept until the copy ends.
+        let fingerprint = self.snapshot_fingerprint(&snapshot, &refs).await;
+        let fingerprint = match fingerprint {
+            Ok(f) => f,
+            Err(e) => {
+                repl.terminate().await;
+                return Err(e);
+            }
+        };
         let copied = self
             .copy_tables(
                 tables,
@@ -651,7 +720,7 @@ impl etcd_sync_api::Driver for PostgresDriver {
             .await;
         repl.terminate().await;
         copied?;
-        Ok(position_of(lsn))
+        Ok(position_of(lsn, fingerprint.as_deref()))
     }
 
     async fn stream(
@@ -662,7 +731,7 @@ impl etcd_sync_api::Driver for PostgresDriver {
         acks: watch::Receiver<Position>,
         cancel: CancellationToken,
     ) -> Result<(), DriverError> {
-        let start = lsn_of(&from)?;
+        let (start, dumped_partitions) = parse_position(&from)?;
         let client = self.query_client().await?;
         self.require_prerequisites(&client).await?;
         let slot = &self.config.slot;
@@ -689,6 +758,19 @@ impl etcd_sync_api::Driver for PostgresDriver {
         }
         let (_, all, types) = self.selected(&client).await?;
         let tables: Vec<PgTable> = Self::matching(&all, tables)?.into_iter().cloned().collect();
+        // Partitions that changed while the agent was away are caught here, before streaming.
+        let refs: Vec<&PgTable> = tables.iter().collect();
+        let current = partitions::fingerprint(&client, &refs).await?;
+        let partitions = match (dumped_partitions, current) {
+            (Some(dumped), current) => {
+                if let Some(e) = partitions::changed(&dumped, current.as_deref()) {
+                    return Err(e);
+                }
+                Some(dumped)
+            }
+            // A start position from the config carries none: the catalog as it is now counts.
+            (None, current) => current,
+        };
         self.take_over_slot(&client).await?;
         let mut repl = self.replication_connection().await?;
         let sql = format!(
@@ -705,6 +787,10 @@ impl etcd_sync_api::Driver for PostgresDriver {
                 _ => conn_error("starting replication", e),
             })?;
         info!(%slot, from = %start, "streaming changes");
+        let start = stream::Start {
+            lsn: start,
+            partitions,
+        };
         let session = stream::Session::new(repl, client, types, tables, start, out, acks);
         session.run(cancel).await
     }

@@ -21,7 +21,7 @@ use crate::error::conn_error;
 use crate::lsn::Lsn;
 use crate::pgoutput::{self, LogicalMessage, ReplicationMessage, TupleValue};
 use crate::types::PgType;
-use crate::{lsn_of, position_of, system_time};
+use crate::{lsn_of, partitions, position_of, system_time};
 
 /// Changes per [`StreamEvent::Changes`]: large transactions travel in pieces of this size.
 const CHANGES_PER_EVENT: usize = 256;
@@ -33,6 +33,12 @@ const SHUTDOWN_ACK_WAIT: Duration = Duration::from_secs(10);
 struct Relation {
     schema: Arc<TableSchema>,
     types: Vec<PgType>,
+}
+
+/// Where a session starts: the position's LSN, and the dump's partitions fingerprint it carries.
+pub struct Start {
+    pub lsn: Lsn,
+    pub partitions: Option<String>,
 }
 
 pub struct Session {
@@ -61,6 +67,9 @@ struct Decoder {
     /// What we may confirm to the server: `acked`, or further when nothing is outstanding.
     confirmable: Lsn,
     confirmed: Lsn,
+    /// The dump's partitions fingerprint, carried in every position.
+    partitions: Option<String>,
+    tables: Vec<PgTable>,
 }
 
 impl Session {
@@ -69,7 +78,7 @@ impl Session {
         client: Client,
         types: TypeCatalog,
         tables: Vec<PgTable>,
-        start: Lsn,
+        start: Start,
         out: mpsc::Sender<StreamEvent>,
         acks: watch::Receiver<Position>,
     ) -> Self {
@@ -98,20 +107,25 @@ impl Session {
                 transaction_has_changes: false,
                 batch: Vec::new(),
                 batch_bytes: 0,
-                last_sent: start,
-                acked: start,
-                confirmable: start,
+                last_sent: start.lsn,
+                acked: start.lsn,
+                confirmable: start.lsn,
                 confirmed: Lsn(0),
+                partitions: start.partitions,
+                tables,
             },
         }
     }
 
     pub async fn run(mut self, cancel: CancellationToken) -> Result<(), DriverError> {
         let mut status_timer = tokio::time::interval(STATUS_INTERVAL);
+        let mut partitions_timer = tokio::time::interval(partitions::CHECK_INTERVAL);
+        let watch_partitions = self.decoder.partitions.is_some();
         loop {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
+                _ = partitions_timer.tick(), if watch_partitions => self.decoder.check_partitions().await?,
                 changed = self.acks.changed() => {
                     if changed.is_err() {
                         return Err(DriverError::Stopped);
@@ -186,6 +200,19 @@ impl Session {
 }
 
 impl Decoder {
+    /// Fails with [`DriverError::Resnapshot`] once the partitions differ from the dump's.
+    async fn check_partitions(&self) -> Result<(), DriverError> {
+        let Some(expected) = &self.partitions else {
+            return Ok(());
+        };
+        let tables: Vec<&PgTable> = self.tables.iter().collect();
+        let now = partitions::fingerprint(&self.client, &tables).await?;
+        match partitions::changed(expected, now.as_deref()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// Handles one CopyData payload; returns whether to send a status update now (the
     /// confirmable position moved, or the server asked for a reply).
     async fn handle(&mut self, data: Bytes) -> Result<bool, DriverError> {
@@ -231,7 +258,7 @@ impl Decoder {
                 }
                 self.flush_batch().await?;
                 self.send(StreamEvent::Commit {
-                    position: position_of(end_lsn),
+                    position: position_of(end_lsn, self.partitions.as_deref()),
                     committed_at: Some(system_time(commit_time_micros)),
                 })
                 .await?;

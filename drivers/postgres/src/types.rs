@@ -5,6 +5,7 @@
 //! [`PgType::to_value`], serves the dump and the stream: that is what keeps them byte-identical.
 
 use base64::Engine as _;
+use etcd_sync_api::json::is_json_number;
 use etcd_sync_api::Value;
 
 /// How a PostgreSQL type maps to JSON; domains are resolved to their base type.
@@ -17,6 +18,7 @@ pub enum PgType {
     Float,
     Numeric,
     Bytea,
+    Date,
     Timestamp,
     TimestampTz,
     Json,
@@ -46,12 +48,11 @@ impl PgType {
             700 | 701 => PgType::Float,
             1700 => PgType::Numeric,
             17 => PgType::Bytea,
+            1082 => PgType::Date,
             1114 => PgType::Timestamp,
             1184 => PgType::TimestampTz,
             114 | 3802 => PgType::Json,
-            25 | 1043 | 1042 | 18 | 19 | 2950 | 1082 | 1083 | 1266 | 1186 | 869 | 650 => {
-                PgType::Text
-            }
+            25 | 1043 | 1042 | 18 | 19 | 2950 | 1083 | 1266 | 1186 | 869 | 650 => PgType::Text,
             _ => return None,
         })
     }
@@ -63,6 +64,7 @@ impl PgType {
             PgType::Float => "float",
             PgType::Numeric => "numeric",
             PgType::Bytea => "bytea",
+            PgType::Date => "date",
             PgType::Timestamp => "timestamp",
             PgType::TimestampTz => "timestamptz",
             PgType::Json => "json",
@@ -108,14 +110,11 @@ impl PgType {
                     .ok_or_else(|| self.error(text, "expected hex output (bytea_output = hex)"))?;
                 Value::Bytes(decode_hex(hex).ok_or_else(|| self.error(text, "bad hex digits"))?)
             }
-            PgType::Timestamp => Value::Text(iso_timestamp(text)),
+            PgType::Date | PgType::Timestamp => {
+                Value::Text(iso_datetime(text, false).ok_or_else(|| self.error(text, "not ISO"))?)
+            }
             PgType::TimestampTz => {
-                // The session runs with TimeZone = UTC, so the offset is always +00.
-                let local = text
-                    .strip_suffix("+00")
-                    .map(|t| format!("{}Z", iso_timestamp(t)))
-                    .unwrap_or_else(|| text.to_owned()); // infinity, -infinity
-                Value::Text(local)
+                Value::Text(iso_datetime(text, true).ok_or_else(|| self.error(text, "not ISO"))?)
             }
             PgType::Json => Value::Json(compact_json(text)),
             PgType::Array { element, delimiter } => {
@@ -126,47 +125,33 @@ impl PgType {
     }
 }
 
-/// `2024-05-01 10:00:00.5` → `2024-05-01T10:00:00.5`; `infinity` stays as it is.
-fn iso_timestamp(text: &str) -> String {
-    text.replacen(' ', "T", 1)
-}
-
-fn is_json_number(text: &str) -> bool {
-    let b = text.as_bytes();
-    let mut i = 0;
-    if b.first() == Some(&b'-') {
-        i += 1;
+/// A date or timestamp in ISO 8601 form from PostgreSQL's ISO output: `2024-05-01 10:00:00.5`
+/// → `2024-05-01T10:00:00.5` (with `Z` when `utc`: the session's TimeZone is UTC, so the
+/// offset is always `+00`). Years outside 0–9999 take ISO 8601's expanded form with a sign and
+/// at least six digits, and BC years are numbered astronomically (1 BC is year 0000, 44 BC
+/// `-000043`), as JavaScript's `Date` reads them. `infinity` and `-infinity` stay as they are.
+fn iso_datetime(text: &str, utc: bool) -> Option<String> {
+    if matches!(text, "infinity" | "-infinity") {
+        return Some(text.to_owned());
     }
-    let digits = |i: &mut usize| {
-        let start = *i;
-        while *i < b.len() && b[*i].is_ascii_digit() {
-            *i += 1;
-        }
-        *i > start
+    let (body, bc) = match text.strip_suffix(" BC") {
+        Some(body) => (body, true),
+        None => (text, false),
     };
-    match b.get(i) {
-        Some(b'0') => i += 1,
-        Some(b'1'..=b'9') => {
-            digits(&mut i);
-        }
-        _ => return false,
+    let body = if utc { body.strip_suffix("+00")? } else { body };
+    let dash = body.find('-')?;
+    let year: i64 = body[..dash].parse().ok()?;
+    let year = if bc { 1 - year } else { year };
+    let mut out = match year {
+        0..=9999 => format!("{year:04}"),
+        ..=-1 => format!("-{:06}", -year),
+        _ => format!("+{year:06}"),
+    };
+    out.push_str(&body[dash..].replacen(' ', "T", 1));
+    if utc {
+        out.push('Z');
     }
-    if b.get(i) == Some(&b'.') {
-        i += 1;
-        if !digits(&mut i) {
-            return false;
-        }
-    }
-    if matches!(b.get(i), Some(b'e' | b'E')) {
-        i += 1;
-        if matches!(b.get(i), Some(b'+' | b'-')) {
-            i += 1;
-        }
-        if !digits(&mut i) {
-            return false;
-        }
-    }
-    i == b.len()
+    Some(out)
 }
 
 fn decode_hex(hex: &str) -> Option<Vec<u8>> {
@@ -518,12 +503,51 @@ mod tests {
     }
 
     #[test]
-    fn json_numbers() {
-        for ok in ["0", "-0", "1.5", "1e+30", "1.2345678901234567e-05", "123"] {
-            assert!(is_json_number(ok), "{ok}");
+    fn dates_and_times_outside_years_1_to_9999() {
+        let cases = [
+            (PgType::Date, "2024-05-01", "2024-05-01"),
+            (PgType::Date, "0001-01-01 BC", "0000-01-01"),
+            (PgType::Date, "0044-03-15 BC", "-000043-03-15"),
+            (PgType::Date, "4714-11-24 BC", "-004713-11-24"),
+            (PgType::Date, "5874897-12-31", "+5874897-12-31"),
+            (PgType::Date, "infinity", "infinity"),
+            (
+                PgType::Timestamp,
+                "10000-01-01 00:00:00",
+                "+010000-01-01T00:00:00",
+            ),
+            (
+                PgType::Timestamp,
+                "0044-03-15 10:00:00.25 BC",
+                "-000043-03-15T10:00:00.25",
+            ),
+            (PgType::Timestamp, "-infinity", "-infinity"),
+            (
+                PgType::TimestampTz,
+                "4714-12-31 23:59:59.999999+00 BC",
+                "-004713-12-31T23:59:59.999999Z",
+            ),
+            (
+                PgType::TimestampTz,
+                "294276-12-31 23:59:59.999999+00",
+                "+294276-12-31T23:59:59.999999Z",
+            ),
+            (
+                PgType::TimestampTz,
+                "2024-05-01 10:00:00+00",
+                "2024-05-01T10:00:00Z",
+            ),
+            (PgType::TimestampTz, "infinity", "infinity"),
+        ];
+        for (ty, text, want) in cases {
+            assert_eq!(
+                ty.to_value(text).unwrap(),
+                Value::Text(want.into()),
+                "{text}"
+            );
         }
-        for bad in ["", "-", "01", ".5", "1.", "1e", "NaN", "1e+"] {
-            assert!(!is_json_number(bad), "{bad}");
-        }
+        assert!(PgType::TimestampTz
+            .to_value("2024-05-01 10:00:00+02")
+            .is_err());
     }
 }
