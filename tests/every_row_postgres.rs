@@ -145,7 +145,17 @@ CREATE TABLE keys_s (LIKE keys_d INCLUDING ALL);
 INSERT INTO keys_d VALUES
  ('0044-03-15 BC', 'infinity', 1.50, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', true, '\\x00ff', -1, 'a/b'),
  ('10000-01-01', '2024-05-01 12:00:00+02', 'NaN', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a12', false, '', 0, ''),
- ('2024-05-01', '-infinity', -0.000001, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a13', true, '\\x2f', 9223372036854775807, '%');";
+ ('2024-05-01', '-infinity', -0.000001, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a13', true, '\\x2f', 9223372036854775807, '%');
+CREATE TYPE mood AS ENUM ('sad', 'happy');
+CREATE TABLE keys2_d (
+  f float8, ts timestamp, tm time, iv interval, ip inet, c char(3), arr int[], jb jsonb, i2 int2,
+  vc varchar(5), m mood, PRIMARY KEY (f, ts, tm, iv, ip, c, arr, jb, i2, vc, m)
+);
+CREATE TABLE keys2_s (LIKE keys2_d INCLUDING ALL);
+INSERT INTO keys2_d VALUES
+ ('NaN', '-infinity', '24:00:00', '1 day', '::1', 'a', '{1,NULL}', '{\"a\": [1, 2.50]}', -32768, 'x/y', 'sad'),
+ ('-Infinity', '0044-03-15 10:00:00 BC', '00:00:00', '-1 mon', '10.0.0.0/8', 'abc', '{}', 'null', 0, '', 'happy'),
+ (1e-300, '2024-05-01 10:00:00.000001', '23:59:59.999999', '00:00:00', '192.168.0.1', '  ', '{{1,2},{3,4}}', '\"s\"', 32767, '%', 'sad');";
 
 /// The forms the README's type table promises, as they appear in the JSON of row `id`.
 fn edge_forms(id: i32) -> &'static [&'static str] {
@@ -225,11 +235,19 @@ async fn edge_values_and_every_key_type_in_a_non_utc_zone() {
         .await
         .is_some());
 
+    assert!(world
+        .etcd_value("keys2_d/NaN/-infinity/24:00:00/1 day/::1/a  /[1,null]/{\"a\":[1,2.50]}/-32768/x%2Fy/sad")
+        .await
+        .is_some());
     world
-        .sql("INSERT INTO vals_s SELECT * FROM vals_d; INSERT INTO keys_s SELECT * FROM keys_d;")
+        .sql(
+            "INSERT INTO vals_s SELECT * FROM vals_d; INSERT INTO keys_s SELECT * FROM keys_d;
+             INSERT INTO keys2_s SELECT * FROM keys2_d;",
+        )
         .await;
     world.assert_twins("vals_d", "vals_s", 4).await;
     world.assert_twins("keys_d", "keys_s", 3).await;
+    world.assert_twins("keys2_d", "keys2_s", 3).await;
     world.wait_converged(Some(&agent), CONVERGE_TIMEOUT).await;
     drop(agent);
     world.cleanup().await;

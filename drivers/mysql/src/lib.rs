@@ -94,6 +94,9 @@ struct Server {
     is_mariadb: bool,
 }
 
+/// The largest packet the driver accepts: MySQL's own ceiling, 1 GiB.
+const MAX_PACKET: usize = 1 << 30;
+
 impl MysqlDriver {
     pub fn new(config: MysqlConfig) -> Self {
         Self { config }
@@ -107,7 +110,10 @@ impl MysqlDriver {
             .user(Some(c.user.clone()))
             .pass(c.password.clone())
             .db_name(Some(c.database.clone()))
-            .prefer_socket(false);
+            .prefer_socket(false)
+            // As a replica does (slave_max_allowed_packet): a row event may be larger than the
+            // server's max_allowed_packet was when we connected.
+            .max_allowed_packet(Some(MAX_PACKET));
         let context = format!("connecting to MySQL at {}:{}", c.host, c.port);
         let Some(ssl) = tls::ssl_opts(&c.tls)? else {
             return Conn::new(opts).await.map_err(|e| my_error(&context, e));
@@ -373,6 +379,8 @@ impl MysqlDriver {
             "--single-transaction".into(),
             "--quick".into(),
             "--hex-blob".into(),
+            // mysqldump's default (24 MiB) fails on rows past it; a hex blob doubles a row.
+            format!("--max-allowed-packet={MAX_PACKET}"),
             "--tz-utc".into(),
             "--complete-insert".into(),
             "--default-character-set=utf8mb4".into(),
