@@ -77,15 +77,12 @@ pub async fn run<D: Driver>(driver: &D, settings: &Settings) -> bool {
                 "FAIL"
             }
         };
-        println!("[{label}] {}: {}", item.what, item.detail);
+        crate::logging::say(format_args!("[{label}] {}: {}", item.what, item.detail));
     }
-    println!(
-        "{}",
-        if ok {
-            "all checks passed"
-        } else {
-            "some checks failed"
-        }
-    );
+    crate::logging::say(if ok {
+        "all checks passed"
+    } else {
+        "some checks failed"
+    });
     ok
 }

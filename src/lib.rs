@@ -9,6 +9,7 @@ pub mod config;
 pub mod encode;
 pub mod engine;
 pub mod etcd;
+pub mod logging;
 pub mod metrics;
 pub mod status;
 pub mod verify;

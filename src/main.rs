@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use etcd_sync::config::{Config, DriverKind};
+use etcd_sync::logging::say;
 use etcd_sync_api::Driver;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -25,13 +26,14 @@ const VERSION: &str = concat!(
     about = "Keeps an etcd prefix equal to a SQL database"
 )]
 struct Cli {
-    /// The YAML config file.
-    #[arg(long, short = 'c', env = "SYNC_CONFIG_FILE")]
-    config_file: PathBuf,
+    /// The YAML config file (required; before or after the command).
+    #[arg(long, short = 'c', env = "SYNC_CONFIG_FILE", global = true)]
+    config_file: Option<PathBuf>,
     /// Log level (RUST_LOG, when set, wins).
-    #[arg(long, default_value = "info")]
+    #[arg(long, default_value = "info", global = true)]
     log_level: String,
-    #[arg(long, value_enum, default_value = "human")]
+    /// Log lines as text for people (human) or one JSON object per line for log shippers (json).
+    #[arg(long, value_enum, default_value = "human", global = true)]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
@@ -66,30 +68,51 @@ fn init_logging(cli: &Cli) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        // A failed write must not reach eprintln! (which panics on a closed pipe).
+        .log_internal_errors(false)
+        .with_writer(etcd_sync::logging::stderr);
     match cli.log_format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
 }
 
-/// Cancels `token` on SIGINT or SIGTERM.
+/// Exit status after a second SIGINT (128 + SIGINT, as shells report it).
+const FORCED_EXIT: i32 = 130;
+
+/// Cancels `token` on SIGINT or SIGTERM (the clean stop); a second SIGINT exits at once.
 fn cancel_on_signals(token: CancellationToken) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    // Lives as long as the process: it must outlast the engine to see a second SIGINT.
     tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => info!("SIGTERM: committing what was applied, then exiting"),
-            _ = int.recv() => info!("SIGINT: committing what was applied, then exiting"),
+        loop {
+            tokio::select! {
+                _ = term.recv() => {
+                    if !token.is_cancelled() {
+                        info!("SIGTERM: committing what was applied, then exiting");
+                    }
+                }
+                _ = int.recv() => {
+                    if token.is_cancelled() {
+                        error!("second SIGINT: exiting now, without waiting for the clean stop");
+                        std::process::exit(FORCED_EXIT);
+                    }
+                    info!("SIGINT: committing what was applied, then exiting (SIGINT again to force)");
+                }
+            }
+            token.cancel();
         }
-        token.cancel();
     });
     Ok(())
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&cli.config_file)?;
+    let Some(config_file) = &cli.config_file else {
+        anyhow::bail!("no config file: pass --config-file FILE (or set SYNC_CONFIG_FILE)");
+    };
+    let config = Config::load(config_file)?;
     let command = cli.command.unwrap_or(Command::Run);
     match config.database.driver {
         DriverKind::Postgres => {
@@ -139,9 +162,9 @@ async fn run_command<D: Driver>(
                 .map_err(|e| anyhow::anyhow!(etcd_sync::error_chain(&e)))
                 .context("status")?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                say(serde_json::to_string_pretty(&status)?);
             } else {
-                print!("{status}");
+                say(status.to_string().trim_end());
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -163,7 +186,7 @@ async fn run_command<D: Driver>(
             for r in &reports {
                 equal &= r.is_equal();
                 unsettled += r.unsettled;
-                println!(
+                say(format_args!(
                     "table {}: {} rows, {} keys, {} missing, {} extra, {} different{}",
                     r.table,
                     r.rows,
@@ -176,22 +199,22 @@ async fn run_command<D: Driver>(
                     } else {
                         String::new()
                     }
-                );
+                ));
                 for example in &r.examples {
-                    println!("  {example}");
+                    say(format_args!("  {example}"));
                 }
             }
             Ok(if !equal {
-                println!("etcd differs from the database");
+                say("etcd differs from the database");
                 ExitCode::FAILURE
             } else if unsettled > 0 {
-                println!(
+                say(format_args!(
                     "no difference found, but {unsettled} rows changed during every re-check \
                      and could not be compared: run verify again when they are quieter"
-                );
+                ));
                 ExitCode::from(3)
             } else {
-                println!("etcd equals the database");
+                say("etcd equals the database");
                 ExitCode::SUCCESS
             })
         }

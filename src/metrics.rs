@@ -127,6 +127,11 @@ impl Default for Metrics {
         );
         registry.register("errors", "Errors, by kind", m.errors.clone());
         registry.register(
+            "log_write_errors",
+            "Log lines that could not be written (the log's reader went away)",
+            crate::logging::LOG_WRITE_ERRORS.clone(),
+        );
+        registry.register(
             "position",
             "The last committed position as a number (PostgreSQL LSN, MySQL binary-log offset)",
             m.position.clone(),

@@ -183,3 +183,37 @@ async fn mysql_start_position_skips_the_dump() {
     fresh.cleanup().await;
     world.cleanup().await;
 }
+
+/// `--config-file` goes before or after the command; without it, one line says what to pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_config_flag_is_global() {
+    let world = World::new("globalflag").await;
+    world.sql("CREATE TABLE t (id int PRIMARY KEY)").await;
+    let config = world.config();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sync"))
+        .args(["check", "--config-file"])
+        .arg(&config)
+        .env("TEST_DB_PASSWORD", world.env.get("PG_PASSWORD"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sync"))
+        .arg("status")
+        .env_remove("SYNC_CONFIG_FILE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("no config file: pass --config-file FILE"),
+        "{stderr}"
+    );
+    world.cleanup().await;
+}

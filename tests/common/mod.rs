@@ -394,7 +394,8 @@ impl World {
         self.write_config(&self.config_text(None))
     }
 
-    fn command(&self, config: &PathBuf, args: &[&str]) -> Command {
+    /// `sync <args>` with the test's environment, not yet started.
+    pub fn command(&self, config: &PathBuf, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sync"));
         cmd.arg("--config-file")
             .arg(config)
@@ -774,6 +775,11 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// An agent started by the test itself (its log wherever the test sent it).
+    pub fn from_child(child: Child, log_path: PathBuf) -> Agent {
+        Agent { child, log_path }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
@@ -891,6 +897,10 @@ impl OwnEtcd {
             assert!(Instant::now() < deadline, "the test's etcd did not start");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Kills etcd (SIGKILL) and keeps it down for `down`.
