@@ -5,12 +5,20 @@ use etcd_sync_api::{CheckItem, CheckStatus, Driver};
 use crate::engine::Settings;
 use crate::etcd::{is_too_many_ops, Store};
 
+/// An etcd error in one line, with the config fields to check when etcd cannot be reached.
+fn with_hint(e: &crate::etcd::EtcdError) -> String {
+    match e.config_hint() {
+        Some(hint) => format!("{}; {hint}", crate::error_chain(e)),
+        None => crate::error_chain(e),
+    }
+}
+
 /// Checks etcd: reachable, its version, the txn size the config asks for, the stored state.
 pub async fn check_etcd(settings: &Settings) -> Vec<CheckItem> {
     let endpoints = settings.etcd.endpoints.join(",");
     let mut store = match Store::connect(&settings.etcd, &settings.state_prefix).await {
         Ok(store) => store,
-        Err(e) => return vec![CheckItem::fail("etcd", crate::error_chain(&e))],
+        Err(e) => return vec![CheckItem::fail("etcd", with_hint(&e))],
     };
     let mut items = Vec::new();
     match store.server_version().await {
@@ -21,7 +29,7 @@ pub async fn check_etcd(settings: &Settings) -> Vec<CheckItem> {
         Err(e) => {
             items.push(CheckItem::fail(
                 "etcd",
-                format!("{endpoints}: {}", crate::error_chain(&e)),
+                format!("{endpoints}: {}", with_hint(&e)),
             ));
             return items;
         }

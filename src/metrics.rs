@@ -1,6 +1,7 @@
 //! Prometheus metrics, and the health state `/readyz` reports.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -48,6 +49,8 @@ pub struct Metrics {
     pub errors: Family<KindLabels, Counter>,
     pub position: Gauge,
     in_sync: AtomicBool,
+    /// The failure being retried, until something succeeds again.
+    failing: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -73,6 +76,7 @@ impl Default for Metrics {
             errors: Family::default(),
             position: Gauge::default(),
             in_sync: AtomicBool::new(false),
+            failing: Mutex::new(None),
             registry: Registry::default(),
         };
         registry.register(
@@ -152,9 +156,11 @@ impl Metrics {
             .set(i64::from(sync));
     }
 
+    /// A txn written: etcd is reachable again.
     pub fn etcd_txn(&self, took: Duration) {
         self.etcd_txns.inc();
         self.etcd_txn_seconds.observe(took.as_secs_f64());
+        self.set_failing(None);
     }
 
     pub fn set_lag(&self, lag: Duration) {
@@ -162,7 +168,17 @@ impl Metrics {
     }
 
     /// Ready: in the sync phase, and the last transaction applied was recent enough.
+    /// Records the failure being retried (`None`: things work again); `/readyz` reports it.
+    pub fn set_failing(&self, failure: Option<String>) {
+        if let Ok(mut failing) = self.failing.lock() {
+            *failing = failure;
+        }
+    }
+
     pub fn readiness(&self, max_lag_seconds: f64) -> Result<(), String> {
+        if let Some(failure) = self.failing.lock().ok().and_then(|f| f.clone()) {
+            return Err(format!("retrying: {failure}"));
+        }
         if !self.in_sync.load(Ordering::Relaxed) {
             return Err("not in the sync phase yet".into());
         }

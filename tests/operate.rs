@@ -217,3 +217,67 @@ async fn the_config_flag_is_global() {
     );
     world.cleanup().await;
 }
+
+/// Waits until `/readyz` answers 503 with a body containing `want`.
+fn readyz_says(port: u16, want: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some((503, body)) = http_get(port, "/readyz") {
+            if body.contains(want) {
+                return body;
+            }
+        }
+        assert!(Instant::now() < deadline, "/readyz never said {want:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A server that is not where the config says: the agent retries, but its first failure says
+/// which config fields to check, in one line, and so do `/readyz` and `check`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_servers_are_explained_with_the_fields_to_check() {
+    let mut world = World::new("unreachable").await;
+    world.sql("CREATE TABLE t (id int PRIMARY KEY)").await;
+    let port = free_port();
+    world.extra_config = format!("metrics:\n  listen: 127.0.0.1:{port}\n");
+
+    // The database's port is wrong.
+    let dead = free_port().to_string();
+    let config = world.write_config(&world.config_text(Some(&dead)));
+    let agent = world.start_agent_with(&config);
+    let body = readyz_says(port, "check database.host and database.port");
+    assert!(body.contains(&format!("127.0.0.1:{dead}")), "{body}");
+    std::thread::sleep(Duration::from_secs(2));
+    let log = agent.log();
+    assert_eq!(
+        log.matches("check database.host and database.port").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.matches("Connection refused").count() >= 3, "{log}");
+    assert!(agent.terminate(Duration::from_secs(10)).success());
+    let output = world.run_command(&config, &["check"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success());
+    assert!(
+        stdout.contains("check database.host and database.port"),
+        "{stdout}"
+    );
+
+    // etcd's endpoint is dead: one line, no transport debug dump.
+    std::fs::remove_file(world.dir.join("agent.log")).unwrap();
+    let etcd_port = free_port();
+    world.etcd_endpoint = format!("http://127.0.0.1:{etcd_port}");
+    let config = world.config();
+    let agent = world.start_agent_with(&config);
+    readyz_says(port, "check etcd.endpoints");
+    let log = agent.log();
+    assert!(log.contains("check etcd.endpoints"), "{log}");
+    assert!(log.contains("Connection refused"), "{log}");
+    assert!(!log.contains("tonic::transport"), "{log}");
+    assert!(agent.terminate(Duration::from_secs(10)).success());
+    let output = world.run_command(&config, &["check"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("check etcd.endpoints"), "{stdout}");
+    world.cleanup().await;
+}

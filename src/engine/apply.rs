@@ -107,6 +107,8 @@ async fn watch_position<D: Driver>(
                 let position = acks.borrow().clone();
                 if let Ok(Some(bytes)) = driver.lag_bytes(&position).await {
                     settings.metrics.lag_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+                    // The stream runs and the database answers: whatever failed works again.
+                    settings.metrics.set_failing(None);
                 }
             }
         }

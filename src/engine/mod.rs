@@ -2,7 +2,7 @@
 //! transient failures from the last committed position.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use etcd_sync_api::{Driver, DriverError, Position, TableId, TableSchema};
 use tokio_util::sync::CancellationToken;
@@ -78,6 +78,15 @@ enum Action {
 
 impl EngineError {
     /// A short label for metrics.
+    /// The config fields to check when the failure is that a server cannot be reached.
+    pub fn config_hint(&self) -> Option<&'static str> {
+        match self {
+            EngineError::Driver(e) => e.config_hint(),
+            EngineError::Etcd(e) => e.config_hint(),
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             EngineError::Driver(DriverError::Transient { .. }) => "source",
@@ -122,6 +131,9 @@ impl EngineError {
     }
 }
 
+/// How often a failure that keeps coming back is explained again with the fields to check.
+const EXPLAIN_EVERY: Duration = Duration::from_secs(300);
+
 /// Capped exponential backoff between retries.
 struct Backoff {
     next: Duration,
@@ -152,6 +164,7 @@ pub async fn run<D: Driver>(
 ) -> Result<(), EngineError> {
     let driver = Arc::new(driver);
     let mut backoff = Backoff::new();
+    let mut last_explained = None;
     loop {
         let mut progressed = false;
         let result = session(&driver, &settings, &cancel, &mut progressed).await;
@@ -182,7 +195,23 @@ pub async fn run<D: Driver>(
             backoff.reset();
         }
         let wait = backoff.step();
-        warn!(retry_in = ?wait, "{}", crate::error_chain(&err));
+        let line = crate::error_chain(&err);
+        let hint = err.config_hint();
+        // The fields to check go with the first failure and every few minutes after; /readyz
+        // says it all the while.
+        let explain = hint.is_some()
+            && last_explained.is_none_or(|at: Instant| at.elapsed() >= EXPLAIN_EVERY);
+        match hint {
+            Some(hint) if explain => {
+                warn!(retry_in = ?wait, "{line}; {hint} (retrying until it works)");
+                last_explained = Some(Instant::now());
+            }
+            _ => warn!(retry_in = ?wait, "{line}"),
+        }
+        settings.metrics.set_failing(Some(match hint {
+            Some(hint) => format!("{line}; {hint}"),
+            None => line,
+        }));
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             _ = tokio::time::sleep(wait) => {}

@@ -26,11 +26,11 @@ const MAX_DECODE_BYTES: usize = 256 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
-    #[error("etcd: {context}: {source}")]
+    /// The client's own error, described in one line (tonic's status text holds a debug dump).
+    #[error("etcd: {context}: {}", describe(.cause))]
     Client {
         context: String,
-        #[source]
-        source: etcd_client::Error,
+        cause: etcd_client::Error,
     },
     #[error(
         "the state at {key} was changed by someone else (mod revision {found}, expected {expected}): \
@@ -62,6 +62,35 @@ pub enum EtcdError {
     Refused { context: String, reason: String },
     #[error("lost the leadership: the lease on {key} expired (etcd unreachable for longer than ha.lease_ttl?)")]
     LostLeadership { key: String },
+}
+
+/// What to check when etcd cannot be reached.
+pub const ETCD_UNREACHABLE: &str = "is etcd running and reachable from here? check etcd.endpoints \
+     (and etcd.tls for https endpoints)";
+
+/// A client error in one line: a gRPC status's message and the root cause under it
+/// (`tcp connect error: Connection refused (os error 111)`), not tonic's debug form.
+fn describe(error: &etcd_client::Error) -> String {
+    let etcd_client::Error::GRpcStatus(status) = error else {
+        return etcd_sync_api::error_chain(error);
+    };
+    let mut text = status.message().to_owned();
+    let mut source = std::error::Error::source(status);
+    let mut root = None;
+    while let Some(cause) = source {
+        root = Some(cause.to_string());
+        source = cause.source();
+    }
+    if let Some(root) = root.filter(|r| !text.contains(r.as_str())) {
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&root);
+    }
+    if text.is_empty() {
+        text = format!("{:?}", status.code());
+    }
+    text
 }
 
 impl EtcdError {
@@ -102,14 +131,34 @@ impl EtcdError {
                  etcd.tls.key_file (etcd's --client-cert-auth needs a client certificate)"
             ));
         }
-        Self::Client { context, source }
+        Self::Client {
+            context,
+            cause: source,
+        }
+    }
+
+    /// For a failure that retrying may never cure (etcd is not where the config says), the
+    /// config fields to check.
+    pub fn config_hint(&self) -> Option<&'static str> {
+        let EtcdError::Client { cause, .. } = self else {
+            return None;
+        };
+        let unreachable = match cause {
+            etcd_client::Error::GRpcStatus(status) => {
+                status.code() == tonic::Code::Unavailable
+                    || status.code() == tonic::Code::DeadlineExceeded
+            }
+            etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+            _ => false,
+        };
+        unreachable.then_some(ETCD_UNREACHABLE)
     }
 
     /// Whether a retry may cure it: unavailable, timeouts, leader changes, a full backend.
     pub fn is_transient(&self) -> bool {
         use tonic::Code;
         match self {
-            EtcdError::Client { source, .. } => match source {
+            EtcdError::Client { cause, .. } => match cause {
                 etcd_client::Error::GRpcStatus(status) => {
                     matches!(
                         status.code(),

@@ -1,3 +1,7 @@
+/// What to check when the database cannot be reached.
+pub const DATABASE_UNREACHABLE: &str =
+    "is the database running and reachable from here? check database.host and database.port";
+
 /// Any error a driver wraps.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -42,6 +46,20 @@ impl DriverError {
 
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Transient { .. })
+    }
+
+    /// For a failure that retrying may never cure (the server is not where the config says),
+    /// the config fields to check.
+    pub fn config_hint(&self) -> Option<&'static str> {
+        match self {
+            Self::Transient { context, .. }
+                if context.starts_with("connecting to")
+                    || context.starts_with("opening a replication connection") =>
+            {
+                Some(DATABASE_UNREACHABLE)
+            }
+            _ => None,
+        }
     }
 }
 
