@@ -163,6 +163,11 @@ impl Metrics {
         self.set_failing(None);
     }
 
+    /// The last transaction's replication lag, in seconds.
+    pub fn lag_seconds(&self) -> f64 {
+        self.lag_seconds.get()
+    }
+
     pub fn set_lag(&self, lag: Duration) {
         self.lag_seconds.set(lag.as_secs_f64());
     }

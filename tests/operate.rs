@@ -281,3 +281,49 @@ async fn unreachable_servers_are_explained_with_the_fields_to_check() {
     assert!(stdout.contains("check etcd.endpoints"), "{stdout}");
     world.cleanup().await;
 }
+
+/// The sync phase says what it does: the first change after a quiet spell at once, a line
+/// every 5 s while changes flow (with the position reached), one when they stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sync_phase_logs_progress_at_a_steady_cadence() {
+    let world = World::new("cadence").await;
+    world.sql("CREATE TABLE t (id int PRIMARY KEY)").await;
+    let mut agent = world.start_agent();
+    world.wait_for_sync_phase(&mut agent, SYNC_TIMEOUT).await;
+    world.sql("INSERT INTO t VALUES (0)").await;
+    world.wait_for_value("t/0", Some(r#"{"id":0}"#)).await;
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        agent
+            .log()
+            .contains("sync: changes arrive again; the first is applied"),
+        "{}",
+        agent.log()
+    );
+    // Changes for 12 s: at least two progress lines, each with a position.
+    let start = Instant::now();
+    let mut id = 1;
+    while start.elapsed() < Duration::from_secs(12) {
+        world.sql(&format!("INSERT INTO t VALUES ({id})")).await;
+        id += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Within two intervals of the last change, the line that says they stopped.
+    let deadline = Instant::now() + Duration::from_secs(12);
+    while !agent.log().contains("sync idle: caught up with the source") {
+        assert!(Instant::now() < deadline, "{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = agent.log();
+    let progress: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("sync progress"))
+        .collect();
+    assert!(progress.len() >= 2, "{log}");
+    assert!(
+        progress.iter().all(|l| l.contains("position={\"lsn\"")),
+        "{log}"
+    );
+    drop(agent);
+    world.cleanup().await;
+}

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use etcd_sync_api::{Change, Driver, DriverError, Position, StreamEvent, TableSchema};
 use tokio::sync::{mpsc, watch};
@@ -22,7 +22,7 @@ use crate::metrics::ChangeLabels;
 /// etcd txn is in flight, a full group of single-row transactions (Changes + Commit each)
 /// queues up; bounded in bytes by the drivers' `CHANGES_EVENT_BYTES` per event.
 const STREAM_CHANNEL_EVENTS: usize = 256;
-const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 const LAG_BYTES_EVERY: Duration = Duration::from_secs(10);
 
 pub async fn sync<D: Driver>(
@@ -188,12 +188,14 @@ struct Applier<'a> {
     stats: Stats,
 }
 
+/// What happened since the last progress line.
 #[derive(Default)]
 struct Stats {
     transactions: u64,
     changes: u64,
     txns: u64,
-    last_log: Option<Instant>,
+    /// No change in the previous interval: the next transaction written is logged.
+    idle: bool,
 }
 
 impl<'a> Applier<'a> {
@@ -213,40 +215,60 @@ impl<'a> Applier<'a> {
             committed_at: None,
             current: Batch::default(),
             max_ops: settings.max_txn_ops - 1,
-            stats: Stats::default(),
+            stats: Stats {
+                idle: true,
+                ..Stats::default()
+            },
         }
     }
 
     /// Applies events until the stream ends; complete transactions are written before
     /// returning, an incomplete one is dropped (the stream replays it on the next start).
     async fn run(mut self, mut rx: mpsc::Receiver<StreamEvent>) -> Result<(), EngineError> {
-        while let Some(event) = rx.recv().await {
-            match event {
-                StreamEvent::Changes(changes) => {
-                    for change in changes {
-                        self.stats.changes += 1;
-                        self.count(&change);
-                        self.apply(change).await?;
-                    }
+        let mut progress = tokio::time::interval(PROGRESS_EVERY);
+        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        progress.tick().await;
+        loop {
+            tokio::select! {
+                event = rx.recv() => {
+                    let Some(event) = event else { break };
+                    self.handle(event, &rx).await?;
                 }
-                StreamEvent::Commit {
-                    position,
-                    committed_at,
-                } => {
-                    self.stats.transactions += 1;
-                    self.settings.metrics.source_transactions.inc();
-                    self.end_transaction(position).await?;
-                    self.committed_at = committed_at;
-                    // Group commit: write when the stream has nothing more ready; what arrives
-                    // during the write joins the next txn.
-                    if rx.is_empty() {
-                        self.write_committed().await?;
-                    }
-                }
+                _ = progress.tick() => self.log_progress(),
             }
-            self.log_progress();
         }
         self.write_committed().await
+    }
+
+    async fn handle(
+        &mut self,
+        event: StreamEvent,
+        rx: &mpsc::Receiver<StreamEvent>,
+    ) -> Result<(), EngineError> {
+        match event {
+            StreamEvent::Changes(changes) => {
+                for change in changes {
+                    self.stats.changes += 1;
+                    self.count(&change);
+                    self.apply(change).await?;
+                }
+            }
+            StreamEvent::Commit {
+                position,
+                committed_at,
+            } => {
+                self.stats.transactions += 1;
+                self.settings.metrics.source_transactions.inc();
+                self.end_transaction(position).await?;
+                self.committed_at = committed_at;
+                // Group commit: write when the stream has nothing more ready; what arrives
+                // during the write joins the next txn.
+                if rx.is_empty() {
+                    self.write_committed().await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn count(&self, change: &Change) {
@@ -412,6 +434,9 @@ impl<'a> Applier<'a> {
         let state = self.store.state(Phase::Sync, Some(position.clone()));
         self.store.commit(ops, Some(&state)).await?;
         self.stats.txns += 1;
+        if std::mem::take(&mut self.stats.idle) {
+            info!(position = %position.0, "sync: changes arrive again; the first is applied");
+        }
         *self.progressed = true;
         if let Some(at) = self.committed_at.take() {
             self.settings
@@ -423,28 +448,26 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
+    /// One line per [`PROGRESS_EVERY`] while changes flow, with the position they reached; one
+    /// when they stop. The first transaction after a quiet spell is logged as it is written.
     fn log_progress(&mut self) {
-        let now = Instant::now();
-        let due = match self.stats.last_log {
-            None => {
-                self.stats.last_log = Some(now);
-                false
+        let stats = std::mem::take(&mut self.stats);
+        if stats.transactions == 0 && stats.changes == 0 {
+            if !stats.idle {
+                info!(position = %self.ack.borrow().0, "sync idle: caught up with the source");
             }
-            Some(at) => now - at >= PROGRESS_EVERY,
-        };
-        if due {
-            self.stats.last_log = Some(now);
-            info!(
-                position = %self.ack.borrow().0,
-                transactions = self.stats.transactions,
-                changes = self.stats.changes,
-                etcd_txns = self.stats.txns,
-                "sync progress (since the previous line)"
-            );
-            self.stats.transactions = 0;
-            self.stats.changes = 0;
-            self.stats.txns = 0;
+            self.stats.idle = true;
+            return;
         }
+        info!(
+            position = %self.ack.borrow().0,
+            transactions = stats.transactions,
+            changes = stats.changes,
+            etcd_txns = stats.txns,
+            lag_seconds = format_args!("{:.3}", self.settings.metrics.lag_seconds()),
+            "sync progress (in the last {}s)",
+            PROGRESS_EVERY.as_secs()
+        );
     }
 }
 

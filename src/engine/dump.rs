@@ -170,6 +170,11 @@ async fn delete_stale(
     let mut writer = BatchWriter::new(store.writer(), settings);
     let mut deleted = 0u64;
     let mut cost = ScanStats::default();
+    let mut last_log = Instant::now();
+    info!(
+        tables = tables.len(),
+        "dump phase 2/3: stale-key pass started (keys the dump did not write are deleted)"
+    );
     for table in tables {
         let prefix = table_prefix(&settings.prefix, &table.id);
         let mut scan = store.scan(&prefix, false);
@@ -177,6 +182,15 @@ async fn delete_stale(
             let page = scan.next().await?;
             if page.is_empty() {
                 break;
+            }
+            if last_log.elapsed() >= PROGRESS_EVERY {
+                last_log = Instant::now();
+                info!(
+                    table = %table.id,
+                    keys_listed = cost.keys_read + scan.stats().keys_read,
+                    stale_keys_deleted = deleted,
+                    "dump phase 2/3: stale-key pass in progress"
+                );
             }
             for (listed, _) in page {
                 if listed.mod_revision <= start_revision {
