@@ -3,15 +3,23 @@ SHELL := /bin/bash
 ENV_FILE := /tmp/etcd-sync-testenv/env
 CARGO ?= cargo
 
-.PHONY: all deps build testenv testenv-down demo demo-mysql run run-mysql test bench lint fmt clean
+.PHONY: all toolchain deps build testenv testenv-down demo demo-mysql run run-mysql test bench lint fmt clean
+
+# Said once before every build: the first one compiles ~300 crates.
+BUILD_NOTE := @echo "building the agent (the first build takes about 7 minutes on 2 cores; later ones seconds)"
 
 all: build
 
+## A Rust toolchain new enough to build the agent; checked before anything else happens.
+toolchain:
+	@CARGO=$(CARGO) tools/check-toolchain.sh
+
 ## Build dependencies from Debian's packages (protoc: etcd-client compiles etcd's protos).
-deps:
+deps: toolchain
 	tools/testenv.sh deps
 
 build: deps
+	$(BUILD_NOTE)
 	$(CARGO) build --release
 
 ## Install (Debian packages) and start PostgreSQL and etcd on private ports.
@@ -21,30 +29,36 @@ testenv:
 testenv-down:
 	tools/testenv.sh down
 
-## Load the demo schema into the local `app` database.
-demo: testenv
+## Start PostgreSQL and etcd (only what the demo uses) and load the demo schema into `app`.
+demo: toolchain
+	tools/testenv.sh demo postgres
 	PGPASSWORD=sync psql -q -h 127.0.0.1 -p 55432 -U sync -d app -f testenv/demo.sql
 
 ## Sync the demo database into etcd until Ctrl-C. Watch it with:
 ##   ETCDCTL_API=3 etcdctl --endpoints http://127.0.0.1:52379 get --prefix /sync
-run: demo
+run: toolchain demo
+	$(BUILD_NOTE)
 	$(CARGO) build --release
 	SYNC_DB_PASSWORD=sync ./target/release/sync --config-file config.example.yaml
 
 ## The same against MariaDB: a demo table in its `app` database, synced under /sync-mysql.
-demo-mysql: testenv
+demo-mysql: toolchain
+	tools/testenv.sh demo mysql
 	mariadb -h 127.0.0.1 -P 53306 -u sync -psync app < testenv/mysql-demo.sql
 
-run-mysql: demo-mysql
+run-mysql: toolchain demo-mysql
+	$(BUILD_NOTE)
 	$(CARGO) build --release
 	SYNC_DB_PASSWORD=sync ./target/release/sync --config-file config.mysql.example.yaml
 
 ## Every test: unit tests and the end-to-end tests against the servers of `make testenv`.
-test: testenv
+test: toolchain testenv
+	$(BUILD_NOTE)
 	$(CARGO) test --workspace --all-targets
 
 ## Benchmarks against etcd's own ingest ceilings, etcd 3.4 and 3.5 (not part of `make test`; ~20 minutes).
-bench: testenv
+bench: toolchain testenv
+	$(BUILD_NOTE)
 	$(CARGO) build --release -p etcd-sync -p etcd-sync-bench
 	./target/release/etcd-sync-bench
 

@@ -397,6 +397,21 @@ up() {
   write_env
 }
 
+# What a demo uses, and nothing else: `make run` needs PostgreSQL and etcd, `make run-mysql`
+# MariaDB and etcd. The other servers belong to the tests (`up`).
+demo() {
+  install_packages
+  mkdir -p "$DIR"
+  chmod 755 "$DIR"
+  make_certificates
+  case "$1" in
+    postgres) start_postgres pg "$PG_PORT" logical ;;
+    mysql) start_mariadb mariadb "$MARIADB_PORT" ROW 1 ;;
+    *) echo "demo: postgres or mysql" >&2; exit 2 ;;
+  esac
+  start_etcd etcd "$(command -v etcd)" "$ETCD_PORT"
+}
+
 down() {
   for name in pg pg-replica pg-faults; do
     [ -f "$DIR/$name/postmaster.pid" ] && pg "$PG_BIN/pg_ctl" -D "$DIR/$name" -m fast -w stop >/dev/null && log "stopped $name"
@@ -435,7 +450,8 @@ case "${1:-up}" in
   deps) install_packages ;;
   restart) restart "${2:-}" ;;
   up) up ;;
+  demo) demo "${2:-}" ;;
   down) down ;;
   env) echo "$ENV_FILE" ;;
-  *) echo "usage: $0 [deps|up|down|env|restart NAME]" >&2; exit 2 ;;
+  *) echo "usage: $0 [deps|up|demo postgres|demo mysql|down|env|restart NAME]" >&2; exit 2 ;;
 esac
