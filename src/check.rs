@@ -56,7 +56,7 @@ pub async fn check_etcd(settings: &Settings) -> Vec<CheckItem> {
         Ok(Some(state)) => CheckItem::ok(
             "state",
             format!(
-                "phase {:?} at {}, written {} by {}",
+                "phase {} at {}, written {} by {}",
                 state.phase,
                 state
                     .position

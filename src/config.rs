@@ -31,7 +31,7 @@ pub mod defaults {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         path: String,
         source: std::io::Error,
@@ -142,14 +142,16 @@ pub struct DatabaseConfig {
     #[serde(default = "default_host", deserialize_with = "env_string")]
     pub host: String,
     pub port: Option<u16>,
-    #[serde(deserialize_with = "env_string")]
+    /// Required; missing, it is reported with every other problem (not as a parse error).
+    #[serde(default, deserialize_with = "env_string")]
     pub user: String,
     #[serde(default, deserialize_with = "env_secret")]
     pub password: Option<Secret>,
     /// A file holding the password (trailing newline ignored), instead of `password`.
     #[serde(default, deserialize_with = "env_opt_string")]
     pub password_file: Option<String>,
-    #[serde(deserialize_with = "env_string")]
+    /// Required, as `user`.
+    #[serde(default, deserialize_with = "env_string")]
     pub name: String,
     #[serde(default)]
     pub tls: DatabaseTls,
@@ -653,10 +655,10 @@ impl Config {
             p.push("database.port: must be between 1 and 65535".into());
         }
         if db.user.is_empty() {
-            p.push("database.user: must not be empty".into());
+            p.push("database.user: required (the user the agent connects as)".into());
         }
         if db.name.is_empty() {
-            p.push("database.name: must not be empty".into());
+            p.push("database.name: required (the database to sync)".into());
         }
         let pg = &db.postgres;
         if !is_identifier(&pg.slot) {
@@ -868,6 +870,15 @@ mod tests {
     }
 
     #[test]
+    fn missing_required_fields_are_all_named() {
+        let err = parse("database:\n  driver: postgres\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("database.user: required"), "{err}");
+        assert!(err.contains("database.name: required"), "{err}");
+    }
+
+    #[test]
     fn every_problem_is_reported_at_once() {
         let text = format!(
             "{MINIMAL}etcd:\n  endpoints: [\"127.0.0.1:2379\"]\n  prefix: /a\n  state_prefix: /a/state\n  max_txn_ops: 1\n"
@@ -932,7 +943,7 @@ mod tests {
             ),
             (
                 "database:\n  driver: postgres\n  name: n\n".to_string(),
-                "database: missing field `user`",
+                "database.user: required",
             ),
         ] {
             let err = parse(&text).unwrap_err().to_string();

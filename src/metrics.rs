@@ -130,6 +130,10 @@ impl Default for Metrics {
             m.retries.clone(),
         );
         registry.register("errors", "Errors, by kind", m.errors.clone());
+        for kind in crate::engine::EngineError::KINDS {
+            let _ = m.retries.get_or_create(&KindLabels { kind });
+            let _ = m.errors.get_or_create(&KindLabels { kind });
+        }
         registry.register(
             "log_write_errors",
             "Log lines that could not be written (the log's reader went away)",
@@ -173,6 +177,23 @@ impl Metrics {
     }
 
     /// Ready: in the sync phase, and the last transaction applied was recent enough.
+    /// Gives every per-table series a value (zero) so that the families show from the start.
+    pub fn declare_tables(&self, tables: impl Iterator<Item = String>) {
+        for table in tables {
+            let labels = TableLabels {
+                table: table.clone(),
+            };
+            let _ = self.rows_dumped.get_or_create(&labels);
+            let _ = self.rows_estimated.get_or_create(&labels);
+            for op in ["insert", "update", "delete", "truncate"] {
+                let _ = self.changes_applied.get_or_create(&ChangeLabels {
+                    table: table.clone(),
+                    op,
+                });
+            }
+        }
+    }
+
     /// Records the failure being retried (`None`: things work again); `/readyz` reports it.
     pub fn set_failing(&self, failure: Option<String>) {
         if let Ok(mut failing) = self.failing.lock() {
@@ -255,6 +276,24 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_family_shows_from_the_start() {
+        let m = Metrics::default();
+        m.declare_tables(["t".to_string()].into_iter());
+        let text = m.encode();
+        for line in [
+            "# TYPE etcd_sync_rows_dumped counter",
+            "etcd_sync_rows_dumped_total{table=\"t\"} 0",
+            "etcd_sync_rows_estimated{table=\"t\"} 0",
+            "etcd_sync_changes_applied_total{table=\"t\",op=\"truncate\"} 0",
+            "etcd_sync_retries_total{kind=\"etcd\"} 0",
+            "etcd_sync_errors_total{kind=\"misconfigured\"} 0",
+            "etcd_sync_log_write_errors_total",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+    }
 
     #[test]
     fn exposes_and_reports_readiness() {

@@ -78,9 +78,15 @@ impl std::fmt::Display for Status {
             f,
             "state:    {} ({})",
             self.state_key,
-            match phase {
-                Phase::Dump => "dump: a snapshot is being written, etcd is partial",
-                Phase::Sync => "sync: etcd holds a consistent snapshot and follows the source",
+            match (phase, self.leader.is_some()) {
+                (Phase::Dump, true) => "dump: a snapshot is being written, etcd is partial",
+                (Phase::Dump, false) =>
+                    "dump: a snapshot was interrupted, etcd is partial; the next start dumps again",
+                (Phase::Sync, true) =>
+                    "sync: etcd holds a consistent snapshot and follows the source",
+                (Phase::Sync, false) =>
+                    "sync: etcd holds a consistent snapshot, as of the position below; no agent \
+                     runs, so it does not follow the source",
             }
         )?;
         if let Some(position) = &self.position {
@@ -98,8 +104,12 @@ impl std::fmt::Display for Status {
         }
         writeln!(
             f,
-            "leader:   {}",
-            self.leader.as_deref().unwrap_or("- (ha not enabled)")
+            "agent:    {}",
+            match &self.leader {
+                Some(holder) =>
+                    format!("{holder} runs (it holds the lock, or the leadership with ha)"),
+                None => "none runs (nobody holds the lock or the leadership)".into(),
+            }
         )?;
         for (table, keys) in &self.keys {
             writeln!(f, "table {table}: {keys} keys")?;

@@ -49,7 +49,7 @@ async fn postgres_bad_inputs() {
         Case {
             name: "missing field",
             config: with("  user: sync\n", ""),
-            expect: &["missing field `user`"],
+            expect: &["database.user: required"],
         },
         Case {
             name: "unknown driver",
@@ -70,6 +70,11 @@ async fn postgres_bad_inputs() {
             name: "environment variable not set",
             config: with("${TEST_DB_PASSWORD}", "${ETCD_SYNC_NOT_SET_ANYWHERE}"),
             expect: &["database.password", "ETCD_SYNC_NOT_SET_ANYWHERE is not set"],
+        },
+        Case {
+            name: "two required fields missing: both named",
+            config: with("  user: sync\n", "").replace(&format!("  name: {}\n", world.name), ""),
+            expect: &["has 2 problems"],
         },
         Case {
             name: "invalid slot name",

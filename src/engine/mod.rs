@@ -87,6 +87,23 @@ impl EngineError {
         }
     }
 
+    /// Every value [`EngineError::kind`] returns, for metrics present from the start.
+    pub const KINDS: &'static [&'static str] = &[
+        "source",
+        "position_lost",
+        "resnapshot",
+        "misconfigured",
+        "protocol",
+        "stopped",
+        "fenced",
+        "locked",
+        "lost_leadership",
+        "etcd_nospace",
+        "etcd",
+        "encode",
+        "row_too_large",
+    ];
+
     pub fn kind(&self) -> &'static str {
         match self {
             EngineError::Driver(DriverError::Transient { .. }) => "source",
@@ -246,6 +263,9 @@ async fn session<D: Driver>(
         return Err(EngineError::NothingSelected);
     }
     let tables: Vec<Arc<TableSchema>> = selection.tables;
+    settings
+        .metrics
+        .declare_tables(tables.iter().map(|t| t.id.to_string()));
     if settings.ha {
         info!("standby: campaigning for the leadership");
         tokio::select! {

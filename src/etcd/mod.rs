@@ -195,6 +195,16 @@ pub enum Phase {
     Sync,
 }
 
+impl std::fmt::Display for Phase {
+    /// As the state stores it: `dump`, `sync`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Dump => "dump",
+            Phase::Sync => "sync",
+        })
+    }
+}
+
 /// What the agent keeps under the state prefix (`<state_prefix>/state`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct State {

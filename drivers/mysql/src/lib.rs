@@ -737,7 +737,7 @@ impl etcd_sync_api::Driver for MysqlDriver {
             .run_mysqldump(&mut conn, &tables, true, &out, &cancel)
             .await?
             .ok_or_else(|| DriverError::Protocol("mysqldump gave no position".into()))?;
-        info!(file = %position.file, pos = position.pos, gtid = ?position.gtid, "snapshot taken at this binary-log position");
+        info!(file = %position.file, pos = position.pos, gtid = position.gtid.as_deref().unwrap_or("-"), "snapshot taken at this binary-log position");
         Ok(position.to_position())
     }
 
