@@ -51,7 +51,8 @@ enum Command {
     Run,
     /// Check connectivity and every prerequisite; exit 1 when something is wrong.
     Check,
-    /// Compare the database with etcd; exit 1 on any difference.
+    /// Compare the database with etcd. Exit status: 0 equal; 1 a difference (listed); 3 no
+    /// difference found, but some rows changed during every re-check and could not be compared.
     Verify,
     /// Show the stored state, how far behind the source it is, and keys per table.
     Status {

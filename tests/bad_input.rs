@@ -121,6 +121,11 @@ async fn postgres_bad_inputs() {
             expect: &["tables.include names ghost, which does not exist"],
         },
         Case {
+            name: "included table misspelt",
+            config: with("etcd:\n", "tables:\n  include: [nokye]\netcd:\n"),
+            expect: &["tables.include names nokye", "did you mean nokey?"],
+        },
+        Case {
             name: "included table without primary key",
             config: with("etcd:\n", "tables:\n  include: [nokey]\netcd:\n"),
             expect: &[

@@ -326,7 +326,11 @@ struct TableProgress {
 
 impl Progress {
     fn started(&mut self, table: &TableId, estimate: Option<u64>) {
-        info!(%table, estimated_rows = estimate.unwrap_or(0), "dumping table");
+        match estimate {
+            Some(rows) => info!(%table, estimated_rows = rows, "dumping table"),
+            // PostgreSQL before the first ANALYZE, for one.
+            None => info!(%table, "dumping table (no row estimate: never analysed)"),
+        }
         let bar = self.bars.as_ref().map(|bars| {
             let bar = bars.add(ProgressBar::new(estimate.unwrap_or(0).max(1)));
             bar.set_style(
@@ -364,10 +368,13 @@ impl Progress {
             self.last_log = Some(now);
             if let Some(t) = self.tables.get(table) {
                 let secs = t.started.elapsed().as_secs_f64().max(0.001);
+                let estimated = t
+                    .estimate
+                    .map_or_else(|| "unknown".to_string(), |e| e.to_string());
                 info!(
                     %table,
                     rows = t.rows,
-                    estimated_rows = t.estimate.unwrap_or(0),
+                    estimated_rows = %estimated,
                     rows_per_sec = (t.rows as f64 / secs) as u64,
                     "dump progress"
                 );

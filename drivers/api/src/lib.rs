@@ -361,3 +361,50 @@ pub trait Driver: Send + Sync + 'static {
         out: mpsc::Sender<DumpEvent>,
     ) -> impl Future<Output = Result<(), DriverError>> + Send;
 }
+
+/// `"; did you mean X?"` for the candidate closest to a name that matched nothing (at most a
+/// third of its letters apart, case ignored), or an empty string.
+pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    let name = name.to_lowercase();
+    let limit = (name.chars().count() + 2) / 3;
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(&name, &c.to_lowercase()), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| format!("; did you mean {c}?"))
+        .unwrap_or_default()
+}
+
+/// Levenshtein distance, in characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let substitute = previous + usize::from(ca != cb);
+            previous = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(previous + 1);
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod did_you_mean_tests {
+    use super::did_you_mean;
+
+    #[test]
+    fn suggests_the_closest_name() {
+        let names = ["users", "orders", "billing.invoices"];
+        assert_eq!(did_you_mean("usres", names), "; did you mean users?");
+        assert_eq!(
+            did_you_mean("billing.invoice", names),
+            "; did you mean billing.invoices?"
+        );
+        assert_eq!(did_you_mean("Orders", names), "; did you mean orders?");
+        assert_eq!(did_you_mean("payments", names), "");
+    }
+}

@@ -167,9 +167,14 @@ pub async fn select_tables(
     let mut problems = Vec::new();
     for (db, table) in &included {
         if !tables.iter().any(|(d, t, _)| d == db && t == table) {
+            let names: Vec<String> = tables
+                .iter()
+                .map(|(d, t, _)| table_id(default_db, d, t).to_string())
+                .collect();
+            let name = table_id(default_db, db, table).to_string();
             problems.push(format!(
-                "tables.include names {}, which does not exist (or is not a base table)",
-                table_id(default_db, db, table)
+                "tables.include names {name}, which does not exist (or is not a base table){}",
+                etcd_sync_api::did_you_mean(&name, names.iter().map(String::as_str))
             ));
         }
     }

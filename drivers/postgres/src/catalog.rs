@@ -197,8 +197,10 @@ pub async fn select_tables(
     let mut problems = Vec::new();
     for id in &included {
         if !candidates.iter().any(|c| &c.id == id) {
+            let names: Vec<String> = candidates.iter().map(|c| c.id.to_string()).collect();
             problems.push(format!(
-                "tables.include names {id}, which does not exist in the database (or is not a table)"
+                "tables.include names {id}, which does not exist in the database (or is not a table){}",
+                etcd_sync_api::did_you_mean(&id.to_string(), names.iter().map(String::as_str))
             ));
         }
     }
