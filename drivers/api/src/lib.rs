@@ -366,7 +366,7 @@ pub trait Driver: Send + Sync + 'static {
 /// third of its letters apart, case ignored), or an empty string.
 pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
     let name = name.to_lowercase();
-    let limit = (name.chars().count() + 2) / 3;
+    let limit = name.chars().count().div_ceil(3);
     candidates
         .into_iter()
         .map(|c| (edit_distance(&name, &c.to_lowercase()), c))
