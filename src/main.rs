@@ -116,10 +116,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_file)?;
     let command = cli.command.unwrap_or(Command::Run);
     match config.database.driver {
+        // Boxed: the engine's future is large, and the stack need not carry it.
         DriverKind::Postgres => {
-            run_command(etcd_sync::postgres_driver(&config), &config, command).await
+            Box::pin(run_command(
+                etcd_sync::postgres_driver(&config),
+                &config,
+                command,
+            ))
+            .await
         }
-        DriverKind::Mysql => run_command(etcd_sync::mysql_driver(&config), &config, command).await,
+        DriverKind::Mysql => {
+            Box::pin(run_command(
+                etcd_sync::mysql_driver(&config),
+                &config,
+                command,
+            ))
+            .await
+        }
     }
 }
 
@@ -140,7 +153,7 @@ async fn run_command<D: Driver>(
                 info!(%listen, "serving /metrics, /healthz and /readyz");
                 tokio::spawn(etcd_sync::metrics::serve(
                     listener,
-                    settings.metrics.clone(),
+                    std::sync::Arc::clone(&settings.metrics),
                     config.metrics.ready_lag_seconds,
                     cancel.clone(),
                 ));
@@ -229,7 +242,7 @@ async fn main() -> ExitCode {
     // One crypto provider for every TLS connection (etcd, PostgreSQL, MySQL); an Err means one
     // is installed already.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    match run(cli).await {
+    match Box::pin(run(cli)).await {
         Ok(code) => code,
         Err(e) => {
             error!("{e:#}");

@@ -235,7 +235,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     use axum::http::{header, StatusCode};
     use axum::routing::get;
-    let for_metrics = metrics.clone();
+    let for_metrics = std::sync::Arc::clone(&metrics);
     let app = axum::Router::new()
         .route(
             "/metrics",

@@ -95,20 +95,36 @@ fn items_prefix(world: &World) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_redump_deletes_stale_keys_etcd_3_4() {
-    first_dump_then_redump_over_stale_keys(World::new("dump_pg34").await, "3.4").await;
+    Box::pin(first_dump_then_redump_over_stale_keys(
+        World::new("dump_pg34").await,
+        "3.4",
+    ))
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_redump_deletes_stale_keys_etcd_3_5() {
-    first_dump_then_redump_over_stale_keys(World::new("dump_pg35").await, "3.5").await;
+    Box::pin(first_dump_then_redump_over_stale_keys(
+        World::new("dump_pg35").await,
+        "3.5",
+    ))
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_redump_deletes_stale_keys_etcd_3_4() {
-    first_dump_then_redump_over_stale_keys(World::new_mysql("dump_my34").await, "3.4").await;
+    Box::pin(first_dump_then_redump_over_stale_keys(
+        World::new_mysql("dump_my34").await,
+        "3.4",
+    ))
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_redump_deletes_stale_keys_etcd_3_5() {
-    first_dump_then_redump_over_stale_keys(World::new_mysql("dump_my35").await, "3.5").await;
+    Box::pin(first_dump_then_redump_over_stale_keys(
+        World::new_mysql("dump_my35").await,
+        "3.5",
+    ))
+    .await;
 }

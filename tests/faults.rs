@@ -306,12 +306,12 @@ async fn postgres_restarted_mid_stream_converges() {
     world
         .sql("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t SELECT i, 0 FROM generate_series(1, 100) i;")
         .await;
-    survives_a_database_restart(
+    Box::pin(survives_a_database_restart(
         world,
         "pg-faults",
         "UPDATE t SET v = {n} WHERE id % 10 = {n} % 10",
         "INSERT INTO t VALUES (1000 + {n}, {n})",
-    )
+    ))
     .await;
 }
 
@@ -321,11 +321,11 @@ async fn mariadb_restarted_mid_stream_converges() {
     world
         .sql("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t SELECT seq, 0 FROM seq_1_to_100;")
         .await;
-    survives_a_database_restart(
+    Box::pin(survives_a_database_restart(
         world,
         "mariadb-faults",
         "UPDATE t SET v = {n} WHERE id % 10 = {n} % 10",
         "INSERT INTO t VALUES (1000 + {n}, {n})",
-    )
+    ))
     .await;
 }

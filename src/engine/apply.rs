@@ -38,7 +38,7 @@ pub async fn sync<D: Driver>(
     let (ack_tx, ack_rx) = watch::channel(position.clone());
     let stream_cancel = cancel.child_token();
     let mut driver_task = tokio::spawn({
-        let driver = driver.clone();
+        let driver = Arc::clone(driver);
         let tables = tables.to_vec();
         let stream_cancel = stream_cancel.clone();
         async move {
@@ -49,7 +49,7 @@ pub async fn sync<D: Driver>(
     });
     settings.metrics.set_phase(Phase::Sync);
     let gauges = tokio::spawn(watch_position(
-        driver.clone(),
+        Arc::clone(driver),
         ack_tx.subscribe(),
         settings.clone(),
         stream_cancel.clone(),

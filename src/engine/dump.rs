@@ -41,7 +41,7 @@ pub async fn dump<D: Driver>(
         let existing = store.count(&prefix).await?;
         if existing > 0 {
             info!(table = %table.id, keys = existing, "keys from an earlier dump exist: those not rewritten will be deleted afterwards");
-            tables_with_keys.push(table.clone());
+            tables_with_keys.push(Arc::clone(table));
         }
     }
     info!(
@@ -53,7 +53,7 @@ pub async fn dump<D: Driver>(
     let started = Instant::now();
     let (tx, mut rx) = mpsc::channel(DUMP_CHANNEL_BATCHES);
     let driver_task = tokio::spawn({
-        let driver = driver.clone();
+        let driver = Arc::clone(driver);
         let tables = tables.to_vec();
         let cancel = cancel.clone();
         async move { driver.dump(&tables, tx, cancel).await }

@@ -246,7 +246,7 @@ async fn session<D: Driver>(
 ) -> Result<(), EngineError> {
     let mut store = Store::connect(&settings.etcd, &settings.state_prefix)
         .await?
-        .with_metrics(settings.metrics.clone());
+        .with_metrics(Arc::clone(&settings.metrics));
     // Everything that can refuse the config or the server comes before the lock: a refused
     // start leaves nothing in etcd.
     if let Err(e) = store.probe_max_txn_ops(settings.max_txn_ops).await {

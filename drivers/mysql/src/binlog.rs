@@ -340,16 +340,16 @@ impl<'a> Session<'a> {
             let after = after.map(|r| to_row(&table, r)).transpose()?;
             let change = match (before, after) {
                 (None, Some(row)) => Change::Insert {
-                    table: table.schema.clone(),
+                    table: Arc::clone(&table.schema),
                     row,
                 },
                 (Some(old), Some(row)) => Change::Update {
-                    table: table.schema.clone(),
+                    table: Arc::clone(&table.schema),
                     old: Some(old),
                     row,
                 },
                 (Some(old), None) => Change::Delete {
-                    table: table.schema.clone(),
+                    table: Arc::clone(&table.schema),
                     old,
                 },
                 (None, None) => continue,

@@ -578,12 +578,12 @@ impl TableProgress {
             return Ok(false);
         }
         self.end(out, batch).await?;
-        self.current = Some(table.schema.clone());
-        self.seen.push(table.schema.clone());
+        self.current = Some(Arc::clone(&table.schema));
+        self.seen.push(Arc::clone(&table.schema));
         send(
             out,
             DumpEvent::TableStarted {
-                table: table.schema.clone(),
+                table: Arc::clone(&table.schema),
                 estimated_rows: table.estimated_rows,
             },
         )
@@ -607,7 +607,7 @@ impl TableProgress {
         send(
             out,
             DumpEvent::Rows {
-                table: table.clone(),
+                table: Arc::clone(table),
                 rows,
             },
         )
@@ -647,7 +647,7 @@ impl TableProgress {
                 send(
                     out,
                     DumpEvent::TableStarted {
-                        table: t.schema.clone(),
+                        table: Arc::clone(&t.schema),
                         estimated_rows: Some(0),
                     },
                 )
@@ -655,7 +655,7 @@ impl TableProgress {
                 send(
                     out,
                     DumpEvent::TableDone {
-                        table: t.schema.clone(),
+                        table: Arc::clone(&t.schema),
                         rows: 0,
                     },
                 )

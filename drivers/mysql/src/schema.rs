@@ -205,7 +205,7 @@ pub async fn select_tables(
         };
         let cols = column_map.remove(&key).unwrap_or_default();
         let table = build_table(id, db, table, cols, primary_key, rows)?;
-        selection.tables.push(table.schema.clone());
+        selection.tables.push(Arc::clone(&table.schema));
         selected.push(table);
     }
     if !problems.is_empty() {

@@ -234,7 +234,7 @@ pub async fn select_tables(
             continue;
         }
         let table = load_table(client, types, &candidate).await?;
-        selection.tables.push(table.schema.clone());
+        selection.tables.push(Arc::clone(&table.schema));
         tables.push(table);
     }
     if !problems.is_empty() {

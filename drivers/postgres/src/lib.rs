@@ -453,7 +453,7 @@ impl PostgresDriver {
             clients.push(self.snapshot_client(snapshot).await?);
         }
         let workers = clients.into_iter().map(|client| {
-            let queue = queue.clone();
+            let queue = Arc::clone(&queue);
             let out = out.clone();
             let cancel = cancel.clone();
             async move {
@@ -497,7 +497,7 @@ async fn copy_table(
     send(
         out,
         DumpEvent::TableStarted {
-            table: schema.clone(),
+            table: Arc::clone(schema),
             estimated_rows: table.estimated_rows,
         },
     )
@@ -548,7 +548,7 @@ async fn copy_table(
                 send(
                     out,
                     DumpEvent::Rows {
-                        table: schema.clone(),
+                        table: Arc::clone(schema),
                         rows,
                     },
                 )
@@ -566,7 +566,7 @@ async fn copy_table(
         send(
             out,
             DumpEvent::Rows {
-                table: schema.clone(),
+                table: Arc::clone(schema),
                 rows: batch,
             },
         )
@@ -575,7 +575,7 @@ async fn copy_table(
     send(
         out,
         DumpEvent::TableDone {
-            table: schema.clone(),
+            table: Arc::clone(schema),
             rows: total,
         },
     )

@@ -268,7 +268,7 @@ impl Decoder {
             LogicalMessage::Insert { relation, new } => {
                 if let Some(rel) = self.selected(relation)? {
                     let change = Change::Insert {
-                        table: rel.schema.clone(),
+                        table: Arc::clone(&rel.schema),
                         row: to_row(rel, new)?,
                     };
                     self.push(change).await?;
@@ -277,7 +277,7 @@ impl Decoder {
             LogicalMessage::Update { relation, old, new } => {
                 if let Some(rel) = self.selected(relation)? {
                     let change = Change::Update {
-                        table: rel.schema.clone(),
+                        table: Arc::clone(&rel.schema),
                         old: old.map(|old| to_row(rel, old)).transpose()?,
                         row: to_row(rel, new)?,
                     };
@@ -287,7 +287,7 @@ impl Decoder {
             LogicalMessage::Delete { relation, old } => {
                 if let Some(rel) = self.selected(relation)? {
                     let change = Change::Delete {
-                        table: rel.schema.clone(),
+                        table: Arc::clone(&rel.schema),
                         old: to_row(rel, old)?,
                     };
                     self.push(change).await?;
@@ -297,7 +297,7 @@ impl Decoder {
                 let mut tables = Vec::new();
                 for oid in relations {
                     if let Some(rel) = self.selected(oid)? {
-                        tables.push(rel.schema.clone());
+                        tables.push(Arc::clone(&rel.schema));
                     }
                 }
                 if !tables.is_empty() {

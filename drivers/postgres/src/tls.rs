@@ -33,7 +33,7 @@ pub fn client_config(settings: &TlsSettings) -> Result<Option<Arc<ClientConfig>>
         // As libpq: without verify-*, TLS protects against eavesdropping, not impersonation.
         TlsMode::Prefer | TlsMode::Require => Arc::new(Lenient {
             chain: None,
-            provider: provider.clone(),
+            provider: Arc::clone(&provider),
         }),
         TlsMode::VerifyCa | TlsMode::VerifyFull => {
             let ca_file = settings
@@ -47,13 +47,13 @@ pub fn client_config(settings: &TlsSettings) -> Result<Option<Arc<ClientConfig>>
                     .map_err(|e| TlsConfigError(format!("ca_file {ca_file}: {e}")))?;
             }
             let webpki =
-                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
                     .build()
                     .map_err(|e| TlsConfigError(format!("ca_file {ca_file}: {e}")))?;
             if settings.mode == TlsMode::VerifyCa {
                 Arc::new(Lenient {
                     chain: Some(webpki),
-                    provider: provider.clone(),
+                    provider: Arc::clone(&provider),
                 })
             } else {
                 webpki
@@ -185,7 +185,7 @@ where
 
     fn make_tls_connect(&mut self, domain: &str) -> Result<RustlsConnect, TlsConfigError> {
         Ok(RustlsConnect {
-            config: self.0.clone(),
+            config: Arc::clone(&self.0),
             name: server_name(domain)?,
         })
     }

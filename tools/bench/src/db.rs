@@ -352,7 +352,7 @@ impl Db {
                     client.batch_execute("SET synchronous_commit = on").await?;
                     let client = Arc::new(client);
                     Box::new(move |id| {
-                        let client = client.clone();
+                        let client = Arc::clone(&client);
                         let payload = payload.clone();
                         Box::pin(async move {
                             client
@@ -370,7 +370,7 @@ impl Db {
                         mysql_async::Conn::new(opts.clone()).await?,
                     ));
                     Box::new(move |id| {
-                        let conn = conn.clone();
+                        let conn = Arc::clone(&conn);
                         let payload = payload.clone();
                         Box::pin(async move {
                             conn.lock()

@@ -106,7 +106,7 @@ async fn main() -> Result<()> {
         results: Vec::new(),
     };
     for version in &versions {
-        bench.run_version(version).await?;
+        Box::pin(bench.run_version(version)).await?;
     }
     report(&bench.dir, &bench.results)
 }

@@ -42,8 +42,8 @@ impl Bench {
         for source in [Source::Postgres, Source::Mariadb] {
             let db = Db::create(&self.env, source).await?;
             db.create_tables().await?;
-            let parallel = self.dumps(version, source, &db).await?;
-            self.catchup(version, source, &db).await?;
+            let parallel = Box::pin(self.dumps(version, source, &db)).await?;
+            Box::pin(self.catchup(version, source, &db)).await?;
             if version.label == "3.4" {
                 self.streams(version, source, &db, parallel).await?;
             }

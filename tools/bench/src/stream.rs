@@ -145,7 +145,7 @@ async fn watch_count(
         .watch(prefix, Some(WatchOptions::new().with_prefix()))
         .await?;
     let seen = Arc::new(Mutex::new(0u64));
-    let counter = seen.clone();
+    let counter = Arc::clone(&seen);
     let task = tokio::spawn(async move {
         let mut last = Instant::now();
         while let Some(response) = stream.next().await.transpose()? {
@@ -181,7 +181,7 @@ async fn stream_scenario(
         )
         .await?;
     let seen: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
-    let seen_writer = seen.clone();
+    let seen_writer = Arc::clone(&seen);
     let watch_prefix = stream_prefix.clone();
     let watcher = tokio::spawn(async move {
         while let Some(Ok(response)) = events.next().await {
