@@ -281,13 +281,8 @@ async fn session<D: Driver>(
     };
     let lost = CancellationToken::new();
     let leading = cancel.child_token();
-    let keeper = tokio::spawn(keep_lease(
-        store.client(),
-        leadership.clone(),
-        settings.lease_ttl,
-        lost.clone(),
-        leading.clone(),
-    ));
+    let keeper =
+        tokio::spawn(store.keep_leadership(settings.lease_ttl, lost.clone(), leading.clone()));
     let result = lead(driver, &mut store, &tables, settings, &leading, progressed).await;
     keeper.abort();
     store.release().await;
@@ -298,47 +293,6 @@ async fn session<D: Driver>(
         .into());
     }
     result
-}
-
-/// Renews the lease; when it cannot for a whole TTL, the leadership is gone: `lost` and
-/// `leading` fire. (etcd's compare on the key fences writes in the meantime anyway.)
-async fn keep_lease(
-    client: etcd_client::Client,
-    leadership: crate::etcd::Leadership,
-    ttl: Duration,
-    lost: CancellationToken,
-    leading: CancellationToken,
-) {
-    let mut last_renewed = std::time::Instant::now();
-    let mut tick = tokio::time::interval(ttl / 3);
-    'reconnect: loop {
-        if last_renewed.elapsed() > ttl {
-            break;
-        }
-        let Ok((mut keeper, mut responses)) =
-            client.lease_client().keep_alive(leadership.lease).await
-        else {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            continue;
-        };
-        loop {
-            tick.tick().await;
-            if keeper.keep_alive().await.is_err() {
-                continue 'reconnect;
-            }
-            match responses.message().await {
-                Ok(Some(response)) if response.ttl() > 0 => {
-                    last_renewed = std::time::Instant::now()
-                }
-                // Expired (ttl 0): etcd already removed the key.
-                Ok(Some(_)) => break 'reconnect,
-                _ => continue 'reconnect,
-            }
-        }
-    }
-    warn!(key = %leadership.key, "the lease was not renewed for {ttl:?}: giving up the leadership");
-    lost.cancel();
-    leading.cancel();
 }
 
 /// Reads the state, dumps if needed, then follows the stream.

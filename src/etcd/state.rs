@@ -1,0 +1,38 @@
+//! The agent's state as stored under `<state_prefix>/state`.
+
+use etcd_sync_api::Position;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// A dump is under way: etcd holds a partial snapshot.
+    Dump,
+    /// etcd holds a complete, consistent snapshot and follows the stream from `position`.
+    Sync,
+}
+
+impl std::fmt::Display for Phase {
+    /// As the state stores it: `dump`, `sync`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Dump => "dump",
+            Phase::Sync => "sync",
+        })
+    }
+}
+
+/// What the agent keeps under the state prefix (`<state_prefix>/state`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    pub phase: Phase,
+    /// Where the stream resumes; set in phase `sync`.
+    pub position: Option<Position>,
+    /// RFC 3339, UTC.
+    pub updated_at: String,
+    /// The process that wrote it (`host:pid`).
+    pub agent: String,
+    /// The tables the snapshot covers; a different selection at start-up means a new dump.
+    #[serde(default)]
+    pub tables: Vec<String>,
+}
