@@ -3,6 +3,23 @@
 //! A driver turns a source database into a consistent snapshot ([`Driver::dump`]) followed by a
 //! stream of committed transactions ([`Driver::stream`]). It knows nothing of etcd: the engine
 //! encodes the [`Value`]s it receives and decides when a [`Position`] is durable.
+//!
+//! What a consumer of a driver may rely on (the engine is one; `drivers/postgres/examples`
+//! holds another, which prints a table's snapshot and changes):
+//! - **Continuity**: the position `dump` returns is exactly where its snapshot ends; streaming
+//!   from it misses no transaction committed after the snapshot and repeats none before it.
+//! - **Order**: `stream` sends transactions in source commit order, each as zero or more
+//!   [`StreamEvent::Changes`] (its changes in source order, never interleaved with another
+//!   transaction's) followed by one [`StreamEvent::Commit`] whose position resumes after it.
+//! - **Acknowledgement**: the consumer sends, on the `acks` watch, the newest position it has
+//!   made durable. Only then may the driver let the server discard the log before it. What was
+//!   not acknowledged is sent again by the next `stream` from the last acknowledged position:
+//!   after a crash, a consumer sees some transactions twice, so applying one must be
+//!   idempotent (etcd puts and deletes of whole rows are).
+//! - **Positions** are opaque JSON the driver alone parses; store them as they are.
+//! - **Values**: a row from the dump and the same row from the stream hold equal [`Value`]s.
+//! - **Errors** come classified ([`DriverError`]): retry from the last acknowledged position,
+//!   dump again, or stop and tell the operator.
 
 use std::fmt;
 use std::future::Future;
