@@ -2,7 +2,9 @@
 //!
 //! The binary (`src/main.rs`) is a thin shell over this library: [`config`] reads the YAML,
 //! [`engine`] runs the dump and sync phases against a [`etcd_sync_api::Driver`], [`etcd`] owns
-//! every write to etcd, and [`encode`] is the key/value contract.
+//! every write to etcd, and [`encode`] is the key/value contract. This file is the wiring: the
+//! one place that names the drivers, builds them from the config, and lets each judge its own
+//! options.
 
 pub mod check;
 pub mod config;
@@ -14,12 +16,55 @@ pub mod metrics;
 pub mod status;
 pub mod verify;
 
-use config::{Config, DriverKind};
-use etcd_sync_api::TableFilter;
+use std::path::Path;
+
+use config::{Config, ConfigError, DriverKind};
+use etcd_sync_api::{Position, TableFilter, TlsMode};
 use etcd_sync_mysql::{MysqlConfig, MysqlDriver};
 use etcd_sync_postgres::{ConnectParams, PostgresConfig, PostgresDriver};
 
 pub use etcd_sync_api::error_chain;
+
+/// Reads and validates a config file, the selected driver's own checks included.
+pub fn load_config(path: &Path) -> Result<Config, ConfigError> {
+    Config::load_with(path, driver_problems)
+}
+
+/// What only the selected driver can judge in the config.
+pub fn driver_problems(config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    let db = &config.database;
+    match db.driver {
+        DriverKind::Postgres => {
+            if let Some(lsn) = config.start.as_ref().and_then(|s| s.lsn.as_deref()) {
+                if let Err(e) = etcd_sync_postgres::start_position(lsn) {
+                    problems.push(format!("start.lsn: {e}"));
+                }
+            }
+        }
+        DriverKind::Mysql => {
+            if db.tls.mode == TlsMode::VerifyCa {
+                if let Err(e) = etcd_sync_mysql::check_tls_settings(&db.tls.settings()) {
+                    problems.push(format!("database.tls.mode: {e}"));
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// The configured start position (`start:`), in the selected driver's format.
+pub fn start_position(config: &Config) -> Option<Position> {
+    let start = config.start.as_ref()?;
+    match config.database.driver {
+        DriverKind::Postgres => etcd_sync_postgres::start_position(start.lsn.as_deref()?).ok(),
+        DriverKind::Mysql => Some(etcd_sync_mysql::start_position(
+            start.file.as_deref(),
+            start.position,
+            start.gtid.as_deref(),
+        )),
+    }
+}
 
 /// The engine's settings from the config.
 pub fn engine_settings(config: &Config) -> engine::Settings {
@@ -33,7 +78,7 @@ pub fn engine_settings(config: &Config) -> engine::Settings {
         skip_oversized: config.etcd.oversized_rows == config::OversizedRows::Skip,
         metrics: std::sync::Arc::new(metrics::Metrics::default()),
         metrics_served: config.metrics.listen.is_some(),
-        start: config.start_position(),
+        start: start_position(config),
         ha: config.ha.enabled,
         lease_ttl: config.ha.lease_ttl(),
     }
@@ -82,4 +127,48 @@ pub fn postgres_driver(config: &Config) -> PostgresDriver {
         filter: table_filter(config),
         dump_connections: db.postgres.dump_connections,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "database:\n  driver: postgres\n  user: sync\n  name: app\n";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse_with(text, "test.yaml", driver_problems)
+    }
+
+    #[test]
+    fn start_positions_are_the_drivers_to_check_and_build() {
+        let pg = format!("{MINIMAL}start:\n  lsn: 0/16B3748\n");
+        assert_eq!(
+            start_position(&parse(&pg).unwrap()).unwrap().0,
+            serde_json::json!({"lsn": "0/16B3748"})
+        );
+        let err = parse(&format!("{MINIMAL}start:\n  lsn: nope\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("start.lsn: \"nope\" is not an LSN"), "{err}");
+        let my = "database:\n  driver: mysql\n  user: u\n  name: n\nstart:\n  file: binlog.000002\n  position: 4\n";
+        assert_eq!(
+            start_position(&parse(my).unwrap()).unwrap().0,
+            serde_json::json!({"file": "binlog.000002", "pos": 4})
+        );
+        let err = parse("database:\n  driver: mysql\n  user: u\n  name: n\nstart:\n  file: b.1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("start.file and start.position"), "{err}");
+    }
+
+    #[test]
+    fn the_mysql_driver_judges_its_tls_modes() {
+        let mysql =
+            "database:\n  driver: mysql\n  user: u\n  name: n\n  tls:\n    mode: verify-ca\n";
+        let err = parse(mysql).unwrap_err().to_string();
+        assert!(
+            err.contains("database.tls.mode: mode verify-ca is not available"),
+            "{err}"
+        );
+    }
 }

@@ -113,7 +113,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let Some(config_file) = &cli.config_file else {
         anyhow::bail!("no config file: pass --config-file FILE (or set SYNC_CONFIG_FILE)");
     };
-    let config = Config::load(config_file)?;
+    let config = etcd_sync::load_config(config_file)?;
     let command = cli.command.unwrap_or(Command::Run);
     match config.database.driver {
         // Boxed: the engine's future is large, and the stack need not carry it.

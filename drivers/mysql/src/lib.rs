@@ -85,6 +85,17 @@ impl BinlogPosition {
     }
 }
 
+/// The position a configured start (`start.file` + `start.position`, or MariaDB's
+/// `start.gtid`) names, in this driver's format. The engine stores it as it is.
+pub fn start_position(file: Option<&str>, pos: Option<u64>, gtid: Option<&str>) -> Position {
+    BinlogPosition {
+        file: file.unwrap_or_default().to_owned(),
+        pos: pos.unwrap_or(4),
+        gtid: gtid.map(str::to_owned),
+    }
+    .to_position()
+}
+
 pub struct MysqlDriver {
     config: MysqlConfig,
 }

@@ -68,6 +68,15 @@ pub(crate) fn position_of(lsn: Lsn, partitions: Option<&str>) -> Position {
     })
 }
 
+/// The position a configured `start.lsn` names, in this driver's format; the error says why
+/// the text is not an LSN.
+pub fn start_position(lsn: &str) -> Result<Position, String> {
+    let lsn: Lsn = lsn
+        .parse()
+        .map_err(|_| format!("{lsn:?} is not an LSN (e.g. 0/16B3748)"))?;
+    Ok(position_of(lsn, None))
+}
+
 fn parse_position(position: &Position) -> Result<(Lsn, Option<String>), DriverError> {
     let parsed: PgPosition = serde_json::from_value(position.0.clone()).map_err(|e| {
         DriverError::Misconfigured(format!(
