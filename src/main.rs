@@ -146,12 +146,14 @@ async fn run_command<D: Driver>(
         Command::Run => {
             let cancel = CancellationToken::new();
             cancel_on_signals(cancel.clone())?;
+            // Tasks beside the engine (the metrics server), joined before exiting.
+            let tasks = tokio_util::task::TaskTracker::new();
             if let Some(listen) = &config.metrics.listen {
                 let listener = tokio::net::TcpListener::bind(listen)
                     .await
                     .with_context(|| format!("metrics.listen: cannot listen on {listen}"))?;
                 info!(%listen, "serving /metrics, /healthz and /readyz");
-                tokio::spawn(etcd_sync::metrics::serve(
+                tasks.spawn(etcd_sync::metrics::serve(
                     listener,
                     std::sync::Arc::clone(&settings.metrics),
                     config.metrics.ready_lag_seconds,
@@ -164,9 +166,11 @@ async fn run_command<D: Driver>(
                 state_prefix = %settings.state_prefix,
                 "etcd-sync starting"
             );
-            etcd_sync::engine::run(driver, settings, cancel)
-                .await
-                .map_err(|e| anyhow::anyhow!(etcd_sync::error_chain(&e)))?;
+            let result = etcd_sync::engine::run(driver, settings, cancel.clone()).await;
+            cancel.cancel();
+            tasks.close();
+            tasks.wait().await;
+            result.map_err(|e| anyhow::anyhow!(etcd_sync::error_chain(&e)))?;
             info!("stopped cleanly");
             Ok(ExitCode::SUCCESS)
         }
@@ -195,41 +199,10 @@ async fn run_command<D: Driver>(
                 .await
                 .map_err(|e| anyhow::anyhow!(etcd_sync::error_chain(&e)))
                 .context("verify")?;
-            let mut equal = true;
-            let mut unsettled = 0;
-            for r in &reports {
-                equal &= r.is_equal();
-                unsettled += r.unsettled;
-                say(format_args!(
-                    "table {}: {} rows, {} keys, {} missing, {} extra, {} different{}",
-                    r.table,
-                    r.rows,
-                    r.keys,
-                    r.missing,
-                    r.extra,
-                    r.different,
-                    if r.unsettled > 0 {
-                        format!(", {} unsettled", r.unsettled)
-                    } else {
-                        String::new()
-                    }
-                ));
-                for example in &r.examples {
-                    say(format_args!("  {example}"));
-                }
-            }
-            Ok(if !equal {
-                say("etcd differs from the database");
-                ExitCode::FAILURE
-            } else if unsettled > 0 {
-                say(format_args!(
-                    "no difference found, but {unsettled} rows changed during every re-check \
-                     and could not be compared: run verify again when they are quieter"
-                ));
-                ExitCode::from(3)
-            } else {
-                say("etcd equals the database");
-                ExitCode::SUCCESS
+            Ok(match etcd_sync::verify::report(&reports) {
+                etcd_sync::verify::Verdict::Equal => ExitCode::SUCCESS,
+                etcd_sync::verify::Verdict::Different => ExitCode::FAILURE,
+                etcd_sync::verify::Verdict::Unsettled => ExitCode::from(3),
             })
         }
     }

@@ -53,6 +53,48 @@ pub struct TableReport {
     pub examples: Vec<String>,
 }
 
+/// What `verify` found, as its exit status tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Equal,
+    Different,
+    /// No difference found, but some rows changed during every re-check.
+    Unsettled,
+}
+
+/// Prints one line per table (with examples of differences) and the verdict, to stdout.
+pub fn report(reports: &[TableReport]) -> Verdict {
+    use crate::logging::say;
+    for r in reports {
+        let unsettled = if r.unsettled > 0 {
+            format!(", {} unsettled", r.unsettled)
+        } else {
+            String::new()
+        };
+        say(format_args!(
+            "table {}: {} rows, {} keys, {} missing, {} extra, {} different{unsettled}",
+            r.table, r.rows, r.keys, r.missing, r.extra, r.different,
+        ));
+        for example in &r.examples {
+            say(format_args!("  {example}"));
+        }
+    }
+    let unsettled: u64 = reports.iter().map(|r| r.unsettled).sum();
+    if !reports.iter().all(TableReport::is_equal) {
+        say("etcd differs from the database");
+        Verdict::Different
+    } else if unsettled > 0 {
+        say(format_args!(
+            "no difference found, but {unsettled} rows changed during every re-check and could \
+             not be compared: run verify again when they are quieter"
+        ));
+        Verdict::Unsettled
+    } else {
+        say("etcd equals the database");
+        Verdict::Equal
+    }
+}
+
 impl TableReport {
     pub fn is_equal(&self) -> bool {
         self.missing == 0 && self.extra == 0 && self.different == 0
