@@ -13,6 +13,7 @@ pub mod engine;
 pub mod etcd;
 pub mod logging;
 pub mod metrics;
+pub mod sink;
 pub mod status;
 pub mod verify;
 

@@ -166,7 +166,12 @@ async fn run_command<D: Driver>(
                 state_prefix = %settings.state_prefix,
                 "etcd-sync starting"
             );
-            let result = etcd_sync::engine::run(driver, settings, cancel.clone()).await;
+            let connector = etcd_sync::etcd::EtcdConnector {
+                connection: settings.etcd.clone(),
+                state_prefix: settings.state_prefix.clone(),
+                metrics: std::sync::Arc::clone(&settings.metrics),
+            };
+            let result = etcd_sync::engine::run(driver, connector, settings, cancel.clone()).await;
             cancel.cancel();
             tasks.close();
             tasks.wait().await;

@@ -15,8 +15,9 @@ use tracing::{info, warn};
 
 use super::{EngineError, Settings};
 use crate::encode::{encode_row, has_unchanged, row_key, table_prefix};
-use crate::etcd::{Op, Phase, Store};
+use crate::etcd::{Op, Phase};
 use crate::metrics::ChangeLabels;
+use crate::sink::{Sink, SinkScan};
 
 /// Stream events buffered between the driver and the applier: deep enough that, while one
 /// etcd txn is in flight, a full group of single-row transactions (Changes + Commit each)
@@ -25,9 +26,9 @@ const STREAM_CHANNEL_EVENTS: usize = 256;
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 const LAG_BYTES_EVERY: Duration = Duration::from_secs(10);
 
-pub async fn sync<D: Driver>(
+pub async fn sync<D: Driver, S: Sink>(
     driver: &Arc<D>,
-    store: &mut Store,
+    store: &mut S,
     tables: &[Arc<TableSchema>],
     position: Position,
     settings: &Settings,
@@ -171,8 +172,8 @@ impl Batch {
     }
 }
 
-struct Applier<'a> {
-    store: &'a mut Store,
+struct Applier<'a, S: Sink> {
+    store: &'a mut S,
     settings: &'a Settings,
     ack: watch::Sender<Position>,
     progressed: &'a mut bool,
@@ -198,9 +199,9 @@ struct Stats {
     idle: bool,
 }
 
-impl<'a> Applier<'a> {
+impl<'a, S: Sink> Applier<'a, S> {
     fn new(
-        store: &'a mut Store,
+        store: &'a mut S,
         settings: &'a Settings,
         ack: watch::Sender<Position>,
         progressed: &'a mut bool,

@@ -15,16 +15,17 @@ use tracing::{info, warn};
 
 use super::{EngineError, Settings};
 use crate::encode::{encode_row, row_key, table_prefix};
-use crate::etcd::{EtcdError, Op, Phase, ScanStats, Store, Writer};
+use crate::etcd::{EtcdError, Op, Phase, ScanStats};
 use crate::metrics::TableLabels;
+use crate::sink::{Sink, SinkScan, SinkWriter};
 
 /// Row batches buffered between the driver and etcd.
 const DUMP_CHANNEL_BATCHES: usize = 16;
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
-pub async fn dump<D: Driver>(
+pub async fn dump<D: Driver, S: Sink>(
     driver: &Arc<D>,
-    store: &mut Store,
+    store: &mut S,
     tables: &[Arc<TableSchema>],
     settings: &Settings,
     cancel: &CancellationToken,
@@ -161,8 +162,8 @@ pub async fn dump<D: Driver>(
 /// Deletes keys under the tables' prefixes last written at or before `start_revision`, with
 /// several delete txns in flight while the scan reads on; returns how many, and what the scan
 /// cost etcd.
-async fn delete_stale(
-    store: &Store,
+async fn delete_stale<S: Sink>(
+    store: &S,
     tables: &[Arc<TableSchema>],
     settings: &Settings,
     start_revision: i64,
@@ -209,8 +210,8 @@ async fn delete_stale(
 
 /// Packs puts into txns of at most `max_txn_ops` and `max_txn_bytes`, with several in flight:
 /// dump keys are distinct, so their order does not matter.
-struct BatchWriter {
-    writer: Writer,
+struct BatchWriter<W: SinkWriter> {
+    writer: W,
     ops: Vec<Op>,
     bytes: usize,
     max_ops: usize,
@@ -220,8 +221,8 @@ struct BatchWriter {
     in_flight: JoinSet<Result<i64, EtcdError>>,
 }
 
-impl BatchWriter {
-    fn new(writer: Writer, settings: &Settings) -> Self {
+impl<W: SinkWriter> BatchWriter<W> {
+    fn new(writer: W, settings: &Settings) -> Self {
         Self {
             writer,
             ops: Vec::with_capacity(settings.max_txn_ops),

@@ -9,8 +9,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::encode::EncodeError;
-use crate::etcd::{EtcdError, Phase, Store};
+use crate::etcd::{EtcdError, Phase};
 use crate::metrics::{KindLabels, Metrics};
+use crate::sink::{Connector, Sink};
 
 mod apply;
 mod dump;
@@ -173,9 +174,11 @@ impl Backoff {
     }
 }
 
-/// Runs until `cancel` fires (returns `Ok`) or an error no retry can cure.
-pub async fn run<D: Driver>(
+/// Runs until `cancel` fires (returns `Ok`) or an error no retry can cure, writing to the
+/// sinks `connector` opens (one per session).
+pub async fn run<D: Driver, C: Connector>(
     driver: D,
+    connector: C,
     settings: Settings,
     cancel: CancellationToken,
 ) -> Result<(), EngineError> {
@@ -184,7 +187,7 @@ pub async fn run<D: Driver>(
     let mut last_explained = None;
     loop {
         let mut progressed = false;
-        let result = session(&driver, &settings, &cancel, &mut progressed).await;
+        let result = session(&driver, &connector, &settings, &cancel, &mut progressed).await;
         if cancel.is_cancelled() {
             return match result {
                 Err(e)
@@ -238,15 +241,14 @@ pub async fn run<D: Driver>(
 
 /// One connection's worth of work, as the one agent allowed to write: take the lock (or win
 /// the election), then lead until done, cancelled, or the lease is lost.
-async fn session<D: Driver>(
+async fn session<D: Driver, C: Connector>(
     driver: &Arc<D>,
+    connector: &C,
     settings: &Settings,
     cancel: &CancellationToken,
     progressed: &mut bool,
 ) -> Result<(), EngineError> {
-    let mut store = Store::connect(&settings.etcd, &settings.state_prefix)
-        .await?
-        .with_metrics(Arc::clone(&settings.metrics));
+    let mut store = connector.connect().await?;
     // Everything that can refuse the config or the server comes before the lock: a refused
     // start leaves nothing in etcd.
     if let Err(e) = store.probe_max_txn_ops(settings.max_txn_ops).await {
@@ -296,9 +298,9 @@ async fn session<D: Driver>(
 }
 
 /// Reads the state, dumps if needed, then follows the stream.
-async fn lead<D: Driver>(
+async fn lead<D: Driver, S: Sink>(
     driver: &Arc<D>,
-    store: &mut Store,
+    store: &mut S,
     tables: &[Arc<TableSchema>],
     settings: &Settings,
     cancel: &CancellationToken,

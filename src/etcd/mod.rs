@@ -19,6 +19,7 @@ mod conn;
 mod error;
 mod leadership;
 mod scan;
+mod sink;
 mod state;
 mod txn;
 
@@ -27,6 +28,7 @@ use conn::MAX_DECODE_BYTES;
 pub use error::{is_too_many_ops, EtcdError, ETCD_UNREACHABLE};
 pub use leadership::Leadership;
 pub use scan::{Scan, ScanStats};
+pub use sink::EtcdConnector;
 pub use state::{Phase, State};
 pub use txn::{Op, Writer};
 

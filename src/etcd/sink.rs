@@ -1,0 +1,111 @@
+//! etcd as the engine's [`Sink`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_sync_api::Position;
+use tokio_util::sync::CancellationToken;
+
+use super::{Connection, EtcdError, Leadership, ListedKey, Op, Phase, Scan, ScanStats, State};
+use super::{Store, Writer};
+use crate::metrics::Metrics;
+use crate::sink::{Connector, Sink, SinkScan, SinkWriter};
+
+/// Connects to etcd, once per engine session.
+pub struct EtcdConnector {
+    pub connection: Connection,
+    pub state_prefix: String,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Connector for EtcdConnector {
+    type Sink = Store;
+
+    async fn connect(&self) -> Result<Store, EtcdError> {
+        Ok(Store::connect(&self.connection, &self.state_prefix)
+            .await?
+            .with_metrics(Arc::clone(&self.metrics)))
+    }
+}
+
+impl Sink for Store {
+    type Writer = Writer;
+    type Scan<'a> = Scan<'a>;
+
+    async fn load_state(&mut self) -> Result<Option<State>, EtcdError> {
+        Store::load_state(self).await
+    }
+
+    fn state(&self, phase: Phase, position: Option<Position>) -> State {
+        Store::state(self, phase, position)
+    }
+
+    fn set_tables(&mut self, tables: Vec<String>) {
+        Store::set_tables(self, tables)
+    }
+
+    async fn commit(&mut self, ops: Vec<Op>, state: Option<&State>) -> Result<i64, EtcdError> {
+        Store::commit(self, ops, state).await
+    }
+
+    fn writer(&self) -> Writer {
+        Store::writer(self)
+    }
+
+    fn scan(&self, prefix: &str, with_values: bool) -> Scan<'_> {
+        Store::scan(self, prefix, with_values)
+    }
+
+    async fn count(&self, prefix: &str) -> Result<i64, EtcdError> {
+        Store::count(self, prefix).await
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<String>, EtcdError> {
+        Store::get(self, key).await
+    }
+
+    async fn probe_max_txn_ops(&self, max_ops: usize) -> Result<(), EtcdError> {
+        Store::probe_max_txn_ops(self, max_ops).await
+    }
+
+    async fn lock(&mut self, ttl: Duration) -> Result<(), EtcdError> {
+        Store::lock(self, ttl).await
+    }
+
+    async fn campaign(&mut self, ttl: Duration) -> Result<(), EtcdError> {
+        Store::campaign(self, ttl).await
+    }
+
+    fn leadership(&self) -> Option<&Leadership> {
+        Store::leadership(self)
+    }
+
+    fn keep_leadership(
+        &self,
+        ttl: Duration,
+        lost: CancellationToken,
+        leading: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        Store::keep_leadership(self, ttl, lost, leading)
+    }
+
+    async fn release(&mut self) {
+        Store::release(self).await
+    }
+}
+
+impl SinkWriter for Writer {
+    async fn commit(&self, ops: Vec<Op>) -> Result<i64, EtcdError> {
+        Writer::commit(self, ops).await
+    }
+}
+
+impl SinkScan for Scan<'_> {
+    async fn next(&mut self) -> Result<Vec<(ListedKey, Option<String>)>, EtcdError> {
+        Scan::next(self).await
+    }
+
+    fn stats(&self) -> ScanStats {
+        Scan::stats(self)
+    }
+}

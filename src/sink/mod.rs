@@ -1,0 +1,91 @@
+//! Where the engine writes: a key-value store with etcd's transaction semantics. The engine
+//! knows nothing else of etcd; [`crate::etcd::Store`] is the real sink, [`memory`] an
+//! in-memory one with the same semantics, for tests of the engine without servers.
+//!
+//! # The contract a sink keeps
+//! - **Atomic txns**: [`Sink::commit`] and [`SinkWriter::commit`] apply all their operations or
+//!   none, under one new revision; a watcher sees them together.
+//! - **Fencing**: every txn compares the state key's mod revision with the one this sink last
+//!   read or wrote, and the leadership key's create revision with the one it acquired. When
+//!   another agent wrote the state the txn fails with [`EtcdError::Fenced`]; when the
+//!   leadership key is gone, with [`EtcdError::LostLeadership`]. Nothing of a failed txn lands.
+//! - **Limits**: a txn with more operations than the server allows fails with
+//!   [`EtcdError::TooManyOps`]; two operations on one key in a txn are refused.
+//! - **Durability**: a txn that returned `Ok` is durable; one that returned an error may or may
+//!   not have landed (a cut connection), so the engine replays from the last state it wrote,
+//!   and every write it makes is idempotent.
+
+use std::future::Future;
+use std::time::Duration;
+
+use etcd_sync_api::Position;
+use tokio_util::sync::CancellationToken;
+
+use crate::etcd::{EtcdError, Leadership, ListedKey, Op, Phase, ScanStats, State};
+
+/// Opens a sink: once per engine session (a retry opens a new one).
+pub trait Connector: Send + Sync + 'static {
+    type Sink: Sink;
+    fn connect(&self) -> impl Future<Output = Result<Self::Sink, EtcdError>> + Send;
+}
+
+/// The store the engine writes to; see the module docs for the contract.
+pub trait Sink: Clone + Send + Sync + 'static {
+    type Writer: SinkWriter;
+    type Scan<'a>: SinkScan
+    where
+        Self: 'a;
+
+    /// Reads the state (and remembers its revision for fencing); `None` before the first run.
+    fn load_state(&mut self) -> impl Future<Output = Result<Option<State>, EtcdError>> + Send;
+    /// A state to write, stamped with this agent and the selected tables.
+    fn state(&self, phase: Phase, position: Option<Position>) -> State;
+    /// The selection the next states record.
+    fn set_tables(&mut self, tables: Vec<String>);
+    /// Applies `ops` (distinct keys) in one fenced txn, with the state when given; returns
+    /// the txn's revision.
+    fn commit(
+        &mut self,
+        ops: Vec<Op>,
+        state: Option<&State>,
+    ) -> impl Future<Output = Result<i64, EtcdError>> + Send;
+    /// Fenced txns without the state, for many tasks at once (the dump).
+    fn writer(&self) -> Self::Writer;
+    /// Every key under `prefix` in key order, a page at a time, in time linear in their number.
+    fn scan(&self, prefix: &str, with_values: bool) -> Self::Scan<'_>;
+    fn count(&self, prefix: &str) -> impl Future<Output = Result<i64, EtcdError>> + Send;
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<String>, EtcdError>> + Send;
+    /// Checks that a txn of `max_ops` operations is accepted.
+    fn probe_max_txn_ops(
+        &self,
+        max_ops: usize,
+    ) -> impl Future<Output = Result<(), EtcdError>> + Send;
+
+    /// Takes the lock (one agent per state prefix), waiting up to `ttl` for a holder's lease.
+    fn lock(&mut self, ttl: Duration) -> impl Future<Output = Result<(), EtcdError>> + Send;
+    /// Waits to win the election (`ha`).
+    fn campaign(&mut self, ttl: Duration) -> impl Future<Output = Result<(), EtcdError>> + Send;
+    fn leadership(&self) -> Option<&Leadership>;
+    /// Keeps the leadership's lease alive until it cannot; then fires `lost` and `leading`.
+    fn keep_leadership(
+        &self,
+        ttl: Duration,
+        lost: CancellationToken,
+        leading: CancellationToken,
+    ) -> impl Future<Output = ()> + Send + 'static;
+    /// Gives the lock or the leadership up (best effort).
+    fn release(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// Fenced txns from many tasks at once.
+pub trait SinkWriter: Clone + Send + Sync + 'static {
+    fn commit(&self, ops: Vec<Op>) -> impl Future<Output = Result<i64, EtcdError>> + Send;
+}
+
+/// A read of a prefix, a page at a time (an empty page: the end).
+pub trait SinkScan: Send {
+    fn next(
+        &mut self,
+    ) -> impl Future<Output = Result<Vec<(ListedKey, Option<String>)>, EtcdError>> + Send;
+    fn stats(&self) -> ScanStats;
+}
