@@ -15,6 +15,8 @@ use crate::sink::{Connector, Sink};
 
 mod apply;
 mod dump;
+#[cfg(test)]
+mod scenarios;
 
 /// What the engine needs from the config.
 #[derive(Debug, Clone)]

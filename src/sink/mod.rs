@@ -23,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::etcd::{EtcdError, Leadership, ListedKey, Op, Phase, ScanStats, State};
 
+pub mod memory;
+
 /// Opens a sink: once per engine session (a retry opens a new one).
 pub trait Connector: Send + Sync + 'static {
     type Sink: Sink;

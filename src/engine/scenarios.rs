@@ -1,0 +1,434 @@
+//! The engine without servers: a scripted driver (a table in memory and a list of source
+//! transactions) against the in-memory sink, which keeps etcd's txn semantics. Each test ends
+//! in the convergence check the end-to-end tests make: the sink's prefix equals the source.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use etcd_sync_api::{
+    CheckItem, Column, Driver, DriverError, DumpEvent, Position, Row, Selection, StreamEvent,
+    TableId, TableSchema, Value,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::{run, EngineError, Settings};
+use crate::encode::{encode_row, row_key};
+use crate::etcd::{Connection, EtcdError};
+use crate::metrics::Metrics;
+use crate::sink::memory::MemoryEtcd;
+
+const PREFIX: &str = "/p";
+const STATE_PREFIX: &str = "/s";
+
+fn users() -> Arc<TableSchema> {
+    Arc::new(TableSchema {
+        id: TableId {
+            schema: None,
+            name: "users".into(),
+        },
+        columns: ["id", "name"]
+            .iter()
+            .map(|c| Column {
+                name: (*c).into(),
+                type_name: "text".into(),
+            })
+            .collect(),
+        key: vec![0],
+    })
+}
+
+fn row(id: i64, name: &str) -> Row {
+    vec![Value::Int(id), Value::Text(name.into())]
+}
+
+fn insert(id: i64, name: &str) -> etcd_sync_api::Change {
+    etcd_sync_api::Change::Insert {
+        table: users(),
+        row: row(id, name),
+    }
+}
+
+/// A source: rows as of the start, then transactions a test appends while the engine runs.
+/// Positions are `{"n": k}`: after the first `k` transactions.
+#[derive(Default)]
+struct Script {
+    initial: Mutex<BTreeMap<i64, String>>,
+    txns: Mutex<Vec<Vec<etcd_sync_api::Change>>>,
+    /// The next `stream` call says the position is gone (as a dropped slot would).
+    lose_position: AtomicBool,
+}
+
+impl Script {
+    fn with_rows(n: i64) -> Arc<Self> {
+        let script = Script::default();
+        script
+            .initial
+            .lock()
+            .unwrap()
+            .extend((1..=n).map(|i| (i, format!("u{i}"))));
+        Arc::new(script)
+    }
+
+    fn push(&self, txn: Vec<etcd_sync_api::Change>) {
+        self.txns.lock().unwrap().push(txn);
+    }
+
+    /// The table after the initial rows and the first `k` transactions.
+    fn rows_after(&self, k: usize) -> BTreeMap<i64, String> {
+        let mut rows = self.initial.lock().unwrap().clone();
+        for txn in self.txns.lock().unwrap().iter().take(k) {
+            for change in txn {
+                match change {
+                    etcd_sync_api::Change::Insert { row, .. }
+                    | etcd_sync_api::Change::Update { row, .. } => {
+                        if let (Value::Int(id), Value::Text(name)) = (&row[0], &row[1]) {
+                            rows.insert(*id, name.clone());
+                        }
+                    }
+                    etcd_sync_api::Change::Delete { old, .. } => {
+                        if let Value::Int(id) = &old[0] {
+                            rows.remove(id);
+                        }
+                    }
+                    etcd_sync_api::Change::Truncate { .. } => rows.clear(),
+                }
+            }
+        }
+        rows
+    }
+
+    /// What etcd must hold once everything is applied.
+    fn expected(&self) -> BTreeMap<String, String> {
+        let table = users();
+        let k = self.txns.lock().unwrap().len();
+        self.rows_after(k)
+            .into_iter()
+            .map(|(id, name)| {
+                let r = row(id, &name);
+                (
+                    row_key(PREFIX, &table, &r).unwrap(),
+                    encode_row(&table, &r, None).unwrap(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// The driver side of a [`Script`].
+#[derive(Clone)]
+struct ScriptedDriver(Arc<Script>);
+
+fn position(n: usize) -> Position {
+    Position(serde_json::json!({ "n": n }))
+}
+
+impl Driver for ScriptedDriver {
+    async fn check(&self) -> Vec<CheckItem> {
+        Vec::new()
+    }
+
+    async fn select_tables(&self) -> Result<Selection, DriverError> {
+        Ok(Selection {
+            tables: vec![users()],
+            skipped: Vec::new(),
+        })
+    }
+
+    async fn dump(
+        &self,
+        tables: &[Arc<TableSchema>],
+        out: mpsc::Sender<DumpEvent>,
+        _cancel: CancellationToken,
+    ) -> Result<Position, DriverError> {
+        let k = self.0.txns.lock().unwrap().len();
+        let table = Arc::clone(&tables[0]);
+        let rows: Vec<Row> = self
+            .0
+            .rows_after(k)
+            .into_iter()
+            .map(|(id, name)| row(id, &name))
+            .collect();
+        let send = |e| out.send(e);
+        send(DumpEvent::TableStarted {
+            table: Arc::clone(&table),
+            estimated_rows: Some(rows.len() as u64),
+        })
+        .await
+        .map_err(|_| DriverError::Stopped)?;
+        let n = rows.len() as u64;
+        for chunk in rows.chunks(5) {
+            send(DumpEvent::Rows {
+                table: Arc::clone(&table),
+                rows: chunk.to_vec(),
+            })
+            .await
+            .map_err(|_| DriverError::Stopped)?;
+        }
+        send(DumpEvent::TableDone { table, rows: n })
+            .await
+            .map_err(|_| DriverError::Stopped)?;
+        Ok(position(k))
+    }
+
+    async fn stream(
+        &self,
+        from: Position,
+        _tables: &[Arc<TableSchema>],
+        out: mpsc::Sender<StreamEvent>,
+        _acks: watch::Receiver<Position>,
+        cancel: CancellationToken,
+    ) -> Result<(), DriverError> {
+        if self.0.lose_position.swap(false, Ordering::SeqCst) {
+            return Err(DriverError::PositionLost("the script lost it".into()));
+        }
+        let mut next = from.0["n"].as_u64().unwrap_or(0) as usize;
+        loop {
+            let txn = self.0.txns.lock().unwrap().get(next).cloned();
+            match txn {
+                Some(changes) => {
+                    next += 1;
+                    for piece in changes.chunks(3) {
+                        out.send(StreamEvent::Changes(piece.to_vec()))
+                            .await
+                            .map_err(|_| DriverError::Stopped)?;
+                    }
+                    out.send(StreamEvent::Commit {
+                        position: position(next),
+                        committed_at: None,
+                    })
+                    .await
+                    .map_err(|_| DriverError::Stopped)?;
+                }
+                None => {
+                    if self.0.lose_position.load(Ordering::SeqCst) {
+                        return Err(DriverError::PositionLost("the script lost it".into()));
+                    }
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(Duration::from_millis(2)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn prepare_start(
+        &self,
+        _position: &Position,
+        _tables: &[Arc<TableSchema>],
+    ) -> Result<(), DriverError> {
+        Ok(())
+    }
+
+    async fn lag_bytes(&self, _position: &Position) -> Result<Option<u64>, DriverError> {
+        Ok(None)
+    }
+
+    fn position_number(&self, position: &Position) -> Option<u64> {
+        position.0["n"].as_u64()
+    }
+
+    async fn read_snapshot(
+        &self,
+        _tables: &[Arc<TableSchema>],
+        _out: mpsc::Sender<DumpEvent>,
+    ) -> Result<(), DriverError> {
+        Ok(())
+    }
+}
+
+fn settings(max_txn_ops: usize) -> Settings {
+    Settings {
+        etcd: Connection::plain(Vec::new()),
+        prefix: PREFIX.into(),
+        state_prefix: STATE_PREFIX.into(),
+        max_txn_ops,
+        max_txn_bytes: 1 << 20,
+        dump_txns_in_flight: 4,
+        skip_oversized: false,
+        metrics: Arc::new(Metrics::default()),
+        metrics_served: false,
+        start: None,
+        ha: false,
+        lease_ttl: Duration::from_secs(10),
+    }
+}
+
+/// An engine running on `etcd` against `script`, until the test cancels it.
+struct Running {
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), EngineError>>,
+}
+
+fn start(script: &Arc<Script>, etcd: &MemoryEtcd, max_txn_ops: usize) -> Running {
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(run(
+        ScriptedDriver(Arc::clone(script)),
+        etcd.connector(STATE_PREFIX, "agent-1"),
+        settings(max_txn_ops),
+        cancel.clone(),
+    ));
+    Running { cancel, task }
+}
+
+impl Running {
+    async fn stop(self) -> Result<(), EngineError> {
+        self.cancel.cancel();
+        self.task.await.expect("the engine task panicked")
+    }
+}
+
+/// The stored state's position, `n` of `{"n": n}`, once in the sync phase.
+fn synced_to(etcd: &MemoryEtcd) -> Option<u64> {
+    let state = etcd.data(STATE_PREFIX).remove("/s/state")?;
+    let state: serde_json::Value = serde_json::from_str(&state).ok()?;
+    (state["phase"] == "sync").then(|| state["position"]["n"].as_u64())?
+}
+
+/// Waits until the state says everything in the script is applied, then checks convergence.
+async fn converges(script: &Script, etcd: &MemoryEtcd) {
+    let want = script.txns.lock().unwrap().len() as u64;
+    for _ in 0..2000 {
+        if synced_to(etcd) == Some(want) {
+            assert_eq!(etcd.data(&format!("{PREFIX}/")), script.expected());
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!(
+        "no convergence: state at {:?}, {want} transactions; etcd {:#?}",
+        synced_to(etcd),
+        etcd.data("")
+    );
+}
+
+#[tokio::test]
+async fn dump_then_stream_converges() {
+    let script = Script::with_rows(23);
+    let etcd = MemoryEtcd::default();
+    let engine = start(&script, &etcd, 128);
+    converges(&script, &etcd).await;
+    script.push(vec![insert(100, "new"), insert(2, "renamed")]);
+    script.push(vec![etcd_sync_api::Change::Delete {
+        table: users(),
+        old: row(3, ""),
+    }]);
+    converges(&script, &etcd).await;
+    engine.stop().await.unwrap();
+}
+
+/// Transactions that arrive together are written together (group commit), and a watcher
+/// never sees a source transaction split across revisions.
+#[tokio::test]
+async fn group_commit_keeps_transactions_whole() {
+    let script = Script::with_rows(3);
+    let etcd = MemoryEtcd::default();
+    let engine = start(&script, &etcd, 128);
+    converges(&script, &etcd).await;
+    let before = etcd.history().len();
+    for i in 0..200 {
+        script.push(vec![insert(1000 + i, "a"), insert(2000 + i, "b")]);
+    }
+    converges(&script, &etcd).await;
+    let written = &etcd.history()[before..];
+    assert!(
+        written.len() < 200,
+        "{} txns for 200 transactions",
+        written.len()
+    );
+    for (_, writes) in written {
+        let ids: Vec<&String> = writes.iter().map(|(k, _)| k).collect();
+        for i in 0..200 {
+            let a = ids.contains(&&format!("{PREFIX}/users/{}", 1000 + i));
+            let b = ids.contains(&&format!("{PREFIX}/users/{}", 2000 + i));
+            assert_eq!(a, b, "transaction {i} split across revisions");
+        }
+    }
+    engine.stop().await.unwrap();
+}
+
+/// A transaction larger than one txn is written in chunks, the state only with the last; a
+/// chunk whose outcome is unknown (applied, but the client saw an error) is replayed from the
+/// stored position and the result converges.
+#[tokio::test]
+async fn a_large_transaction_is_chunked_and_replayed_after_an_unknown_outcome() {
+    let script = Script::with_rows(3);
+    let etcd = MemoryEtcd::new(8);
+    let engine = start(&script, &etcd, 8);
+    converges(&script, &etcd).await;
+    etcd.fail_next_txn(
+        EtcdError::NoSpace {
+            context: "injected".into(),
+        },
+        true,
+    );
+    script.push((0..30).map(|i| insert(500 + i, "big")).collect());
+    converges(&script, &etcd).await;
+    let history = etcd.history();
+    let chunks: Vec<bool> = history
+        .iter()
+        .filter(|(_, w)| w.iter().any(|(k, _)| k.starts_with("/p/users/5")))
+        .map(|(_, w)| w.iter().any(|(k, _)| k == "/s/state"))
+        .collect();
+    // 30 rows in txns of at most 8 operations: four chunks, the first one twice (replayed).
+    assert!(chunks.len() >= 5, "{chunks:?}");
+    assert!(
+        chunks.iter().filter(|with_state| !**with_state).count() >= 3,
+        "{chunks:?}"
+    );
+    assert_eq!(chunks.last(), Some(&true), "{chunks:?}");
+    engine.stop().await.unwrap();
+}
+
+/// Another agent writing the state fences this one: its next txn fails, nothing of it
+/// lands, and the engine stops with the reason.
+#[tokio::test]
+async fn a_second_writer_fences_the_agent() {
+    let script = Script::with_rows(3);
+    let etcd = MemoryEtcd::default();
+    let engine = start(&script, &etcd, 128);
+    converges(&script, &etcd).await;
+    let theirs = etcd.data(STATE_PREFIX)["/s/state"].replace("agent-1", "agent-2");
+    etcd.put("/s/state", &theirs);
+    script.push(vec![insert(77, "late")]);
+    let result = tokio::time::timeout(Duration::from_secs(10), engine.task)
+        .await
+        .expect("the engine kept running after being fenced")
+        .unwrap();
+    let err = result.unwrap_err();
+    assert_eq!(err.kind(), "fenced", "{err}");
+    assert!(!etcd.data(PREFIX).contains_key("/p/users/77"));
+}
+
+/// A lost position leads to a new dump, which deletes the keys of rows that went away
+/// without a change event.
+#[tokio::test]
+async fn a_lost_position_is_dumped_again_and_stale_keys_go() {
+    let script = Script::with_rows(10);
+    let etcd = MemoryEtcd::default();
+    let engine = start(&script, &etcd, 128);
+    converges(&script, &etcd).await;
+    script.initial.lock().unwrap().remove(&4);
+    script.lose_position.store(true, Ordering::SeqCst);
+    script.push(vec![insert(11, "after")]);
+    converges(&script, &etcd).await;
+    assert!(!etcd.data(PREFIX).contains_key("/p/users/4"));
+    engine.stop().await.unwrap();
+}
+
+/// Cancelling (SIGTERM) stops the engine cleanly with what was applied committed.
+#[tokio::test]
+async fn shutdown_is_clean() {
+    let script = Script::with_rows(5);
+    let etcd = MemoryEtcd::default();
+    let engine = start(&script, &etcd, 128);
+    converges(&script, &etcd).await;
+    script.push(vec![insert(6, "x")]);
+    converges(&script, &etcd).await;
+    engine.stop().await.unwrap();
+    assert_eq!(synced_to(&etcd), Some(1));
+    assert!(!etcd.data(STATE_PREFIX).contains_key("/s/lock"));
+}

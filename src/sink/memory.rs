@@ -1,0 +1,443 @@
+//! An in-memory sink with etcd's txn semantics (revisions, fenced compares, the op limit,
+//! refusal of two operations on one key), for tests of the engine that need no server. Every
+//! txn is kept in a history, so a test can replay what a watcher would have seen.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use etcd_sync_api::Position;
+use tokio_util::sync::CancellationToken;
+
+use super::{Connector, Sink, SinkScan, SinkWriter};
+use crate::etcd::{EtcdError, Leadership, ListedKey, Op, Phase, ScanStats, State};
+
+#[derive(Debug, Clone)]
+struct Kv {
+    value: String,
+    create_revision: i64,
+    mod_revision: i64,
+}
+
+/// One applied txn: its revision and its writes (`None`: a delete).
+pub type Revision = (i64, Vec<(String, Option<String>)>);
+
+#[derive(Debug)]
+struct Inner {
+    revision: i64,
+    kvs: BTreeMap<String, Kv>,
+    max_txn_ops: usize,
+    history: Vec<Revision>,
+    /// Failures to inject into the next txns: `(apply it anyway, error)`.
+    failures: Vec<(bool, EtcdError)>,
+}
+
+/// The server: shared by every sink connected to it.
+#[derive(Debug, Clone)]
+pub struct MemoryEtcd {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Default for MemoryEtcd {
+    fn default() -> Self {
+        Self::new(128)
+    }
+}
+
+impl MemoryEtcd {
+    /// A server that accepts txns of at most `max_txn_ops` operations (etcd's `--max-txn-ops`).
+    pub fn new(max_txn_ops: usize) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                revision: 1,
+                kvs: BTreeMap::new(),
+                max_txn_ops,
+                history: Vec::new(),
+                failures: Vec::new(),
+            })),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A test that panicked while holding it has failed already.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keys and values under `prefix`.
+    pub fn data(&self, prefix: &str) -> BTreeMap<String, String> {
+        self.lock()
+            .kvs
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, kv)| (k.clone(), kv.value.clone()))
+            .collect()
+    }
+
+    /// Every txn applied so far, in order.
+    pub fn history(&self) -> Vec<Revision> {
+        self.lock().history.clone()
+    }
+
+    /// Writes a key outside any fence, as another client would.
+    pub fn put(&self, key: &str, value: &str) {
+        let mut inner = self.lock();
+        inner.apply(vec![(key.to_owned(), Some(value.to_owned()))]);
+    }
+
+    /// Deletes a key outside any fence (a lease that expired, an operator).
+    pub fn delete(&self, key: &str) {
+        let mut inner = self.lock();
+        inner.apply(vec![(key.to_owned(), None)]);
+    }
+
+    /// Makes the next txn fail with `error`; with `applied`, after applying it (an outcome
+    /// the client cannot know, as when the connection drops after the request was sent).
+    pub fn fail_next_txn(&self, error: EtcdError, applied: bool) {
+        self.lock().failures.insert(0, (applied, error));
+    }
+
+    /// A connector for sinks with this state prefix and agent name.
+    pub fn connector(&self, state_prefix: &str, agent: &str) -> MemoryConnector {
+        MemoryConnector {
+            etcd: self.clone(),
+            state_prefix: state_prefix.trim_end_matches('/').to_owned(),
+            agent: agent.to_owned(),
+        }
+    }
+}
+
+impl Inner {
+    fn apply(&mut self, writes: Vec<(String, Option<String>)>) -> i64 {
+        self.revision += 1;
+        let revision = self.revision;
+        for (key, value) in &writes {
+            match value {
+                Some(value) => {
+                    let create_revision =
+                        self.kvs.get(key).map_or(revision, |kv| kv.create_revision);
+                    self.kvs.insert(
+                        key.clone(),
+                        Kv {
+                            value: value.clone(),
+                            create_revision,
+                            mod_revision: revision,
+                        },
+                    );
+                }
+                None => {
+                    self.kvs.remove(key);
+                }
+            }
+        }
+        self.history.push((revision, writes));
+        revision
+    }
+
+    fn mod_revision(&self, key: &str) -> i64 {
+        self.kvs.get(key).map_or(0, |kv| kv.mod_revision)
+    }
+
+    fn create_revision(&self, key: &str) -> i64 {
+        self.kvs.get(key).map_or(0, |kv| kv.create_revision)
+    }
+}
+
+/// Opens [`MemorySink`]s on one [`MemoryEtcd`].
+#[derive(Debug, Clone)]
+pub struct MemoryConnector {
+    etcd: MemoryEtcd,
+    state_prefix: String,
+    agent: String,
+}
+
+impl Connector for MemoryConnector {
+    type Sink = MemorySink;
+
+    async fn connect(&self) -> Result<MemorySink, EtcdError> {
+        Ok(MemorySink {
+            etcd: self.etcd.clone(),
+            state_key: format!("{}/state", self.state_prefix),
+            lock_key: format!("{}/lock", self.state_prefix),
+            agent: self.agent.clone(),
+            fence: 0,
+            tables: Vec::new(),
+            leadership: None,
+        })
+    }
+}
+
+/// One agent's view of a [`MemoryEtcd`], fenced as [`crate::etcd::Store`] is.
+#[derive(Debug, Clone)]
+pub struct MemorySink {
+    etcd: MemoryEtcd,
+    state_key: String,
+    lock_key: String,
+    agent: String,
+    fence: i64,
+    tables: Vec<String>,
+    leadership: Option<Leadership>,
+}
+
+impl MemorySink {
+    /// A fenced txn: the state key's mod revision must be `fence`, the leadership key's create
+    /// revision the one acquired; etcd's limits apply.
+    fn txn(&self, ops: Vec<(String, Option<String>)>) -> Result<i64, EtcdError> {
+        let mut inner = self.etcd.lock();
+        if ops.len() > inner.max_txn_ops {
+            return Err(EtcdError::TooManyOps);
+        }
+        let mut keys: Vec<&String> = ops.iter().map(|(k, _)| k).collect();
+        keys.sort();
+        if keys.windows(2).any(|w| w[0] == w[1]) {
+            return Err(EtcdError::Refused {
+                context: format!("txn of {} operations", ops.len()),
+                reason: "etcdserver: duplicate key given in txn request".into(),
+            });
+        }
+        let found = inner.mod_revision(&self.state_key);
+        let leading = self
+            .leadership
+            .as_ref()
+            .is_none_or(|l| inner.create_revision(&l.key) == l.revision);
+        if found != self.fence {
+            return Err(EtcdError::Fenced {
+                key: self.state_key.clone(),
+                expected: self.fence,
+                found,
+            });
+        }
+        if !leading {
+            return Err(EtcdError::LostLeadership {
+                key: self.lock_key.clone(),
+            });
+        }
+        if let Some((applied, error)) = inner.failures.pop() {
+            if applied {
+                inner.apply(ops);
+            }
+            return Err(error);
+        }
+        Ok(inner.apply(ops))
+    }
+}
+
+fn writes(ops: Vec<Op>) -> Vec<(String, Option<String>)> {
+    ops.into_iter()
+        .map(|op| match op {
+            Op::Put { key, value } => (key, Some(value)),
+            Op::Delete { key } => (key, None),
+        })
+        .collect()
+}
+
+impl Sink for MemorySink {
+    type Writer = MemoryWriter;
+    type Scan<'a> = MemoryScan;
+
+    async fn load_state(&mut self) -> Result<Option<State>, EtcdError> {
+        let inner = self.etcd.lock();
+        let Some(kv) = inner.kvs.get(&self.state_key) else {
+            self.fence = 0;
+            return Ok(None);
+        };
+        self.fence = kv.mod_revision;
+        serde_json::from_str(&kv.value)
+            .map(Some)
+            .map_err(|e| EtcdError::BadState {
+                key: self.state_key.clone(),
+                reason: e.to_string(),
+            })
+    }
+
+    fn state(&self, phase: Phase, position: Option<Position>) -> State {
+        State {
+            phase,
+            position,
+            updated_at: "2026-01-01T00:00:00Z".into(),
+            agent: self.agent.clone(),
+            tables: self.tables.clone(),
+        }
+    }
+
+    fn set_tables(&mut self, tables: Vec<String>) {
+        self.tables = tables;
+    }
+
+    async fn commit(&mut self, ops: Vec<Op>, state: Option<&State>) -> Result<i64, EtcdError> {
+        let mut writes = writes(ops);
+        if let Some(state) = state {
+            let value = serde_json::to_string(state).map_err(|e| EtcdError::BadState {
+                key: self.state_key.clone(),
+                reason: e.to_string(),
+            })?;
+            writes.push((self.state_key.clone(), Some(value)));
+        }
+        let revision = self.txn(writes)?;
+        if state.is_some() {
+            self.fence = revision;
+        }
+        Ok(revision)
+    }
+
+    fn writer(&self) -> MemoryWriter {
+        MemoryWriter { sink: self.clone() }
+    }
+
+    fn scan(&self, prefix: &str, with_values: bool) -> MemoryScan {
+        MemoryScan {
+            etcd: self.etcd.clone(),
+            prefix: prefix.to_owned(),
+            after: None,
+            with_values,
+            done: false,
+            stats: ScanStats::default(),
+        }
+    }
+
+    async fn count(&self, prefix: &str) -> Result<i64, EtcdError> {
+        Ok(self.etcd.data(prefix).len() as i64)
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<String>, EtcdError> {
+        Ok(self.etcd.lock().kvs.get(key).map(|kv| kv.value.clone()))
+    }
+
+    async fn probe_max_txn_ops(&self, max_ops: usize) -> Result<(), EtcdError> {
+        if max_ops > self.etcd.lock().max_txn_ops {
+            return Err(EtcdError::TooManyOps);
+        }
+        Ok(())
+    }
+
+    async fn lock(&mut self, _ttl: Duration) -> Result<(), EtcdError> {
+        let mut inner = self.etcd.lock();
+        if let Some(kv) = inner.kvs.get(&self.lock_key) {
+            if kv.value != self.agent {
+                return Err(EtcdError::Locked {
+                    key: self.lock_key.clone(),
+                    holder: kv.value.clone(),
+                });
+            }
+        }
+        inner.apply(vec![(self.lock_key.clone(), Some(self.agent.clone()))]);
+        self.leadership = Some(Leadership {
+            key: self.lock_key.clone(),
+            revision: inner.create_revision(&self.lock_key),
+            lease: 1,
+        });
+        Ok(())
+    }
+
+    async fn campaign(&mut self, ttl: Duration) -> Result<(), EtcdError> {
+        loop {
+            match Sink::lock(self, ttl).await {
+                Err(EtcdError::Locked { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn leadership(&self) -> Option<&Leadership> {
+        self.leadership.as_ref()
+    }
+
+    fn keep_leadership(
+        &self,
+        _ttl: Duration,
+        lost: CancellationToken,
+        leading: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let etcd = self.etcd.clone();
+        let leadership = self.leadership.clone();
+        async move {
+            // The lease lives until a test deletes the key (as an expiry would).
+            loop {
+                let held = leadership
+                    .as_ref()
+                    .is_some_and(|l| etcd.lock().create_revision(&l.key) == l.revision);
+                if !held {
+                    lost.cancel();
+                    leading.cancel();
+                    return;
+                }
+                tokio::select! {
+                    _ = leading.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                }
+            }
+        }
+    }
+
+    async fn release(&mut self) {
+        if let Some(leadership) = self.leadership.take() {
+            let mut inner = self.etcd.lock();
+            if inner.create_revision(&leadership.key) == leadership.revision {
+                inner.apply(vec![(leadership.key, None)]);
+            }
+        }
+    }
+}
+
+/// Fenced txns without the state.
+#[derive(Debug, Clone)]
+pub struct MemoryWriter {
+    sink: MemorySink,
+}
+
+impl SinkWriter for MemoryWriter {
+    async fn commit(&self, ops: Vec<Op>) -> Result<i64, EtcdError> {
+        self.sink.txn(writes(ops))
+    }
+}
+
+/// Pages of [`PAGE`] keys, read as the scan goes (writes in between show, as in etcd).
+pub struct MemoryScan {
+    etcd: MemoryEtcd,
+    prefix: String,
+    after: Option<String>,
+    with_values: bool,
+    done: bool,
+    stats: ScanStats,
+}
+
+/// Keys per page: small, so that tests cross pages.
+const PAGE: usize = 7;
+
+impl SinkScan for MemoryScan {
+    async fn next(&mut self) -> Result<Vec<(ListedKey, Option<String>)>, EtcdError> {
+        if self.done {
+            return Ok(Vec::new());
+        }
+        let inner = self.etcd.lock();
+        let page: Vec<(ListedKey, Option<String>)> = inner
+            .kvs
+            .range(self.after.clone().unwrap_or_else(|| self.prefix.clone())..)
+            .filter(|(k, _)| Some(*k) != self.after.as_ref())
+            .take_while(|(k, _)| k.starts_with(&self.prefix))
+            .take(PAGE)
+            .map(|(k, kv)| {
+                (
+                    ListedKey {
+                        key: k.clone(),
+                        mod_revision: kv.mod_revision,
+                    },
+                    self.with_values.then(|| kv.value.clone()),
+                )
+            })
+            .collect();
+        self.stats.requests += 1;
+        self.stats.keys_read += page.len() as u64;
+        self.stats.keys_counted += page.len() as u64;
+        match page.last() {
+            Some((last, _)) => self.after = Some(last.key.clone()),
+            None => self.done = true,
+        }
+        Ok(page)
+    }
+
+    fn stats(&self) -> ScanStats {
+        self.stats
+    }
+}
