@@ -305,12 +305,18 @@ async fn converges(script: &Script, etcd: &MemoryEtcd) {
     );
 }
 
+/// A script of `rows` rows and an engine that has dumped it (txns of at most `max_txn_ops`).
+async fn dumped(rows: i64, max_txn_ops: usize) -> (Arc<Script>, MemoryEtcd, Running) {
+    let script = Script::with_rows(rows);
+    let etcd = MemoryEtcd::new(max_txn_ops);
+    let engine = start(&script, &etcd, max_txn_ops);
+    converges(&script, &etcd).await;
+    (script, etcd, engine)
+}
+
 #[tokio::test]
 async fn dump_then_stream_converges() {
-    let script = Script::with_rows(23);
-    let etcd = MemoryEtcd::default();
-    let engine = start(&script, &etcd, 128);
-    converges(&script, &etcd).await;
+    let (script, etcd, engine) = dumped(23, 128).await;
     script.push(vec![insert(100, "new"), insert(2, "renamed")]);
     script.push(vec![etcd_sync_api::Change::Delete {
         table: users(),
@@ -324,10 +330,7 @@ async fn dump_then_stream_converges() {
 /// never sees a source transaction split across revisions.
 #[tokio::test]
 async fn group_commit_keeps_transactions_whole() {
-    let script = Script::with_rows(3);
-    let etcd = MemoryEtcd::default();
-    let engine = start(&script, &etcd, 128);
-    converges(&script, &etcd).await;
+    let (script, etcd, engine) = dumped(3, 128).await;
     let before = etcd.history().len();
     for i in 0..200 {
         script.push(vec![insert(1000 + i, "a"), insert(2000 + i, "b")]);
@@ -355,10 +358,7 @@ async fn group_commit_keeps_transactions_whole() {
 /// stored position and the result converges.
 #[tokio::test]
 async fn a_large_transaction_is_chunked_and_replayed_after_an_unknown_outcome() {
-    let script = Script::with_rows(3);
-    let etcd = MemoryEtcd::new(8);
-    let engine = start(&script, &etcd, 8);
-    converges(&script, &etcd).await;
+    let (script, etcd, engine) = dumped(3, 8).await;
     etcd.fail_next_txn(
         EtcdError::NoSpace {
             context: "injected".into(),
@@ -387,10 +387,7 @@ async fn a_large_transaction_is_chunked_and_replayed_after_an_unknown_outcome() 
 /// lands, and the engine stops with the reason.
 #[tokio::test]
 async fn a_second_writer_fences_the_agent() {
-    let script = Script::with_rows(3);
-    let etcd = MemoryEtcd::default();
-    let engine = start(&script, &etcd, 128);
-    converges(&script, &etcd).await;
+    let (script, etcd, engine) = dumped(3, 128).await;
     let theirs = etcd.data(STATE_PREFIX)["/s/state"].replace("agent-1", "agent-2");
     etcd.put("/s/state", &theirs);
     script.push(vec![insert(77, "late")]);
@@ -407,10 +404,7 @@ async fn a_second_writer_fences_the_agent() {
 /// without a change event.
 #[tokio::test]
 async fn a_lost_position_is_dumped_again_and_stale_keys_go() {
-    let script = Script::with_rows(10);
-    let etcd = MemoryEtcd::default();
-    let engine = start(&script, &etcd, 128);
-    converges(&script, &etcd).await;
+    let (script, etcd, engine) = dumped(10, 128).await;
     script.initial.lock().unwrap().remove(&4);
     script.lose_position.store(true, Ordering::SeqCst);
     script.push(vec![insert(11, "after")]);
@@ -422,10 +416,7 @@ async fn a_lost_position_is_dumped_again_and_stale_keys_go() {
 /// Cancelling (SIGTERM) stops the engine cleanly with what was applied committed.
 #[tokio::test]
 async fn shutdown_is_clean() {
-    let script = Script::with_rows(5);
-    let etcd = MemoryEtcd::default();
-    let engine = start(&script, &etcd, 128);
-    converges(&script, &etcd).await;
+    let (script, etcd, engine) = dumped(5, 128).await;
     script.push(vec![insert(6, "x")]);
     converges(&script, &etcd).await;
     engine.stop().await.unwrap();
