@@ -3,17 +3,36 @@
 //!
 //! A test that finds no server fails with a message saying to run `make testenv`; it never
 //! passes silently.
+//!
+//! Here: the environment and the [`World`] (one database, slot and prefix per test, with its
+//! SQL helpers for both databases, kept together as every test uses them). Beside it: `etcd`
+//! (reads and waits), `agent`, `servers`, `cases`, `twins`, `util`.
 
 #![allow(dead_code)]
 
+mod agent;
+mod cases;
+mod etcd;
+mod servers;
 mod twins;
+mod util;
+
+// Each test binary uses some of these.
+#[allow(unused_imports)]
+pub use agent::Agent;
+#[allow(unused_imports)]
+pub use cases::{check_cases, secure_etcd_client, Case};
+#[allow(unused_imports)]
+pub use servers::{restart_server, OwnEtcd};
+#[allow(unused_imports)]
+pub use util::{free_port, http_get, metric, Rng};
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
-use etcd_client::{Client as Etcd, DeleteOptions, GetOptions};
+use etcd_client::{Client as Etcd, DeleteOptions};
 use tokio_postgres::{Client, NoTls};
 
 pub const ENV_FILE: &str = "/tmp/etcd-sync-testenv/env";
@@ -443,7 +462,7 @@ impl World {
             .stderr(log)
             .spawn()
             .unwrap();
-        Agent { child, log_path }
+        Agent::from_child(child, log_path)
     }
 
     /// Runs statements as the administrator (PostgreSQL) or root (MariaDB).
@@ -556,137 +575,6 @@ impl World {
         rows
     }
 
-    /// etcd's keys and values under the data prefix.
-    pub async fn etcd_data(&self) -> Vec<(String, String)> {
-        let response = self
-            .etcd
-            .kv_client()
-            .get(self.prefix(), Some(GetOptions::new().with_prefix()))
-            .await
-            .unwrap();
-        response
-            .kvs()
-            .iter()
-            .map(|kv| {
-                (
-                    String::from_utf8_lossy(kv.key()).into_owned(),
-                    String::from_utf8_lossy(kv.value()).into_owned(),
-                )
-            })
-            .collect()
-    }
-
-    pub async fn etcd_value(&self, key_suffix: &str) -> Option<String> {
-        let key = format!("{}/{key_suffix}", self.prefix());
-        let response = self.etcd.kv_client().get(key, None).await.unwrap();
-        response
-            .kvs()
-            .first()
-            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
-    }
-
-    pub async fn etcd_key_count(&self, prefix: &str) -> i64 {
-        let response = self
-            .etcd
-            .kv_client()
-            .get(
-                prefix,
-                Some(GetOptions::new().with_prefix().with_count_only()),
-            )
-            .await
-            .unwrap();
-        response.count()
-    }
-
-    /// Waits until `<prefix>/<key_suffix>` holds `want` (`None`: absent).
-    pub async fn wait_for_value(&self, key_suffix: &str, want: Option<&str>) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let got = self.etcd_value(key_suffix).await;
-            if got.as_deref() == want {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{key_suffix}: waited for {want:?}, etcd has {got:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// The stored state, as JSON.
-    pub async fn state(&self) -> Option<serde_json::Value> {
-        let key = format!("{}/state", self.state_prefix());
-        let response = self.etcd.kv_client().get(key, None).await.unwrap();
-        response
-            .kvs()
-            .first()
-            .map(|kv| serde_json::from_slice(kv.value()).unwrap())
-    }
-
-    /// Waits until the stored phase is `sync`.
-    pub async fn wait_for_sync_phase(&self, agent: &mut Agent, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(state) = self.state().await {
-                if state["phase"] == "sync" {
-                    return;
-                }
-            }
-            if let Some(status) = agent.exited() {
-                panic!(
-                    "the agent exited ({status}) before reaching sync:\n{}",
-                    agent.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no sync phase after {timeout:?}:\n{}",
-                agent.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Waits until the dump has written `keys` keys (to stop the agent in the middle of it).
-    pub async fn wait_for_keys(&self, agent: &mut Agent, keys: i64) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while self.etcd_key_count(&self.prefix()).await < keys {
-            assert!(
-                Instant::now() < deadline,
-                "the dump wrote nothing:\n{}",
-                agent.log()
-            );
-            assert!(
-                agent.exited().is_none(),
-                "the agent exited:\n{}",
-                agent.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Waits until `sync verify` finds etcd equal to the database.
-    pub async fn wait_converged(&self, agent: Option<&Agent>, timeout: Duration) {
-        let config = self.config();
-        let deadline = Instant::now() + timeout;
-        loop {
-            let output = self.run_command(&config, &["verify"]);
-            if output.status.success() {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "etcd did not converge within {timeout:?}:\n{}{}\nagent log:\n{}",
-                    String::from_utf8_lossy(&output.stdout),
-                    String::from_utf8_lossy(&output.stderr),
-                    agent.map(Agent::log).unwrap_or_default()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    }
-
     /// Runs SQL as the PostgreSQL administrator in this test's database (roles, grants).
     pub async fn pg_admin(&self, sql: &str) {
         let admin = pg_connect(
@@ -767,289 +655,4 @@ async fn drop_slot(admin: &Client, slot: &str) {
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
-}
-
-pub struct Agent {
-    child: Child,
-    log_path: PathBuf,
-}
-
-impl Agent {
-    /// An agent started by the test itself (its log wherever the test sent it).
-    pub fn from_child(child: Child, log_path: PathBuf) -> Agent {
-        Agent { child, log_path }
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().unwrap()
-    }
-
-    /// `kill -9`.
-    pub fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    /// SIGTERM, and the exit status within `timeout`.
-    pub fn terminate(mut self, timeout: Duration) -> ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        self.wait_exit(timeout)
-    }
-
-    /// Waits for the agent to exit; kills it and fails after `timeout`.
-    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("the agent did not exit within {timeout:?}:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// An etcd of the test's own (fresh data dir, free ports), for tests that break it.
-pub struct OwnEtcd {
-    child: Child,
-    pub endpoint: String,
-    dir: PathBuf,
-    args: Vec<String>,
-}
-
-impl OwnEtcd {
-    pub async fn start(name: &str, extra_args: &[&str]) -> OwnEtcd {
-        let dir = std::env::temp_dir().join(format!("etcd-sync-test-etcd-{name}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let (client, peer) = (free_port(), free_port());
-        let endpoint = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let mut args: Vec<String> = vec!["--name".into(), name.into(), "--data-dir".into()];
-        args.push(dir.join("data").display().to_string());
-        for arg in [
-            "--listen-client-urls",
-            &endpoint,
-            "--advertise-client-urls",
-            &endpoint,
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-            "--initial-cluster",
-            &format!("{name}={peer_url}"),
-        ] {
-            args.push(arg.to_owned());
-        }
-        args.extend(extra_args.iter().map(|a| a.to_string()));
-        let child = Self::spawn(&dir, &args);
-        let etcd = OwnEtcd {
-            child,
-            endpoint,
-            dir,
-            args,
-        };
-        etcd.wait_ready().await;
-        etcd
-    }
-
-    fn spawn(dir: &Path, args: &[String]) -> Child {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("etcd.log"))
-            .unwrap();
-        Command::new("etcd")
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("etcd: run `make testenv`")
-    }
-
-    async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(mut c) = Etcd::connect([self.endpoint.as_str()], None).await {
-                if c.status().await.is_ok() {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "the test's etcd did not start");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Kills etcd (SIGKILL) and keeps it down for `down`.
-    pub async fn crash_for(&mut self, down: Duration) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        tokio::time::sleep(down).await;
-        self.child = Self::spawn(&self.dir, &self.args);
-        self.wait_ready().await;
-    }
-}
-
-impl Drop for OwnEtcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Restarts a server of the test environment: `pg-faults` or `mariadb-faults`.
-pub fn restart_server(name: &str) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/testenv.sh");
-    let status = Command::new(script)
-        .args(["restart", name])
-        .status()
-        .unwrap();
-    assert!(status.success(), "restarting {name} failed");
-}
-
-/// A free local port for a server the agent starts.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `GET path` on 127.0.0.1:`port`: the status code and body.
-pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-    Some((status, body))
-}
-
-/// The value of a metric line `name{labels} value` in Prometheus text.
-pub fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-/// A small deterministic generator, so a failing sequence can be replayed.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed.max(1))
-    }
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-/// A config, and what the error must say.
-pub struct Case {
-    pub name: &'static str,
-    pub config: String,
-    pub expect: &'static [&'static str],
-}
-
-/// A client of the TLS etcd as `user`.
-pub async fn secure_etcd_client(env: &TestEnv, user: &str, password: &str) -> Etcd {
-    let tls = env.get("TLS_DIR");
-    let read = |file: &str| std::fs::read(format!("{tls}/{file}")).unwrap();
-    let options = etcd_client::ConnectOptions::new()
-        .with_user(user, password)
-        .with_auto_token_refresh(true)
-        .with_tls(
-            etcd_client::TlsOptions::new()
-                .ca_certificate(etcd_client::Certificate::from_pem(read("ca.pem")))
-                .identity(etcd_client::Identity::from_pem(
-                    read("client.pem"),
-                    read("client.key"),
-                )),
-        );
-    Etcd::connect([env.get("ETCD_TLS")], Some(options))
-        .await
-        .unwrap_or_else(|e| panic!("cannot connect to the TLS etcd ({e}): run `make testenv`"))
-}
-
-/// Runs `sync run` with a time limit: a bad input must stop the agent by itself.
-fn run_case(world: &World, case: &Case) -> (bool, String) {
-    let path = world.write_config(&case.config);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sync"))
-        .arg("--config-file")
-        .arg(&path)
-        .arg("run")
-        .env("TEST_DB_PASSWORD", "sync")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("case {:?}: the agent did not stop by itself", case.name);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let output = child.wait_with_output().unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
-pub async fn check_cases(world: &World, cases: &[Case]) {
-    let mut failures = Vec::new();
-    for case in cases {
-        let (success, stderr) = run_case(world, case);
-        let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("ERROR")).collect();
-        let ok = !success
-            && errors.len() == 1
-            && case.expect.iter().all(|want| errors[0].contains(want))
-            && world.etcd_key_count(&world.state_prefix()).await == 0
-            && world.etcd_key_count(&world.prefix()).await == 0;
-        if !ok {
-            failures.push(format!(
-                "case {:?}: success={success}, expected {:?} in one ERROR line, got:\n{stderr}",
-                case.name, case.expect
-            ));
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }

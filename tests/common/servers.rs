@@ -1,0 +1,111 @@
+//! Servers the tests start or restart themselves.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use etcd_client::Client as Etcd;
+
+use super::free_port;
+
+/// An etcd of the test's own (fresh data dir, free ports), for tests that break it.
+pub struct OwnEtcd {
+    child: Child,
+    pub endpoint: String,
+    dir: PathBuf,
+    args: Vec<String>,
+}
+
+impl OwnEtcd {
+    pub async fn start(name: &str, extra_args: &[&str]) -> OwnEtcd {
+        let dir = std::env::temp_dir().join(format!("etcd-sync-test-etcd-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (client, peer) = (free_port(), free_port());
+        let endpoint = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let mut args: Vec<String> = vec!["--name".into(), name.into(), "--data-dir".into()];
+        args.push(dir.join("data").display().to_string());
+        for arg in [
+            "--listen-client-urls",
+            &endpoint,
+            "--advertise-client-urls",
+            &endpoint,
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+            "--initial-cluster",
+            &format!("{name}={peer_url}"),
+        ] {
+            args.push(arg.to_owned());
+        }
+        args.extend(extra_args.iter().map(|a| a.to_string()));
+        let child = Self::spawn(&dir, &args);
+        let etcd = OwnEtcd {
+            child,
+            endpoint,
+            dir,
+            args,
+        };
+        etcd.wait_ready().await;
+        etcd
+    }
+
+    fn spawn(dir: &Path, args: &[String]) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("etcd.log"))
+            .unwrap();
+        Command::new("etcd")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("etcd: run `make testenv`")
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut c) = Etcd::connect([self.endpoint.as_str()], None).await {
+                if c.status().await.is_ok() {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "the test's etcd did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills etcd (SIGKILL) and keeps it down for `down`.
+    pub async fn crash_for(&mut self, down: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        tokio::time::sleep(down).await;
+        self.child = Self::spawn(&self.dir, &self.args);
+        self.wait_ready().await;
+    }
+}
+
+impl Drop for OwnEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Restarts a server of the test environment: `pg-faults` or `mariadb-faults`.
+pub fn restart_server(name: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/testenv.sh");
+    let status = Command::new(script)
+        .args(["restart", name])
+        .status()
+        .unwrap();
+    assert!(status.success(), "restarting {name} failed");
+}
