@@ -327,6 +327,15 @@ async fn lead<D: Driver, S: Sink>(
             );
             dump::dump(driver, store, tables, settings, cancel).await?
         }
+        Some(state) if state.phase == Phase::Sync && state.format < crate::etcd::FORMAT => {
+            warn!(
+                stored = state.format,
+                current = crate::etcd::FORMAT,
+                "the key/value format changed since the last dump (see the README's contract); \
+                 dumping again, which also deletes keys of the old form"
+            );
+            dump::dump(driver, store, tables, settings, cancel).await?
+        }
         Some(state) if state.phase == Phase::Sync => match state.position {
             Some(position) => {
                 info!(position = %position.0, "resuming the stream from the stored position");

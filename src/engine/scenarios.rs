@@ -423,3 +423,28 @@ async fn shutdown_is_clean() {
     assert_eq!(synced_to(&etcd), Some(1));
     assert!(!etcd.data(STATE_PREFIX).contains_key("/s/lock"));
 }
+
+/// A state written before the key/value format was recorded (or in an older one) leads to a
+/// new dump, which deletes the keys written in the old form.
+#[tokio::test]
+async fn an_older_key_format_is_dumped_again() {
+    let script = Script::with_rows(4);
+    let etcd = MemoryEtcd::default();
+    etcd.put(
+        "/s/state",
+        r#"{"phase":"sync","position":{"n":0},"updated_at":"2025-01-01T00:00:00Z","agent":"old:1","tables":["users"]}"#,
+    );
+    etcd.put("/p/users/\"AP8=\"", r#"{"id":"AP8=","name":"old form"}"#);
+    let engine = start(&script, &etcd, 128);
+    let current = format!("\"format\":{}", crate::etcd::FORMAT);
+    for _ in 0..2000 {
+        let state = etcd.data(STATE_PREFIX)["/s/state"].clone();
+        if state.contains(&current) && state.contains("\"phase\":\"sync\"") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    converges(&script, &etcd).await;
+    assert!(!etcd.data(PREFIX).contains_key("/p/users/\"AP8=\""));
+    engine.stop().await.unwrap();
+}

@@ -29,7 +29,7 @@ pub use error::{is_too_many_ops, EtcdError, ETCD_UNREACHABLE};
 pub use leadership::Leadership;
 pub use scan::{Scan, ScanStats};
 pub use sink::EtcdConnector;
-pub use state::{Phase, State};
+pub use state::{Phase, State, FORMAT};
 pub use txn::{Op, Writer};
 
 /// A listed key with the revision of its last write.
@@ -96,6 +96,7 @@ impl Store {
             updated_at: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
             agent: self.agent.clone(),
             tables: self.tables.clone(),
+            format: FORMAT,
         }
     }
 
@@ -196,6 +197,7 @@ mod tests {
             updated_at: "2026-01-01T00:00:00Z".into(),
             agent: "h:1".into(),
             tables: vec!["t".into()],
+            format: FORMAT,
         };
         let text = serde_json::to_string(&state).unwrap();
         assert!(text.starts_with(r#"{"phase":"sync","position":{"lsn":"0/1"},"updated_at":""#));

@@ -35,4 +35,13 @@ pub struct State {
     /// The tables the snapshot covers; a different selection at start-up means a new dump.
     #[serde(default)]
     pub tables: Vec<String>,
+    /// The key/value format the snapshot was written in ([`FORMAT`]); an older one at start-up
+    /// means a new dump, so that no key of the old form lingers beside its new form.
+    #[serde(default)]
+    pub format: u32,
 }
+
+/// The key/value format this agent writes. 0: before it was recorded. 1: byte and NaN key
+/// segments without JSON quotes, MySQL zero dates in keys, dates and timestamps outside years
+/// 0-9999 in ISO 8601 expanded form, MariaDB JSON numbers as written.
+pub const FORMAT: u32 = 1;

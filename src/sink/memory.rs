@@ -256,6 +256,7 @@ impl Sink for MemorySink {
             updated_at: "2026-01-01T00:00:00Z".into(),
             agent: self.agent.clone(),
             tables: self.tables.clone(),
+            format: crate::etcd::FORMAT,
         }
     }
 
