@@ -3,10 +3,10 @@
 use etcd_sync_api::{CheckItem, CheckStatus, Driver};
 
 use crate::engine::Settings;
-use crate::etcd::{is_too_many_ops, Store};
+use crate::etcd::{is_too_many_ops, Connection, Store};
 
 /// An etcd error in one line, with the config fields to check when etcd cannot be reached.
-fn with_hint(e: &crate::etcd::EtcdError) -> String {
+fn with_hint(e: &crate::etcd::SinkError) -> String {
     match e.config_hint() {
         Some(hint) => format!("{}; {hint}", crate::error_chain(e)),
         None => crate::error_chain(e),
@@ -14,9 +14,9 @@ fn with_hint(e: &crate::etcd::EtcdError) -> String {
 }
 
 /// Checks etcd: reachable, its version, the txn size the config asks for, the stored state.
-pub async fn check_etcd(settings: &Settings) -> Vec<CheckItem> {
-    let endpoints = settings.etcd.endpoints.join(",");
-    let mut store = match Store::connect(&settings.etcd, &settings.state_prefix).await {
+pub async fn check_etcd(etcd: &Connection, settings: &Settings) -> Vec<CheckItem> {
+    let endpoints = etcd.endpoints.join(",");
+    let mut store = match Store::connect(etcd, &settings.state_prefix).await {
         Ok(store) => store,
         Err(e) => return vec![CheckItem::fail("etcd", with_hint(&e))],
     };
@@ -72,9 +72,9 @@ pub async fn check_etcd(settings: &Settings) -> Vec<CheckItem> {
 }
 
 /// Runs every check and prints the report; returns whether everything passed.
-pub async fn run<D: Driver>(driver: &D, settings: &Settings) -> bool {
+pub async fn run<D: Driver>(driver: &D, etcd: &Connection, settings: &Settings) -> bool {
     let mut items = driver.check().await;
-    items.extend(check_etcd(settings).await);
+    items.extend(check_etcd(etcd, settings).await);
     let mut ok = true;
     for item in &items {
         let label = match item.status {

@@ -8,14 +8,14 @@
 
 pub mod check;
 pub mod config;
-pub mod encode;
-pub mod engine;
 pub mod etcd;
 pub mod logging;
-pub mod metrics;
-pub mod sink;
 pub mod status;
 pub mod verify;
+
+// The engine crate's modules under the names the rest of this crate uses.
+pub use etcd_sync_engine as engine;
+pub use etcd_sync_engine::{encode, metrics, sink};
 
 use std::path::Path;
 
@@ -67,10 +67,25 @@ pub fn start_position(config: &Config) -> Option<Position> {
     }
 }
 
+/// Where etcd is, from the config.
+pub fn etcd_connection(config: &Config) -> etcd::Connection {
+    let tls = &config.etcd.tls;
+    etcd::Connection {
+        endpoints: config.etcd.endpoints.clone(),
+        user: config.etcd.user.clone(),
+        password: config.etcd.password.as_ref().map(|p| p.expose().to_owned()),
+        tls: etcd::TlsFiles {
+            ca_file: tls.ca_file.clone(),
+            cert_file: tls.cert_file.clone(),
+            key_file: tls.key_file.clone(),
+            server_name: tls.server_name.clone(),
+        },
+    }
+}
+
 /// The engine's settings from the config.
 pub fn engine_settings(config: &Config) -> engine::Settings {
     engine::Settings {
-        etcd: config.etcd_connection(),
         prefix: config.prefix().to_owned(),
         state_prefix: config.state_prefix(),
         max_txn_ops: config.etcd.max_txn_ops,

@@ -4,12 +4,8 @@
 //! are dropped and counted (`etcd_sync_log_write_errors_total`).
 
 use std::io::{self, Write};
-use std::sync::LazyLock;
 
-use prometheus_client::metrics::counter::Counter;
-
-/// Log lines that could not be written.
-pub static LOG_WRITE_ERRORS: LazyLock<Counter> = LazyLock::new(Counter::default);
+use etcd_sync_engine::metrics::LOG_WRITE_ERRORS;
 
 /// A writer to a stream that swallows (and counts) its errors.
 pub struct Lossy<W>(pub W);

@@ -142,6 +142,7 @@ async fn run_command<D: Driver>(
     command: Command,
 ) -> anyhow::Result<ExitCode> {
     let settings = etcd_sync::engine_settings(config);
+    let etcd = etcd_sync::etcd_connection(config);
     match command {
         Command::Run => {
             let cancel = CancellationToken::new();
@@ -167,7 +168,7 @@ async fn run_command<D: Driver>(
                 "etcd-sync starting"
             );
             let connector = etcd_sync::etcd::EtcdConnector {
-                connection: settings.etcd.clone(),
+                connection: etcd.clone(),
                 state_prefix: settings.state_prefix.clone(),
                 metrics: std::sync::Arc::clone(&settings.metrics),
             };
@@ -180,7 +181,7 @@ async fn run_command<D: Driver>(
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json } => {
-            let status = etcd_sync::status::status(&driver, &settings)
+            let status = etcd_sync::status::status(&driver, &etcd, &settings)
                 .await
                 .map_err(|e| anyhow::anyhow!(etcd_sync::error_chain(&e)))
                 .context("status")?;
@@ -192,7 +193,7 @@ async fn run_command<D: Driver>(
             Ok(ExitCode::SUCCESS)
         }
         Command::Check => {
-            let ok = etcd_sync::check::run(&driver, &settings).await;
+            let ok = etcd_sync::check::run(&driver, &etcd, &settings).await;
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {
@@ -200,7 +201,7 @@ async fn run_command<D: Driver>(
             })
         }
         Command::Verify => {
-            let reports = etcd_sync::verify::verify(driver, &settings)
+            let reports = etcd_sync::verify::verify(driver, &etcd, &settings)
                 .await
                 .map_err(|e| anyhow::anyhow!(etcd_sync::error_chain(&e)))
                 .context("verify")?;

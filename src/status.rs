@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::encode::table_name_prefix;
 use crate::engine::{EngineError, Settings};
-use crate::etcd::{Phase, Store};
+use crate::etcd::{Connection, Phase, Store};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -27,8 +27,12 @@ pub struct Status {
     pub keys: BTreeMap<String, i64>,
 }
 
-pub async fn status<D: Driver>(driver: &D, settings: &Settings) -> Result<Status, EngineError> {
-    let mut store = Store::connect(&settings.etcd, &settings.state_prefix).await?;
+pub async fn status<D: Driver>(
+    driver: &D,
+    etcd: &Connection,
+    settings: &Settings,
+) -> Result<Status, EngineError> {
+    let mut store = Store::connect(etcd, &settings.state_prefix).await?;
     let state = store.load_state().await?;
     let mut status = Status {
         state_key: store.state_key().to_owned(),

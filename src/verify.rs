@@ -176,9 +176,10 @@ struct Difference {
 
 pub async fn verify<D: Driver>(
     driver: D,
+    etcd: &crate::etcd::Connection,
     settings: &Settings,
 ) -> Result<Vec<TableReport>, EngineError> {
-    let store = Store::connect(&settings.etcd, &settings.state_prefix).await?;
+    let store = Store::connect(etcd, &settings.state_prefix).await?;
     let tables = driver.select_tables().await?.tables;
     let mut db_digests: HashMap<String, Digest> = HashMap::new();
     scan_database(&driver, &tables, &settings.prefix, |table, key, value| {

@@ -510,16 +510,6 @@ impl Config {
         }
         problems
     }
-
-    /// The etcd connection settings.
-    pub fn etcd_connection(&self) -> crate::etcd::Connection {
-        crate::etcd::Connection {
-            endpoints: self.etcd.endpoints.clone(),
-            user: self.etcd.user.clone(),
-            password: self.etcd.password.clone(),
-            tls: self.etcd.tls.clone(),
-        }
-    }
 }
 
 /// A config file others may read must not hold a literal password.
@@ -712,7 +702,7 @@ mod tests {
         let c = parse(&text).unwrap();
         let db_password = c.database.password.as_ref().unwrap();
         assert_eq!(db_password.expose(), "s3cret-from-file");
-        let debug = format!("{c:?} {:?}", c.etcd_connection());
+        let debug = format!("{c:?} {:?}", crate::etcd_connection(&c));
         assert!(!debug.contains("s3cret"), "{debug}");
 
         let both = format!(

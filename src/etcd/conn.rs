@@ -4,19 +4,39 @@ use std::time::Duration;
 
 use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
 
-use super::EtcdError;
-use crate::config::{EtcdTls, Secret};
+use super::SinkError;
 
 /// Decode limit for reads: values may be up to etcd's request limit, and pages hold many.
 pub(super) const MAX_DECODE_BYTES: usize = 256 * 1024 * 1024;
 
 /// Where etcd is and how to talk to it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Connection {
     pub endpoints: Vec<String>,
     pub user: Option<String>,
-    pub password: Option<Secret>,
-    pub tls: EtcdTls,
+    pub password: Option<String>,
+    pub tls: TlsFiles,
+}
+
+/// TLS for `https://` endpoints: files as PEM, and the name etcd's certificate must carry.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    /// CA of etcd's server certificates; `None`: the system's trusted roots.
+    pub ca_file: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    pub server_name: Option<String>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("endpoints", &self.endpoints)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 impl Connection {
@@ -26,11 +46,11 @@ impl Connection {
             endpoints,
             user: None,
             password: None,
-            tls: EtcdTls::default(),
+            tls: TlsFiles::default(),
         }
     }
 
-    pub(super) fn options(&self) -> Result<ConnectOptions, EtcdError> {
+    pub(super) fn options(&self) -> Result<ConnectOptions, SinkError> {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             .with_timeout(Duration::from_secs(30))
@@ -38,7 +58,7 @@ impl Connection {
         if let (Some(user), Some(password)) = (&self.user, &self.password) {
             // Tokens expire (etcd's --auth-token-ttl); the client gets a new one when needed.
             options = options
-                .with_user(user.clone(), password.expose().to_owned())
+                .with_user(user.clone(), password.clone())
                 .with_auto_token_refresh(true);
         }
         if self.endpoints.iter().any(|e| e.starts_with("https://")) {
@@ -47,9 +67,9 @@ impl Connection {
         Ok(options)
     }
 
-    pub(super) fn tls_options(&self) -> Result<TlsOptions, EtcdError> {
+    pub(super) fn tls_options(&self) -> Result<TlsOptions, SinkError> {
         let read = |field: &str, path: &str| {
-            std::fs::read(path).map_err(|e| EtcdError::Refused {
+            std::fs::read(path).map_err(|e| SinkError::Refused {
                 context: format!("etcd.tls.{field}"),
                 reason: format!("cannot read {path}: {e}"),
             })

@@ -8,17 +8,7 @@ use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::{EtcdError, Store};
-
-/// This agent's right to write: a key it holds under a lease. Every write txn compares the
-/// key's create revision, so once the lease is gone no write of this agent can land, not even
-/// one already in flight.
-#[derive(Debug, Clone)]
-pub struct Leadership {
-    pub key: String,
-    pub revision: i64,
-    pub lease: i64,
-}
+use super::{client_error, Leadership, SinkError, Store};
 
 impl Store {
     pub(super) fn lock_key(&self) -> String {
@@ -29,19 +19,19 @@ impl Store {
         format!("{}election", self.state_key.trim_end_matches("state"))
     }
 
-    pub(super) async fn grant_lease(&self, ttl: Duration) -> Result<i64, EtcdError> {
+    pub(super) async fn grant_lease(&self, ttl: Duration) -> Result<i64, SinkError> {
         let response = self
             .client
             .lease_client()
             .grant(ttl.as_secs().max(1) as i64, None)
             .await
-            .map_err(|e| EtcdError::client("granting a lease", e))?;
+            .map_err(|e| client_error("granting a lease", e))?;
         Ok(response.id())
     }
 
     /// Takes `<state_prefix>/lock` for this agent. A holder that crashed on this host is
     /// replaced at once; any other holder's lease is given `ttl` to expire before refusing.
-    pub async fn lock(&mut self, ttl: Duration) -> Result<(), EtcdError> {
+    pub async fn lock(&mut self, ttl: Duration) -> Result<(), SinkError> {
         let key = self.lock_key();
         let deadline = std::time::Instant::now() + ttl + Duration::from_secs(2);
         loop {
@@ -59,7 +49,7 @@ impl Store {
                 .kv()
                 .txn(txn)
                 .await
-                .map_err(|e| EtcdError::client("taking the lock", e))?;
+                .map_err(|e| client_error("taking the lock", e))?;
             if response.succeeded() {
                 let revision = response.header().map_or(0, |h| h.revision());
                 self.leadership = Some(Leadership {
@@ -98,11 +88,11 @@ impl Store {
                 self.kv()
                     .txn(txn)
                     .await
-                    .map_err(|e| EtcdError::client("clearing a dead agent's lock", e))?;
+                    .map_err(|e| client_error("clearing a dead agent's lock", e))?;
                 continue;
             }
             if std::time::Instant::now() > deadline {
-                return Err(EtcdError::Locked {
+                return Err(SinkError::Locked {
                     key,
                     holder: holder.0,
                 });
@@ -123,7 +113,7 @@ impl Store {
     }
 
     /// With `ha`: waits to be elected leader under `<state_prefix>/election`.
-    pub async fn campaign(&mut self, ttl: Duration) -> Result<(), EtcdError> {
+    pub async fn campaign(&mut self, ttl: Duration) -> Result<(), SinkError> {
         let name = self.election_name();
         let lease = self.grant_lease(ttl).await?;
         // The lease must live while we wait to be elected.
@@ -132,23 +122,23 @@ impl Store {
             .lease_client()
             .keep_alive(lease)
             .await
-            .map_err(|e| EtcdError::client("keeping the lease alive", e))?;
+            .map_err(|e| client_error("keeping the lease alive", e))?;
         let mut election = self.client.election_client();
         let campaign = election.campaign(name.as_str(), self.agent.as_str(), lease);
         tokio::pin!(campaign);
         let mut tick = tokio::time::interval(ttl / 3);
         let response = loop {
             tokio::select! {
-                response = &mut campaign => break response.map_err(|e| EtcdError::client("campaigning", e))?,
+                response = &mut campaign => break response.map_err(|e| client_error("campaigning", e))?,
                 _ = tick.tick() => {
-                    keeper.keep_alive().await.map_err(|e| EtcdError::client("keeping the lease alive", e))?;
+                    keeper.keep_alive().await.map_err(|e| client_error("keeping the lease alive", e))?;
                     let _ = responses.message().await;
                 }
             }
         };
         let leader = response
             .leader()
-            .ok_or_else(|| EtcdError::LostLeadership { key: name.clone() })?;
+            .ok_or_else(|| SinkError::LostLeadership { key: name.clone() })?;
         self.leadership = Some(Leadership {
             key: String::from_utf8_lossy(leader.key()).into_owned(),
             revision: leader.rev(),
@@ -158,7 +148,7 @@ impl Store {
     }
 
     /// Who holds the leadership or the lock, for `status`.
-    pub async fn holder(&self) -> Result<Option<String>, EtcdError> {
+    pub async fn holder(&self) -> Result<Option<String>, SinkError> {
         let mut election = self.client.election_client();
         if let Ok(response) = election.leader(self.election_name()).await {
             if let Some(kv) = response.kv() {
@@ -169,7 +159,7 @@ impl Store {
             .kv()
             .get(self.lock_key(), None)
             .await
-            .map_err(|e| EtcdError::client("reading the lock", e))?;
+            .map_err(|e| client_error("reading the lock", e))?;
         Ok(response
             .kvs()
             .first()

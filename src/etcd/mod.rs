@@ -1,7 +1,8 @@
-//! The etcd side: the agent's state, fenced transactions, and paged reads. One file per
-//! concern: `conn` (endpoints, auth, TLS), `error` (classified once), `state` (what the agent
-//! stores), `leadership` (lock, election, lease renewal), `txn` (fenced writes and the txn size
-//! probe), `scan` (linear reads of a prefix); here, the [`Store`] they all extend.
+//! etcd as the engine's sink: the agent's state, fenced transactions, and paged reads. One
+//! file per concern: `conn` (endpoints, auth, TLS), `error` (client errors classified once),
+//! `leadership` (lock, election, lease renewal), `txn` (fenced writes and the txn size probe),
+//! `scan` (linear reads of a prefix), `sink` (the engine's traits); here, the [`Store`] they
+//! all extend. It reads no config: the wiring hands it a [`Connection`].
 //!
 //! Every write carries one compare: the state key's mod revision equals the one this agent last
 //! saw or wrote. A second agent that writes the state makes the first one's next txn fail
@@ -20,24 +21,20 @@ mod error;
 mod leadership;
 mod scan;
 mod sink;
-mod state;
 mod txn;
 
-pub use conn::Connection;
 use conn::MAX_DECODE_BYTES;
-pub use error::{is_too_many_ops, EtcdError, ETCD_UNREACHABLE};
-pub use leadership::Leadership;
-pub use scan::{Scan, ScanStats};
+pub use conn::{Connection, TlsFiles};
+use error::client_error;
+pub use error::ETCD_UNREACHABLE;
+pub use scan::Scan;
 pub use sink::EtcdConnector;
-pub use state::{Phase, State, FORMAT};
-pub use txn::{Op, Writer};
+pub use txn::Writer;
 
-/// A listed key with the revision of its last write.
-#[derive(Debug, Clone)]
-pub struct ListedKey {
-    pub key: String,
-    pub mod_revision: i64,
-}
+// The engine's types, which this module speaks in.
+pub use crate::sink::{
+    is_too_many_ops, Leadership, ListedKey, Op, Phase, ScanStats, SinkError, State, FORMAT,
+};
 
 #[derive(Clone)]
 pub struct Store {
@@ -52,11 +49,11 @@ pub struct Store {
 }
 
 impl Store {
-    pub async fn connect(connection: &Connection, state_prefix: &str) -> Result<Self, EtcdError> {
+    pub async fn connect(connection: &Connection, state_prefix: &str) -> Result<Self, SinkError> {
         let endpoints = &connection.endpoints;
         let client = Client::connect(endpoints, Some(connection.options()?))
             .await
-            .map_err(|e| EtcdError::client(format!("connecting to {}", endpoints.join(",")), e))?;
+            .map_err(|e| client_error(format!("connecting to {}", endpoints.join(",")), e))?;
         let host = std::env::var("HOSTNAME")
             .ok()
             .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
@@ -111,29 +108,29 @@ impl Store {
     }
 
     /// The server's version, for `check`.
-    pub async fn server_version(&self) -> Result<String, EtcdError> {
+    pub async fn server_version(&self) -> Result<String, SinkError> {
         let status = self
             .client
             .maintenance_client()
             .status()
             .await
-            .map_err(|e| EtcdError::client("reading the server status", e))?;
+            .map_err(|e| client_error("reading the server status", e))?;
         Ok(status.version().to_owned())
     }
 
     /// Reads the state and takes its revision as the fence for the writes that follow.
-    pub async fn load_state(&mut self) -> Result<Option<State>, EtcdError> {
+    pub async fn load_state(&mut self) -> Result<Option<State>, SinkError> {
         let response = self
             .kv()
             .get(self.state_key.as_str(), None)
             .await
-            .map_err(|e| EtcdError::client("reading the state", e))?;
+            .map_err(|e| client_error("reading the state", e))?;
         let Some(kv) = response.kvs().first() else {
             self.fence = 0;
             return Ok(None);
         };
         self.fence = kv.mod_revision();
-        let state = serde_json::from_slice(kv.value()).map_err(|e| EtcdError::BadState {
+        let state = serde_json::from_slice(kv.value()).map_err(|e| SinkError::BadState {
             key: self.state_key.clone(),
             reason: e.to_string(),
         })?;
@@ -141,12 +138,12 @@ impl Store {
     }
 
     /// One value, for merging partial rows.
-    pub async fn get(&self, key: &str) -> Result<Option<String>, EtcdError> {
+    pub async fn get(&self, key: &str) -> Result<Option<String>, SinkError> {
         let response = self
             .kv()
             .get(key, None)
             .await
-            .map_err(|e| EtcdError::client(format!("reading {key}"), e))?;
+            .map_err(|e| client_error(format!("reading {key}"), e))?;
         Ok(response
             .kvs()
             .first()
@@ -154,7 +151,7 @@ impl Store {
     }
 
     /// How many keys there are under `prefix`.
-    pub async fn count(&self, prefix: &str) -> Result<i64, EtcdError> {
+    pub async fn count(&self, prefix: &str) -> Result<i64, SinkError> {
         let response = self
             .kv()
             .get(
@@ -162,7 +159,7 @@ impl Store {
                 Some(GetOptions::new().with_prefix().with_count_only()),
             )
             .await
-            .map_err(|e| EtcdError::client(format!("counting {prefix}"), e))?;
+            .map_err(|e| client_error(format!("counting {prefix}"), e))?;
         Ok(response.count())
     }
 }

@@ -15,7 +15,7 @@
 
 use etcd_client::GetOptions;
 
-use super::{prefix_end, EtcdError, ListedKey, Store};
+use super::{client_error, prefix_end, ListedKey, ScanStats, SinkError, Store};
 
 /// Keys per request when reading keys only: ~60 bytes each in the response.
 pub const KEYS_PER_PAGE: i64 = 10_000;
@@ -41,22 +41,6 @@ pub struct Scan<'a> {
     revision: i64,
     done: bool,
     stats: ScanStats,
-}
-
-/// What a scan cost etcd: requests sent, keys counted by them (the work etcd did), keys read.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct ScanStats {
-    pub requests: u64,
-    pub keys_counted: u64,
-    pub keys_read: u64,
-}
-
-impl ScanStats {
-    pub fn add(&mut self, other: ScanStats) {
-        self.requests += other.requests;
-        self.keys_counted += other.keys_counted;
-        self.keys_read += other.keys_read;
-    }
 }
 
 impl Store {
@@ -94,7 +78,7 @@ impl Store {
 
 impl Scan<'_> {
     /// The next keys in order (never empty before the end); empty at the end.
-    pub async fn next(&mut self) -> Result<Vec<(ListedKey, Option<String>)>, EtcdError> {
+    pub async fn next(&mut self) -> Result<Vec<(ListedKey, Option<String>)>, SinkError> {
         while !self.done {
             let range_end = self.planner.range_end(&self.start, &self.end);
             let mut options = GetOptions::new()
@@ -109,7 +93,7 @@ impl Scan<'_> {
                 .kv()
                 .get(self.start.clone(), Some(options))
                 .await
-                .map_err(|e| EtcdError::client(format!("listing {}", self.prefix), e))?;
+                .map_err(|e| client_error(format!("listing {}", self.prefix), e))?;
             if self.pinned && self.revision == 0 {
                 self.revision = response.header().map_or(0, |h| h.revision());
             }

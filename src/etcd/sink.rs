@@ -6,7 +6,7 @@ use std::time::Duration;
 use etcd_sync_api::Position;
 use tokio_util::sync::CancellationToken;
 
-use super::{Connection, EtcdError, Leadership, ListedKey, Op, Phase, Scan, ScanStats, State};
+use super::{Connection, Leadership, ListedKey, Op, Phase, Scan, ScanStats, SinkError, State};
 use super::{Store, Writer};
 use crate::metrics::Metrics;
 use crate::sink::{Connector, Sink, SinkScan, SinkWriter};
@@ -21,7 +21,7 @@ pub struct EtcdConnector {
 impl Connector for EtcdConnector {
     type Sink = Store;
 
-    async fn connect(&self) -> Result<Store, EtcdError> {
+    async fn connect(&self) -> Result<Store, SinkError> {
         Ok(Store::connect(&self.connection, &self.state_prefix)
             .await?
             .with_metrics(Arc::clone(&self.metrics)))
@@ -32,7 +32,7 @@ impl Sink for Store {
     type Writer = Writer;
     type Scan<'a> = Scan<'a>;
 
-    async fn load_state(&mut self) -> Result<Option<State>, EtcdError> {
+    async fn load_state(&mut self) -> Result<Option<State>, SinkError> {
         Store::load_state(self).await
     }
 
@@ -44,7 +44,7 @@ impl Sink for Store {
         Store::set_tables(self, tables)
     }
 
-    async fn commit(&mut self, ops: Vec<Op>, state: Option<&State>) -> Result<i64, EtcdError> {
+    async fn commit(&mut self, ops: Vec<Op>, state: Option<&State>) -> Result<i64, SinkError> {
         Store::commit(self, ops, state).await
     }
 
@@ -56,23 +56,23 @@ impl Sink for Store {
         Store::scan(self, prefix, with_values)
     }
 
-    async fn count(&self, prefix: &str) -> Result<i64, EtcdError> {
+    async fn count(&self, prefix: &str) -> Result<i64, SinkError> {
         Store::count(self, prefix).await
     }
 
-    async fn get(&self, key: &str) -> Result<Option<String>, EtcdError> {
+    async fn get(&self, key: &str) -> Result<Option<String>, SinkError> {
         Store::get(self, key).await
     }
 
-    async fn probe_max_txn_ops(&self, max_ops: usize) -> Result<(), EtcdError> {
+    async fn probe_max_txn_ops(&self, max_ops: usize) -> Result<(), SinkError> {
         Store::probe_max_txn_ops(self, max_ops).await
     }
 
-    async fn lock(&mut self, ttl: Duration) -> Result<(), EtcdError> {
+    async fn lock(&mut self, ttl: Duration) -> Result<(), SinkError> {
         Store::lock(self, ttl).await
     }
 
-    async fn campaign(&mut self, ttl: Duration) -> Result<(), EtcdError> {
+    async fn campaign(&mut self, ttl: Duration) -> Result<(), SinkError> {
         Store::campaign(self, ttl).await
     }
 
@@ -95,13 +95,13 @@ impl Sink for Store {
 }
 
 impl SinkWriter for Writer {
-    async fn commit(&self, ops: Vec<Op>) -> Result<i64, EtcdError> {
+    async fn commit(&self, ops: Vec<Op>) -> Result<i64, SinkError> {
         Writer::commit(self, ops).await
     }
 }
 
 impl SinkScan for Scan<'_> {
-    async fn next(&mut self) -> Result<Vec<(ListedKey, Option<String>)>, EtcdError> {
+    async fn next(&mut self) -> Result<Vec<(ListedKey, Option<String>)>, SinkError> {
         Scan::next(self).await
     }
 

@@ -5,45 +5,23 @@ use std::time::Instant;
 
 use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 
-use super::{EtcdError, State, Store};
+use super::{client_error, Op, SinkError, State, Store};
 
-/// A write the engine hands to etcd.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Op {
-    Put { key: String, value: String },
-    Delete { key: String },
-}
-
-impl Op {
-    pub fn key(&self) -> &str {
-        match self {
-            Op::Put { key, .. } | Op::Delete { key } => key,
-        }
-    }
-
-    /// Bytes it adds to a request: key, value and a little protobuf framing.
-    pub fn size(&self) -> usize {
-        match self {
-            Op::Put { key, value } => key.len() + value.len() + 16,
-            Op::Delete { key } => key.len() + 16,
-        }
-    }
-
-    pub(super) fn into_txn_op(self) -> TxnOp {
-        match self {
-            Op::Put { key, value } => TxnOp::put(key, value, None),
-            Op::Delete { key } => TxnOp::delete(key, None),
-        }
+/// An engine write as an etcd txn operation.
+pub(super) fn txn_op(op: Op) -> TxnOp {
+    match op {
+        Op::Put { key, value } => TxnOp::put(key, value, None),
+        Op::Delete { key } => TxnOp::delete(key, None),
     }
 }
 
 impl Store {
     /// Applies `ops` in one fenced txn, with the state put when given; returns the txn's
     /// revision. Keys in `ops` must be distinct (etcd refuses two operations on one key).
-    pub async fn commit(&mut self, ops: Vec<Op>, state: Option<&State>) -> Result<i64, EtcdError> {
-        let mut txn_ops: Vec<TxnOp> = ops.into_iter().map(Op::into_txn_op).collect();
+    pub async fn commit(&mut self, ops: Vec<Op>, state: Option<&State>) -> Result<i64, SinkError> {
+        let mut txn_ops: Vec<TxnOp> = ops.into_iter().map(txn_op).collect();
         if let Some(state) = state {
-            let value = serde_json::to_string(state).map_err(|e| EtcdError::BadState {
+            let value = serde_json::to_string(state).map_err(|e| SinkError::BadState {
                 key: self.state_key.clone(),
                 reason: e.to_string(),
             })?;
@@ -63,7 +41,7 @@ impl Store {
         }
     }
 
-    pub(super) async fn fenced_txn(&self, ops: Vec<TxnOp>) -> Result<i64, EtcdError> {
+    pub(super) async fn fenced_txn(&self, ops: Vec<TxnOp>) -> Result<i64, SinkError> {
         let count = ops.len();
         let mut compares = vec![Compare::mod_revision(
             self.state_key.as_str(),
@@ -86,7 +64,7 @@ impl Store {
             .kv()
             .txn(txn)
             .await
-            .map_err(|e| EtcdError::client(format!("txn of {count} operations"), e))?;
+            .map_err(|e| client_error(format!("txn of {count} operations"), e))?;
         if let Some(metrics) = &self.metrics {
             metrics.etcd_txn(started.elapsed());
         }
@@ -106,7 +84,7 @@ impl Store {
             .unwrap_or(0);
         if found == self.fence {
             // The state is ours: it was the leadership key that is gone.
-            return Err(EtcdError::LostLeadership {
+            return Err(SinkError::LostLeadership {
                 key: self
                     .leadership
                     .as_ref()
@@ -114,7 +92,7 @@ impl Store {
                     .unwrap_or_default(),
             });
         }
-        Err(EtcdError::Fenced {
+        Err(SinkError::Fenced {
             key: self.state_key.clone(),
             expected: self.fence,
             found,
@@ -123,7 +101,7 @@ impl Store {
 
     /// Checks that a txn of `max_ops` operations is accepted (etcd's `--max-txn-ops`), with
     /// reads only.
-    pub async fn probe_max_txn_ops(&self, max_ops: usize) -> Result<(), EtcdError> {
+    pub async fn probe_max_txn_ops(&self, max_ops: usize) -> Result<(), SinkError> {
         // Reads of the state key: small, and inside what the agent's etcd role may read.
         let ops: Vec<TxnOp> = (0..max_ops)
             .map(|_| TxnOp::get(self.state_key.as_str(), None))
@@ -132,8 +110,8 @@ impl Store {
             Ok(_) => Ok(()),
             // So many reads that the request outgrows gRPC's size limit: far above any server's
             // --max-txn-ops as well.
-            Err(e) if e.to_string().contains("larger than max") => Err(EtcdError::TooManyOps),
-            Err(e) => Err(EtcdError::client("probing the txn size limit", e)),
+            Err(e) if e.to_string().contains("larger than max") => Err(SinkError::TooManyOps),
+            Err(e) => Err(client_error("probing the txn size limit", e)),
         }
     }
 }
@@ -145,9 +123,9 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub async fn commit(&self, ops: Vec<Op>) -> Result<i64, EtcdError> {
+    pub async fn commit(&self, ops: Vec<Op>) -> Result<i64, SinkError> {
         self.store
-            .fenced_txn(ops.into_iter().map(Op::into_txn_op).collect())
+            .fenced_txn(ops.into_iter().map(txn_op).collect())
             .await
     }
 }

@@ -33,6 +33,10 @@ pub struct PhaseLabels {
     pub phase: &'static str,
 }
 
+/// Log lines that could not be written (the binary's log writer counts them here).
+pub static LOG_WRITE_ERRORS: std::sync::LazyLock<Counter> =
+    std::sync::LazyLock::new(Counter::default);
+
 /// Every metric the agent exports, registered once.
 pub struct Metrics {
     registry: Registry,
@@ -130,14 +134,14 @@ impl Default for Metrics {
             m.retries.clone(),
         );
         registry.register("errors", "Errors, by kind", m.errors.clone());
-        for kind in crate::engine::EngineError::KINDS {
+        for kind in crate::EngineError::KINDS {
             let _ = m.retries.get_or_create(&KindLabels { kind });
             let _ = m.errors.get_or_create(&KindLabels { kind });
         }
         registry.register(
             "log_write_errors",
             "Log lines that could not be written (the log's reader went away)",
-            crate::logging::LOG_WRITE_ERRORS.clone(),
+            LOG_WRITE_ERRORS.clone(),
         );
         registry.register(
             "position",
@@ -149,8 +153,8 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn set_phase(&self, phase: crate::etcd::Phase) {
-        let sync = phase == crate::etcd::Phase::Sync;
+    pub fn set_phase(&self, phase: crate::sink::Phase) {
+        let sync = phase == crate::sink::Phase::Sync;
         self.in_sync.store(sync, Ordering::Relaxed);
         self.phase
             .get_or_create(&PhaseLabels { phase: "dump" })
@@ -299,7 +303,7 @@ mod tests {
     fn exposes_and_reports_readiness() {
         let m = Metrics::default();
         assert!(m.readiness(10.0).is_err());
-        m.set_phase(crate::etcd::Phase::Sync);
+        m.set_phase(crate::sink::Phase::Sync);
         m.source_transactions.inc();
         m.set_lag(Duration::from_millis(1500));
         assert!(m.readiness(10.0).is_ok());

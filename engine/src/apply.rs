@@ -15,8 +15,8 @@ use tracing::{info, warn};
 
 use super::{EngineError, Settings};
 use crate::encode::{encode_row, has_unchanged, row_key, table_prefix};
-use crate::etcd::{Op, Phase};
 use crate::metrics::ChangeLabels;
+use crate::sink::{Op, Phase};
 use crate::sink::{Sink, SinkScan};
 
 /// Stream events buffered between the driver and the applier: deep enough that, while one

@@ -9,8 +9,10 @@ use std::time::Duration;
 use etcd_sync_api::Position;
 use tokio_util::sync::CancellationToken;
 
-use super::{Connector, Sink, SinkScan, SinkWriter};
-use crate::etcd::{EtcdError, Leadership, ListedKey, Op, Phase, ScanStats, State};
+use super::{
+    Connector, Leadership, ListedKey, Op, Phase, ScanStats, Sink, SinkError, SinkScan, SinkWriter,
+    State,
+};
 
 #[derive(Debug, Clone)]
 struct Kv {
@@ -29,7 +31,7 @@ struct Inner {
     max_txn_ops: usize,
     history: Vec<Revision>,
     /// Failures to inject into the next txns: `(apply it anyway, error)`.
-    failures: Vec<(bool, EtcdError)>,
+    failures: Vec<(bool, SinkError)>,
 }
 
 /// The server: shared by every sink connected to it.
@@ -92,7 +94,7 @@ impl MemoryEtcd {
 
     /// Makes the next txn fail with `error`; with `applied`, after applying it (an outcome
     /// the client cannot know, as when the connection drops after the request was sent).
-    pub fn fail_next_txn(&self, error: EtcdError, applied: bool) {
+    pub fn fail_next_txn(&self, error: SinkError, applied: bool) {
         self.lock().failures.insert(0, (applied, error));
     }
 
@@ -153,7 +155,7 @@ pub struct MemoryConnector {
 impl Connector for MemoryConnector {
     type Sink = MemorySink;
 
-    async fn connect(&self) -> Result<MemorySink, EtcdError> {
+    async fn connect(&self) -> Result<MemorySink, SinkError> {
         Ok(MemorySink {
             etcd: self.etcd.clone(),
             state_key: format!("{}/state", self.state_prefix),
@@ -166,7 +168,7 @@ impl Connector for MemoryConnector {
     }
 }
 
-/// One agent's view of a [`MemoryEtcd`], fenced as [`crate::etcd::Store`] is.
+/// One agent's view of a [`MemoryEtcd`], fenced as the etcd store is.
 #[derive(Debug, Clone)]
 pub struct MemorySink {
     etcd: MemoryEtcd,
@@ -181,15 +183,15 @@ pub struct MemorySink {
 impl MemorySink {
     /// A fenced txn: the state key's mod revision must be `fence`, the leadership key's create
     /// revision the one acquired; etcd's limits apply.
-    fn txn(&self, ops: Vec<(String, Option<String>)>) -> Result<i64, EtcdError> {
+    fn txn(&self, ops: Vec<(String, Option<String>)>) -> Result<i64, SinkError> {
         let mut inner = self.etcd.lock();
         if ops.len() > inner.max_txn_ops {
-            return Err(EtcdError::TooManyOps);
+            return Err(SinkError::TooManyOps);
         }
         let mut keys: Vec<&String> = ops.iter().map(|(k, _)| k).collect();
         keys.sort();
         if keys.windows(2).any(|w| w[0] == w[1]) {
-            return Err(EtcdError::Refused {
+            return Err(SinkError::Refused {
                 context: format!("txn of {} operations", ops.len()),
                 reason: "etcdserver: duplicate key given in txn request".into(),
             });
@@ -200,14 +202,14 @@ impl MemorySink {
             .as_ref()
             .is_none_or(|l| inner.create_revision(&l.key) == l.revision);
         if found != self.fence {
-            return Err(EtcdError::Fenced {
+            return Err(SinkError::Fenced {
                 key: self.state_key.clone(),
                 expected: self.fence,
                 found,
             });
         }
         if !leading {
-            return Err(EtcdError::LostLeadership {
+            return Err(SinkError::LostLeadership {
                 key: self.lock_key.clone(),
             });
         }
@@ -234,7 +236,7 @@ impl Sink for MemorySink {
     type Writer = MemoryWriter;
     type Scan<'a> = MemoryScan;
 
-    async fn load_state(&mut self) -> Result<Option<State>, EtcdError> {
+    async fn load_state(&mut self) -> Result<Option<State>, SinkError> {
         let inner = self.etcd.lock();
         let Some(kv) = inner.kvs.get(&self.state_key) else {
             self.fence = 0;
@@ -243,7 +245,7 @@ impl Sink for MemorySink {
         self.fence = kv.mod_revision;
         serde_json::from_str(&kv.value)
             .map(Some)
-            .map_err(|e| EtcdError::BadState {
+            .map_err(|e| SinkError::BadState {
                 key: self.state_key.clone(),
                 reason: e.to_string(),
             })
@@ -256,7 +258,7 @@ impl Sink for MemorySink {
             updated_at: "2026-01-01T00:00:00Z".into(),
             agent: self.agent.clone(),
             tables: self.tables.clone(),
-            format: crate::etcd::FORMAT,
+            format: super::FORMAT,
         }
     }
 
@@ -264,10 +266,10 @@ impl Sink for MemorySink {
         self.tables = tables;
     }
 
-    async fn commit(&mut self, ops: Vec<Op>, state: Option<&State>) -> Result<i64, EtcdError> {
+    async fn commit(&mut self, ops: Vec<Op>, state: Option<&State>) -> Result<i64, SinkError> {
         let mut writes = writes(ops);
         if let Some(state) = state {
-            let value = serde_json::to_string(state).map_err(|e| EtcdError::BadState {
+            let value = serde_json::to_string(state).map_err(|e| SinkError::BadState {
                 key: self.state_key.clone(),
                 reason: e.to_string(),
             })?;
@@ -295,26 +297,26 @@ impl Sink for MemorySink {
         }
     }
 
-    async fn count(&self, prefix: &str) -> Result<i64, EtcdError> {
+    async fn count(&self, prefix: &str) -> Result<i64, SinkError> {
         Ok(self.etcd.data(prefix).len() as i64)
     }
 
-    async fn get(&self, key: &str) -> Result<Option<String>, EtcdError> {
+    async fn get(&self, key: &str) -> Result<Option<String>, SinkError> {
         Ok(self.etcd.lock().kvs.get(key).map(|kv| kv.value.clone()))
     }
 
-    async fn probe_max_txn_ops(&self, max_ops: usize) -> Result<(), EtcdError> {
+    async fn probe_max_txn_ops(&self, max_ops: usize) -> Result<(), SinkError> {
         if max_ops > self.etcd.lock().max_txn_ops {
-            return Err(EtcdError::TooManyOps);
+            return Err(SinkError::TooManyOps);
         }
         Ok(())
     }
 
-    async fn lock(&mut self, _ttl: Duration) -> Result<(), EtcdError> {
+    async fn lock(&mut self, _ttl: Duration) -> Result<(), SinkError> {
         let mut inner = self.etcd.lock();
         if let Some(kv) = inner.kvs.get(&self.lock_key) {
             if kv.value != self.agent {
-                return Err(EtcdError::Locked {
+                return Err(SinkError::Locked {
                     key: self.lock_key.clone(),
                     holder: kv.value.clone(),
                 });
@@ -329,10 +331,10 @@ impl Sink for MemorySink {
         Ok(())
     }
 
-    async fn campaign(&mut self, ttl: Duration) -> Result<(), EtcdError> {
+    async fn campaign(&mut self, ttl: Duration) -> Result<(), SinkError> {
         loop {
             match Sink::lock(self, ttl).await {
-                Err(EtcdError::Locked { .. }) => {
+                Err(SinkError::Locked { .. }) => {
                     tokio::time::sleep(Duration::from_millis(10)).await
                 }
                 other => return other,
@@ -388,7 +390,7 @@ pub struct MemoryWriter {
 }
 
 impl SinkWriter for MemoryWriter {
-    async fn commit(&self, ops: Vec<Op>) -> Result<i64, EtcdError> {
+    async fn commit(&self, ops: Vec<Op>) -> Result<i64, SinkError> {
         self.sink.txn(writes(ops))
     }
 }
@@ -407,7 +409,7 @@ pub struct MemoryScan {
 const PAGE: usize = 7;
 
 impl SinkScan for MemoryScan {
-    async fn next(&mut self) -> Result<Vec<(ListedKey, Option<String>)>, EtcdError> {
+    async fn next(&mut self) -> Result<Vec<(ListedKey, Option<String>)>, SinkError> {
         if self.done {
             return Ok(Vec::new());
         }

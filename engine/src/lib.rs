@@ -1,5 +1,8 @@
-//! The core: decides between dump and sync from the stored state, runs them, and retries
-//! transient failures from the last committed position.
+//! The etcd-sync engine: decides between dump and sync from the stored state, runs them
+//! between a [`Driver`] and a [`sink::Sink`], and retries transient failures from the last
+//! committed position. It knows no database (drivers implement `etcd_sync_api::Driver`) and no
+//! etcd (the `sync` binary's etcd module implements the sink); [`encode`] is the key/value
+//! contract, [`metrics`] what it exports.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,19 +12,21 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::encode::EncodeError;
-use crate::etcd::{EtcdError, Phase};
 use crate::metrics::{KindLabels, Metrics};
 use crate::sink::{Connector, Sink};
+use crate::sink::{Phase, SinkError};
 
 mod apply;
 mod dump;
+pub mod encode;
+pub mod metrics;
 #[cfg(test)]
 mod scenarios;
+pub mod sink;
 
 /// What the engine needs from the config.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub etcd: crate::etcd::Connection,
     pub prefix: String,
     pub state_prefix: String,
     pub max_txn_ops: usize,
@@ -44,7 +49,7 @@ pub enum EngineError {
     #[error(transparent)]
     Driver(#[from] DriverError),
     #[error(transparent)]
-    Etcd(#[from] EtcdError),
+    Sink(#[from] SinkError),
     #[error(transparent)]
     Encode(#[from] EncodeError),
     #[error(
@@ -85,7 +90,7 @@ impl EngineError {
     pub fn config_hint(&self) -> Option<&'static str> {
         match self {
             EngineError::Driver(e) => e.config_hint(),
-            EngineError::Etcd(e) => e.config_hint(),
+            EngineError::Sink(e) => e.config_hint(),
             _ => None,
         }
     }
@@ -115,11 +120,11 @@ impl EngineError {
             EngineError::Driver(DriverError::Misconfigured(_)) => "misconfigured",
             EngineError::Driver(DriverError::Protocol(_)) => "protocol",
             EngineError::Driver(DriverError::Stopped) | EngineError::Stopped => "stopped",
-            EngineError::Etcd(EtcdError::Fenced { .. }) => "fenced",
-            EngineError::Etcd(EtcdError::Locked { .. }) => "locked",
-            EngineError::Etcd(EtcdError::LostLeadership { .. }) => "lost_leadership",
-            EngineError::Etcd(EtcdError::NoSpace { .. }) => "etcd_nospace",
-            EngineError::Etcd(_) => "etcd",
+            EngineError::Sink(SinkError::Fenced { .. }) => "fenced",
+            EngineError::Sink(SinkError::Locked { .. }) => "locked",
+            EngineError::Sink(SinkError::LostLeadership { .. }) => "lost_leadership",
+            EngineError::Sink(SinkError::NoSpace { .. }) => "etcd_nospace",
+            EngineError::Sink(_) => "etcd",
             EngineError::Encode(_) => "encode",
             EngineError::RowTooLarge { .. } => "row_too_large",
             EngineError::MaxTxnOpsTooHigh(_) | EngineError::NothingSelected => "misconfigured",
@@ -130,7 +135,7 @@ impl EngineError {
     /// leader) sends this agent back to campaigning.
     fn action_in(&self, ha: bool) -> Action {
         match self {
-            EngineError::Etcd(EtcdError::Fenced { .. } | EtcdError::LostLeadership { .. })
+            EngineError::Sink(SinkError::Fenced { .. } | SinkError::LostLeadership { .. })
                 if ha =>
             {
                 Action::Retry
@@ -145,7 +150,7 @@ impl EngineError {
             EngineError::Driver(DriverError::PositionLost(_) | DriverError::Resnapshot(_)) => {
                 Action::Redump
             }
-            EngineError::Etcd(e) if e.is_transient() => Action::Retry,
+            EngineError::Sink(e) if e.is_transient() => Action::Retry,
             _ => Action::Stop,
         }
     }
@@ -217,7 +222,7 @@ pub async fn run<D: Driver, C: Connector>(
             backoff.reset();
         }
         let wait = backoff.step();
-        let line = crate::error_chain(&err);
+        let line = etcd_sync_api::error_chain(&err);
         let hint = err.config_hint();
         // The fields to check go with the first failure and every few minutes after; /readyz
         // says it all the while.
@@ -254,7 +259,7 @@ async fn session<D: Driver, C: Connector>(
     // Everything that can refuse the config or the server comes before the lock: a refused
     // start leaves nothing in etcd.
     if let Err(e) = store.probe_max_txn_ops(settings.max_txn_ops).await {
-        if crate::etcd::is_too_many_ops(&e) {
+        if crate::sink::is_too_many_ops(&e) {
             return Err(EngineError::MaxTxnOpsTooHigh(settings.max_txn_ops));
         }
         return Err(e.into());
@@ -291,7 +296,7 @@ async fn session<D: Driver, C: Connector>(
     keeper.abort();
     store.release().await;
     if lost.is_cancelled() && !cancel.is_cancelled() {
-        return Err(EtcdError::LostLeadership {
+        return Err(SinkError::LostLeadership {
             key: leadership.key,
         }
         .into());
@@ -327,10 +332,10 @@ async fn lead<D: Driver, S: Sink>(
             );
             dump::dump(driver, store, tables, settings, cancel).await?
         }
-        Some(state) if state.phase == Phase::Sync && state.format < crate::etcd::FORMAT => {
+        Some(state) if state.phase == Phase::Sync && state.format < crate::sink::FORMAT => {
             warn!(
                 stored = state.format,
-                current = crate::etcd::FORMAT,
+                current = crate::sink::FORMAT,
                 "the key/value format changed since the last dump (see the README's contract); \
                  dumping again, which also deletes keys of the old form"
             );
@@ -375,7 +380,7 @@ async fn lead<D: Driver, S: Sink>(
                 error!(
                     "{}; etcd can no longer be brought up to date from the stream: dumping again \
                      (keys of rows that disappeared meanwhile are deleted afterwards)",
-                    crate::error_chain(&e)
+                    etcd_sync_api::error_chain(&e)
                 );
                 position = dump::dump(driver, store, tables, settings, cancel).await?;
             }

@@ -16,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{run, EngineError, Settings};
 use crate::encode::{encode_row, row_key};
-use crate::etcd::{Connection, EtcdError};
 use crate::metrics::Metrics;
 use crate::sink::memory::MemoryEtcd;
+use crate::sink::SinkError;
 
 const PREFIX: &str = "/p";
 const STATE_PREFIX: &str = "/s";
@@ -242,7 +242,6 @@ impl Driver for ScriptedDriver {
 
 fn settings(max_txn_ops: usize) -> Settings {
     Settings {
-        etcd: Connection::plain(Vec::new()),
         prefix: PREFIX.into(),
         state_prefix: STATE_PREFIX.into(),
         max_txn_ops,
@@ -360,7 +359,7 @@ async fn group_commit_keeps_transactions_whole() {
 async fn a_large_transaction_is_chunked_and_replayed_after_an_unknown_outcome() {
     let (script, etcd, engine) = dumped(3, 8).await;
     etcd.fail_next_txn(
-        EtcdError::NoSpace {
+        SinkError::NoSpace {
             context: "injected".into(),
         },
         true,
@@ -436,7 +435,7 @@ async fn an_older_key_format_is_dumped_again() {
     );
     etcd.put("/p/users/\"AP8=\"", r#"{"id":"AP8=","name":"old form"}"#);
     let engine = start(&script, &etcd, 128);
-    let current = format!("\"format\":{}", crate::etcd::FORMAT);
+    let current = format!("\"format\":{}", crate::sink::FORMAT);
     for _ in 0..2000 {
         let state = etcd.data(STATE_PREFIX)["/s/state"].clone();
         if state.contains(&current) && state.contains("\"phase\":\"sync\"") {

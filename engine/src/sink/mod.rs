@@ -1,5 +1,5 @@
 //! Where the engine writes: a key-value store with etcd's transaction semantics. The engine
-//! knows nothing else of etcd; [`crate::etcd::Store`] is the real sink, [`memory`] an
+//! knows nothing else of etcd; the etcd module of the `sync` binary holds the real sink, [`memory`] an
 //! in-memory one with the same semantics, for tests of the engine without servers.
 //!
 //! # The contract a sink keeps
@@ -7,10 +7,10 @@
 //!   none, under one new revision; a watcher sees them together.
 //! - **Fencing**: every txn compares the state key's mod revision with the one this sink last
 //!   read or wrote, and the leadership key's create revision with the one it acquired. When
-//!   another agent wrote the state the txn fails with [`EtcdError::Fenced`]; when the
-//!   leadership key is gone, with [`EtcdError::LostLeadership`]. Nothing of a failed txn lands.
+//!   another agent wrote the state the txn fails with [`SinkError::Fenced`]; when the
+//!   leadership key is gone, with [`SinkError::LostLeadership`]. Nothing of a failed txn lands.
 //! - **Limits**: a txn with more operations than the server allows fails with
-//!   [`EtcdError::TooManyOps`]; two operations on one key in a txn are refused.
+//!   [`SinkError::TooManyOps`]; two operations on one key in a txn are refused.
 //! - **Durability**: a txn that returned `Ok` is durable; one that returned an error may or may
 //!   not have landed (a cut connection), so the engine replays from the last state it wrote,
 //!   and every write it makes is idempotent.
@@ -21,14 +21,19 @@ use std::time::Duration;
 use etcd_sync_api::Position;
 use tokio_util::sync::CancellationToken;
 
-use crate::etcd::{EtcdError, Leadership, ListedKey, Op, Phase, ScanStats, State};
-
+mod error;
 pub mod memory;
+mod state;
+mod types;
+
+pub use error::{is_too_many_ops, BoxError, SinkError};
+pub use state::{Phase, State, FORMAT};
+pub use types::{Leadership, ListedKey, Op, ScanStats};
 
 /// Opens a sink: once per engine session (a retry opens a new one).
 pub trait Connector: Send + Sync + 'static {
     type Sink: Sink;
-    fn connect(&self) -> impl Future<Output = Result<Self::Sink, EtcdError>> + Send;
+    fn connect(&self) -> impl Future<Output = Result<Self::Sink, SinkError>> + Send;
 }
 
 /// The store the engine writes to; see the module docs for the contract.
@@ -39,7 +44,7 @@ pub trait Sink: Clone + Send + Sync + 'static {
         Self: 'a;
 
     /// Reads the state (and remembers its revision for fencing); `None` before the first run.
-    fn load_state(&mut self) -> impl Future<Output = Result<Option<State>, EtcdError>> + Send;
+    fn load_state(&mut self) -> impl Future<Output = Result<Option<State>, SinkError>> + Send;
     /// A state to write, stamped with this agent and the selected tables.
     fn state(&self, phase: Phase, position: Option<Position>) -> State;
     /// The selection the next states record.
@@ -50,23 +55,23 @@ pub trait Sink: Clone + Send + Sync + 'static {
         &mut self,
         ops: Vec<Op>,
         state: Option<&State>,
-    ) -> impl Future<Output = Result<i64, EtcdError>> + Send;
+    ) -> impl Future<Output = Result<i64, SinkError>> + Send;
     /// Fenced txns without the state, for many tasks at once (the dump).
     fn writer(&self) -> Self::Writer;
     /// Every key under `prefix` in key order, a page at a time, in time linear in their number.
     fn scan(&self, prefix: &str, with_values: bool) -> Self::Scan<'_>;
-    fn count(&self, prefix: &str) -> impl Future<Output = Result<i64, EtcdError>> + Send;
-    fn get(&self, key: &str) -> impl Future<Output = Result<Option<String>, EtcdError>> + Send;
+    fn count(&self, prefix: &str) -> impl Future<Output = Result<i64, SinkError>> + Send;
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<String>, SinkError>> + Send;
     /// Checks that a txn of `max_ops` operations is accepted.
     fn probe_max_txn_ops(
         &self,
         max_ops: usize,
-    ) -> impl Future<Output = Result<(), EtcdError>> + Send;
+    ) -> impl Future<Output = Result<(), SinkError>> + Send;
 
     /// Takes the lock (one agent per state prefix), waiting up to `ttl` for a holder's lease.
-    fn lock(&mut self, ttl: Duration) -> impl Future<Output = Result<(), EtcdError>> + Send;
+    fn lock(&mut self, ttl: Duration) -> impl Future<Output = Result<(), SinkError>> + Send;
     /// Waits to win the election (`ha`).
-    fn campaign(&mut self, ttl: Duration) -> impl Future<Output = Result<(), EtcdError>> + Send;
+    fn campaign(&mut self, ttl: Duration) -> impl Future<Output = Result<(), SinkError>> + Send;
     fn leadership(&self) -> Option<&Leadership>;
     /// Keeps the leadership's lease alive until it cannot; then fires `lost` and `leading`.
     fn keep_leadership(
@@ -81,13 +86,13 @@ pub trait Sink: Clone + Send + Sync + 'static {
 
 /// Fenced txns from many tasks at once.
 pub trait SinkWriter: Clone + Send + Sync + 'static {
-    fn commit(&self, ops: Vec<Op>) -> impl Future<Output = Result<i64, EtcdError>> + Send;
+    fn commit(&self, ops: Vec<Op>) -> impl Future<Output = Result<i64, SinkError>> + Send;
 }
 
 /// A read of a prefix, a page at a time (an empty page: the end).
 pub trait SinkScan: Send {
     fn next(
         &mut self,
-    ) -> impl Future<Output = Result<Vec<(ListedKey, Option<String>)>, EtcdError>> + Send;
+    ) -> impl Future<Output = Result<Vec<(ListedKey, Option<String>)>, SinkError>> + Send;
     fn stats(&self) -> ScanStats;
 }

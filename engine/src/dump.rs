@@ -15,8 +15,8 @@ use tracing::{info, warn};
 
 use super::{EngineError, Settings};
 use crate::encode::{encode_row, row_key, table_prefix};
-use crate::etcd::{EtcdError, Op, Phase, ScanStats};
 use crate::metrics::TableLabels;
+use crate::sink::{Op, Phase, ScanStats, SinkError};
 use crate::sink::{Sink, SinkScan, SinkWriter};
 
 /// Row batches buffered between the driver and etcd.
@@ -218,7 +218,7 @@ struct BatchWriter<W: SinkWriter> {
     max_bytes: usize,
     max_in_flight: usize,
     skip_oversized: bool,
-    in_flight: JoinSet<Result<i64, EtcdError>>,
+    in_flight: JoinSet<Result<i64, SinkError>>,
 }
 
 impl<W: SinkWriter> BatchWriter<W> {
