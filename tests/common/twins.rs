@@ -44,4 +44,23 @@ impl World {
             );
         }
     }
+
+    /// Asserts that `<prefix>/<key_suffix>` holds valid JSON containing each of `forms` (the
+    /// documented forms of its values), and returns it.
+    pub async fn assert_forms(&self, key_suffix: &str, forms: &[&str]) -> String {
+        let value = self
+            .etcd_value(key_suffix)
+            .await
+            .unwrap_or_else(|| panic!("{key_suffix} missing"));
+        for form in forms {
+            let shown: String = value.chars().take(400).collect();
+            assert!(value.contains(form), "{key_suffix}: {form} not in {shown}");
+        }
+        // Valid JSON (serde_json's own parser refuses numbers beyond a double's range).
+        assert!(
+            etcd_sync_api::json::canonical_json(&value).is_some(),
+            "{key_suffix} is not JSON: {value}"
+        );
+        value
+    }
 }
