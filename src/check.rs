@@ -5,20 +5,17 @@ use etcd_sync_api::{CheckItem, CheckStatus, Driver};
 use crate::engine::Settings;
 use crate::etcd::{is_too_many_ops, Connection, Store};
 
-/// An etcd error in one line, with the config fields to check when etcd cannot be reached.
-fn with_hint(e: &crate::etcd::SinkError) -> String {
-    match e.config_hint() {
-        Some(hint) => format!("{}; {hint}", crate::error_chain(e)),
-        None => crate::error_chain(e),
-    }
-}
-
 /// Checks etcd: reachable, its version, the txn size the config asks for, the stored state.
 pub async fn check_etcd(etcd: &Connection, settings: &Settings) -> Vec<CheckItem> {
     let endpoints = etcd.endpoints.join(",");
     let mut store = match Store::connect(etcd, &settings.state_prefix).await {
         Ok(store) => store,
-        Err(e) => return vec![CheckItem::fail("etcd", with_hint(&e))],
+        Err(e) => {
+            return vec![CheckItem::fail(
+                "etcd",
+                etcd_sync_api::with_hint(crate::error_chain(&e), e.config_hint()),
+            )]
+        }
     };
     let mut items = Vec::new();
     match store.server_version().await {
@@ -29,7 +26,10 @@ pub async fn check_etcd(etcd: &Connection, settings: &Settings) -> Vec<CheckItem
         Err(e) => {
             items.push(CheckItem::fail(
                 "etcd",
-                format!("{endpoints}: {}", with_hint(&e)),
+                format!(
+                    "{endpoints}: {}",
+                    etcd_sync_api::with_hint(crate::error_chain(&e), e.config_hint())
+                ),
             ));
             return items;
         }

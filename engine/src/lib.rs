@@ -235,10 +235,9 @@ pub async fn run<D: Driver, C: Connector>(
             }
             _ => warn!(retry_in = ?wait, "{line}"),
         }
-        settings.metrics.set_failing(Some(match hint {
-            Some(hint) => format!("{line}; {hint}"),
-            None => line,
-        }));
+        settings
+            .metrics
+            .set_failing(Some(etcd_sync_api::with_hint(line, hint)));
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             _ = tokio::time::sleep(wait) => {}

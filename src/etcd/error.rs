@@ -4,7 +4,7 @@
 use crate::sink::SinkError;
 
 /// What to check when etcd cannot be reached.
-pub const ETCD_UNREACHABLE: &str = "is etcd running and reachable from here? check etcd.endpoints \
+const ETCD_UNREACHABLE: &str = "is etcd running and reachable from here? check etcd.endpoints \
      (and etcd.tls for https endpoints)";
 
 /// A client error in one line: a gRPC status's message and the root cause under it

@@ -26,7 +26,6 @@ mod txn;
 use conn::MAX_DECODE_BYTES;
 pub use conn::{Connection, TlsFiles};
 use error::client_error;
-pub use error::ETCD_UNREACHABLE;
 pub use scan::Scan;
 pub use sink::EtcdConnector;
 pub use txn::Writer;

@@ -63,6 +63,14 @@ impl DriverError {
     }
 }
 
+/// An error's line followed by the config fields to check, when there are some.
+pub fn with_hint(line: String, hint: Option<&str>) -> String {
+    match hint {
+        Some(hint) => format!("{line}; {hint}"),
+        None => line,
+    }
+}
+
 /// An error with its causes on one line, each cause once (some errors repeat their source's
 /// text in their own).
 pub fn error_chain(err: &dyn std::error::Error) -> String {

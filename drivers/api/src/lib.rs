@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 mod error;
 pub mod json;
 mod tls;
-pub use error::{error_chain, BoxError, DriverError, DATABASE_UNREACHABLE};
+pub use error::{error_chain, with_hint, BoxError, DriverError, DATABASE_UNREACHABLE};
 pub use tls::{tls_failure, TlsMode, TlsSettings};
 
 /// One column value as the source delivered it, already in the shape it takes in JSON.
@@ -247,16 +247,13 @@ impl CheckItem {
     pub fn cannot_connect(host: &str, port: u16, user: &str, err: &DriverError) -> Self {
         Self::fail(
             "connection",
-            match err.config_hint() {
-                Some(hint) => format!(
-                    "cannot connect to {host}:{port} as {user}: {}; {hint}",
-                    error_chain(err)
-                ),
-                None => format!(
+            with_hint(
+                format!(
                     "cannot connect to {host}:{port} as {user}: {}",
                     error_chain(err)
                 ),
-            },
+                err.config_hint(),
+            ),
         )
     }
 

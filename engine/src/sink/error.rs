@@ -1,9 +1,6 @@
 //! A sink's errors, classified once by the sink that knows what they mean: what a retry may
 //! cure, what needs an operator, and which config fields to check.
 
-/// Any cause a sink wraps.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
-
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     /// The client's own failure, described in one line by the sink, classified when made.

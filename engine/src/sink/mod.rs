@@ -26,7 +26,7 @@ pub mod memory;
 mod state;
 mod types;
 
-pub use error::{is_too_many_ops, BoxError, SinkError};
+pub use error::{is_too_many_ops, SinkError};
 pub use state::{Phase, State, FORMAT};
 pub use types::{Leadership, ListedKey, Op, ScanStats};
 
