@@ -10,6 +10,11 @@ use etcd_sync::logging::say;
 use etcd_sync_api::Driver;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
+
+/// glibc's allocator spent a fifth of the agent's CPU in a catch-up (a few allocations per row
+/// and per transaction, freed on another thread); mimalloc takes a fraction of that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tracing_subscriber::EnvFilter;
 
 const VERSION: &str = concat!(

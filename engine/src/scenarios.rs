@@ -352,6 +352,48 @@ async fn group_commit_keeps_transactions_whole() {
     engine.stop().await.unwrap();
 }
 
+/// A backlog (transactions arriving faster than etcd takes them) goes out in full txns, one
+/// in flight at a time, in source order, while the next group is built meanwhile.
+#[tokio::test]
+async fn a_backlog_is_written_in_full_txns_in_source_order() {
+    let (script, etcd, engine) = dumped(3, 128).await;
+    etcd.set_commit_latency(Duration::from_millis(3));
+    let before = etcd.history().len();
+    let n = 2000;
+    for i in 0..n {
+        script.push(vec![insert(10_000 + i, "x")]);
+    }
+    converges(&script, &etcd).await;
+    let written = &etcd.history()[before..];
+    // 127 transactions per txn (one operation is the state's); a few partial ones where the
+    // stream paused for longer than the linger.
+    let full = (n as usize).div_ceil(127);
+    assert!(
+        written.len() <= full + 3,
+        "{} txns for {n} transactions ({full} full ones would do)",
+        written.len()
+    );
+    assert_eq!(etcd.max_commits_in_flight(), 1);
+    let positions: Vec<u64> = written
+        .iter()
+        .filter_map(|(_, writes)| {
+            let (_, state) = writes.iter().find(|(k, _)| k == "/s/state")?;
+            let state: serde_json::Value = serde_json::from_str(state.as_deref()?).ok()?;
+            state["position"]["n"].as_u64()
+        })
+        .collect();
+    assert_eq!(
+        positions.len(),
+        written.len(),
+        "every txn carries the state"
+    );
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "positions out of order: {positions:?}"
+    );
+    engine.stop().await.unwrap();
+}
+
 /// A transaction larger than one txn is written in chunks, the state only with the last; a
 /// chunk whose outcome is unknown (applied, but the client saw an error) is replayed from the
 /// stored position and the result converges.

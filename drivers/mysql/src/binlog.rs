@@ -191,10 +191,13 @@ impl<'a> Session<'a> {
             .await
             .map_err(|e| my_error("requesting the binary log", e))?;
         info!(file = %self.position.file, pos = self.position.pos, "streaming the binary log");
+        // Made once: the loop turns for every event.
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
         loop {
             let event = tokio::select! {
                 biased;
-                _ = cancel.cancelled() => break,
+                () = &mut cancelled => break,
                 event = stream.next() => event,
             };
             let event = match event {

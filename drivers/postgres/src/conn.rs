@@ -223,26 +223,8 @@ impl ReplicationConnection {
     /// Reads one message. Cancel-safe: bytes read before a cancellation stay in the buffer.
     async fn read_frame(&mut self) -> Result<Frame, ConnError> {
         loop {
-            if self.read_buf.len() >= 5 {
-                let len = u32::from_be_bytes([
-                    self.read_buf[1],
-                    self.read_buf[2],
-                    self.read_buf[3],
-                    self.read_buf[4],
-                ]) as usize;
-                if len < 4 {
-                    return Err(ConnError::Protocol(format!("message length {len}")));
-                }
-                if self.read_buf.len() > len {
-                    let tag = self.read_buf[0];
-                    let mut frame = self.read_buf.split_to(len + 1);
-                    frame.advance(5);
-                    return Ok(Frame {
-                        tag,
-                        body: frame.freeze(),
-                    });
-                }
-                self.read_buf.reserve(len + 1 - self.read_buf.len());
+            if let Some(frame) = self.buffered_frame()? {
+                return Ok(frame);
             }
             if self.stream.read_buf(&mut self.read_buf).await? == 0 {
                 return Err(ConnError::Io(io::Error::new(
@@ -251,6 +233,33 @@ impl ReplicationConnection {
                 )));
             }
         }
+    }
+
+    /// The next message if the read buffer holds all of it; makes room for it otherwise.
+    fn buffered_frame(&mut self) -> Result<Option<Frame>, ConnError> {
+        if self.read_buf.len() < 5 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([
+            self.read_buf[1],
+            self.read_buf[2],
+            self.read_buf[3],
+            self.read_buf[4],
+        ]) as usize;
+        if len < 4 {
+            return Err(ConnError::Protocol(format!("message length {len}")));
+        }
+        if self.read_buf.len() <= len {
+            self.read_buf.reserve(len + 1 - self.read_buf.len());
+            return Ok(None);
+        }
+        let tag = self.read_buf[0];
+        let mut frame = self.read_buf.split_to(len + 1);
+        frame.advance(5);
+        Ok(Some(Frame {
+            tag,
+            body: frame.freeze(),
+        }))
     }
 
     /// Runs a simple query and returns the rows of its (last) result set as text.
@@ -312,13 +321,21 @@ impl ReplicationConnection {
     pub async fn recv_copy_data(&mut self) -> Result<Option<Bytes>, ConnError> {
         loop {
             let frame = self.read_frame().await?;
-            match frame.tag {
-                b'd' => return Ok(Some(frame.body)),
-                b'c' => return Ok(None),
-                b'E' => return Err(server_error(frame)),
-                _ => {}
+            if let Some(data) = copy_data(frame)? {
+                return Ok(data);
             }
         }
+    }
+
+    /// The next CopyData payload if it was read already, without waiting: `Some(None)` when
+    /// the server ended the stream. Lets a reader take what one read brought in one go.
+    pub fn buffered_copy_data(&mut self) -> Result<Option<Option<Bytes>>, ConnError> {
+        while let Some(frame) = self.buffered_frame()? {
+            if let Some(data) = copy_data(frame)? {
+                return Ok(Some(data));
+            }
+        }
+        Ok(None)
     }
 
     pub async fn send_copy_data(&mut self, data: &[u8]) -> Result<(), ConnError> {
@@ -330,6 +347,17 @@ impl ReplicationConnection {
     pub async fn terminate(mut self) {
         frontend::terminate(&mut self.write_buf);
         let _ = self.flush().await;
+    }
+}
+
+/// A replication stream's message: `Some(Some(payload))` for CopyData, `Some(None)` for its
+/// end, `None` for messages to skip.
+fn copy_data(frame: Frame) -> Result<Option<Option<Bytes>>, ConnError> {
+    match frame.tag {
+        b'd' => Ok(Some(Some(frame.body))),
+        b'c' => Ok(Some(None)),
+        b'E' => Err(server_error(frame)),
+        _ => Ok(None),
     }
 }
 

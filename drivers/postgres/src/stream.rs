@@ -27,6 +27,10 @@ use crate::{lsn_of, partitions, position_of, system_time};
 const CHANGES_PER_EVENT: usize = 256;
 /// How often the server hears from us even when nothing changed (its default timeout is 60 s).
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+/// How long an acknowledged position waits before it is confirmed to the server: every
+/// confirmation costs the walsender work, and during a catch-up the engine acknowledges
+/// hundreds of group commits a second.
+const CONFIRM_DELAY: Duration = Duration::from_millis(100);
 /// How long a shutdown waits for the engine's last acknowledgement.
 const SHUTDOWN_ACK_WAIT: Duration = Duration::from_secs(10);
 
@@ -121,26 +125,47 @@ impl Session {
         let mut status_timer = tokio::time::interval(STATUS_INTERVAL);
         let mut partitions_timer = tokio::time::interval(partitions::CHECK_INTERVAL);
         let watch_partitions = self.decoder.partitions.is_some();
+        // Made once: the loop turns for every message of the stream.
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
+        let confirm = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(confirm);
+        let mut confirm_pending = false;
         loop {
             tokio::select! {
                 biased;
-                _ = cancel.cancelled() => break,
+                () = &mut cancelled => break,
                 _ = partitions_timer.tick(), if watch_partitions => self.decoder.check_partitions().await?,
                 changed = self.acks.changed() => {
                     if changed.is_err() {
                         return Err(DriverError::Stopped);
                     }
                     self.take_ack()?;
+                    if !confirm_pending {
+                        confirm.as_mut().reset(tokio::time::Instant::now() + CONFIRM_DELAY);
+                        confirm_pending = true;
+                    }
+                }
+                () = &mut confirm, if confirm_pending => {
+                    confirm_pending = false;
                     self.send_status(false).await?;
                 }
                 _ = status_timer.tick() => self.send_status(true).await?,
                 data = self.repl.recv_copy_data() => {
-                    let data = data.map_err(|e| conn_error("reading the replication stream", e))?;
-                    let Some(data) = data else {
-                        return Err(DriverError::transient("reading the replication stream", "the server ended the stream"));
-                    };
-                    if self.decoder.handle(data).await? {
-                        self.send_status(true).await?;
+                    let mut data = data.map_err(|e| conn_error("reading the replication stream", e))?;
+                    // Everything the same read brought in, without a turn of the loop each.
+                    loop {
+                        let Some(message) = data else {
+                            return Err(DriverError::transient("reading the replication stream", "the server ended the stream"));
+                        };
+                        if self.decoder.handle(message).await? {
+                            self.send_status(true).await?;
+                        }
+                        match self.repl.buffered_copy_data() {
+                            Ok(Some(next)) => data = next,
+                            Ok(None) => break,
+                            Err(e) => return Err(conn_error("reading the replication stream", e)),
+                        }
                     }
                 }
             }

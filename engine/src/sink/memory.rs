@@ -32,6 +32,11 @@ struct Inner {
     history: Vec<Revision>,
     /// Failures to inject into the next txns: `(apply it anyway, error)`.
     failures: Vec<(bool, SinkError)>,
+    /// How long a state-carrying txn takes, as a round trip to a real server would.
+    commit_latency: Duration,
+    /// Most txns seen in flight at once, and in flight now.
+    max_in_flight: usize,
+    in_flight: usize,
 }
 
 /// The server: shared by every sink connected to it.
@@ -56,6 +61,9 @@ impl MemoryEtcd {
                 max_txn_ops,
                 history: Vec::new(),
                 failures: Vec::new(),
+                commit_latency: Duration::ZERO,
+                max_in_flight: 0,
+                in_flight: 0,
             })),
         }
     }
@@ -96,6 +104,16 @@ impl MemoryEtcd {
     /// the client cannot know, as when the connection drops after the request was sent).
     pub fn fail_next_txn(&self, error: SinkError, applied: bool) {
         self.lock().failures.insert(0, (applied, error));
+    }
+
+    /// Makes every commit with the state take `latency` before it applies.
+    pub fn set_commit_latency(&self, latency: Duration) {
+        self.lock().commit_latency = latency;
+    }
+
+    /// The most commits with the state that were in flight at once.
+    pub fn max_commits_in_flight(&self) -> usize {
+        self.lock().max_in_flight
     }
 
     /// A connector for sinks with this state prefix and agent name.
@@ -275,6 +293,16 @@ impl Sink for MemorySink {
             })?;
             writes.push((self.state_key.clone(), Some(value)));
         }
+        let latency = {
+            let mut inner = self.etcd.lock();
+            inner.in_flight += 1;
+            inner.max_in_flight = inner.max_in_flight.max(inner.in_flight);
+            inner.commit_latency
+        };
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        self.etcd.lock().in_flight -= 1;
         let revision = self.txn(writes)?;
         if state.is_some() {
             self.fence = revision;

@@ -145,8 +145,12 @@ impl Db {
                 name,
             ),
         };
+        // BENCH_DB_TLS=disable: the same without TLS to the database, to see what TLS costs.
+        let tls = std::env::var("BENCH_DB_TLS")
+            .map(|mode| format!("  tls:\n    mode: {mode}\n"))
+            .unwrap_or_default();
         format!(
-            "database:\n  driver: {driver}\n  port: {port}\n  user: {user}\n  password: {password}\n  name: {db}\n  postgres:\n    slot: bench_{name}\n    publication: bench_{name}\n\
+            "database:\n  driver: {driver}\n  port: {port}\n  user: {user}\n  password: {password}\n  name: {db}\n{tls}  postgres:\n    slot: bench_{name}\n    publication: bench_{name}\n\
              tables:\n  include: [{}]\netcd:\n  endpoints: [{etcd}]\n  prefix: /bench/{name}\n  state_prefix: /bench-state/{name}\n",
             tables.join(", ")
         )

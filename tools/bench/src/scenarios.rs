@@ -9,7 +9,9 @@ use crate::agent::Agent;
 use crate::ceiling;
 use crate::db::{Db, Source, TestEnv};
 use crate::measure::Measure;
-use crate::server::{find_process, EtcdServer, EtcdVersion};
+use crate::server::{
+    context_switches, find_process, http_get, metric, txn_handling, EtcdServer, EtcdVersion,
+};
 use crate::stream::{self, cpu_before_agent, cpu_now};
 use crate::ETCD_PORT;
 
@@ -30,6 +32,19 @@ pub fn scaled(n: u64) -> u64 {
     ((n as f64 * scale) as u64).max(1)
 }
 
+fn per_txn_ms(seconds: f64, txns: f64) -> f64 {
+    if txns > 0.0 {
+        1000.0 * seconds / txns
+    } else {
+        0.0
+    }
+}
+
+/// `BENCH_ONLY=catchup` runs the catch-up scenarios alone (a minute per etcd and source).
+fn only_catchup() -> bool {
+    std::env::var("BENCH_ONLY").is_ok_and(|v| v == "catchup")
+}
+
 pub struct Bench {
     pub env: TestEnv,
     pub dir: PathBuf,
@@ -42,6 +57,11 @@ impl Bench {
         for source in [Source::Postgres, Source::Mariadb] {
             let db = Db::create(&self.env, source).await?;
             db.create_tables().await?;
+            if only_catchup() {
+                Box::pin(self.catchup(version, source, &db)).await?;
+                db.drop().await?;
+                continue;
+            }
             let parallel = Box::pin(self.dumps(version, source, &db)).await?;
             Box::pin(self.catchup(version, source, &db)).await?;
             if version.label == "3.4" {
@@ -83,6 +103,7 @@ impl Bench {
         )
         .await?;
         let etcd_cpu = etcd.pid().map_or(0.0, crate::server::cpu_seconds_tree) - cpu;
+        let (txns, handling) = txn_handling(&etcd.url).await?;
         etcd.stop().await?;
         println!(
             "etcd {}: ceiling {} puts/txn x {in_flight} in flight, {keys} keys: {rate:.0} keys/s (baseline of {baseline_of})",
@@ -96,6 +117,11 @@ impl Bench {
             rate: Some(rate),
             ratio: Some(1.0),
             cores: Some((0.0, etcd_cpu / seconds, 0.0)),
+            counts: vec![
+                ("etcd txns".into(), txns),
+                ("etcd ms per txn".into(), per_txn_ms(handling, txns)),
+                ("client ms per txn".into(), per_txn_ms(seconds, txns)),
+            ],
             ..self.base(
                 version,
                 "etcd",
@@ -105,6 +131,9 @@ impl Bench {
                 ),
             )
         });
+        if let Some(m) = self.results.last() {
+            println!("  {:?}", m.counts);
+        }
         Ok(rate)
     }
 
@@ -322,6 +351,11 @@ impl Bench {
         let etcd = EtcdServer::start(&self.dir, version, ETCD_PORT).await?;
         db.drop_slot("catchup").await?;
         let config = self.config(db, &etcd, "catchup", &["bench_catchup"])?;
+        let metrics = format!("127.0.0.1:{}", ETCD_PORT + 20);
+        std::fs::write(
+            &config,
+            std::fs::read_to_string(&config)? + &format!("metrics:\n  listen: {metrics}\n"),
+        )?;
         let name = source.name();
         let mut agent = Agent::start(
             &self.agent_bin,
@@ -359,8 +393,22 @@ impl Bench {
                 .join(format!("agent-{}-{name}-catchup.log", version.label)),
         )?;
         let marker = "/bench/catchup/bench_catchup/0";
+        let (txns_before, handling_before) = txn_handling(&etcd.url).await?;
         let seconds = agent.wait_for_key(&etcd.client, marker).await?;
         let after = cpu_now(&agent, &etcd, db_pid);
+        let switches = agent.pid().map_or(0.0, context_switches);
+        let (txns_after, handling_after) = txn_handling(&etcd.url).await?;
+        let agent_metrics = http_get(&metrics, "/metrics").await?;
+        let agent_txns = metric(
+            &agent_metrics,
+            "etcd_sync_etcd_txn_duration_seconds_count",
+            "",
+        );
+        let agent_txn_seconds = metric(
+            &agent_metrics,
+            "etcd_sync_etcd_txn_duration_seconds_sum",
+            "",
+        );
         let rss = agent.peak_rss_mb()?;
         let resumed = agent.phase_seconds("resuming the stream").unwrap_or(0.0);
         agent.stop().await?;
@@ -382,6 +430,18 @@ impl Bench {
                 ("start-up".into(), resumed),
                 ("applying".into(), seconds - resumed),
             ],
+            counts: vec![
+                ("etcd txns".into(), txns_after - txns_before),
+                (
+                    "etcd ms per txn".into(),
+                    per_txn_ms(handling_after - handling_before, txns_after - txns_before),
+                ),
+                (
+                    "agent ms per txn".into(),
+                    per_txn_ms(agent_txn_seconds, agent_txns),
+                ),
+                ("agent context switches".into(), switches),
+            ],
             peak_rss_mb: Some(rss),
             cores: Some((
                 after.0 / seconds,
@@ -390,6 +450,9 @@ impl Bench {
             )),
             ..self.base(version, name, "catch-up, 200k single-row txns")
         });
+        if let Some(m) = self.results.last() {
+            println!("  {:?}", m.counts);
+        }
         Ok(())
     }
 

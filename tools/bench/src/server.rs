@@ -47,6 +47,8 @@ impl EtcdServer {
             ])
             .args(["--initial-cluster", &format!("bench={peer}")])
             .args(["--quota-backend-bytes", "8589934592"])
+            // Per-method gRPC handling times: what etcd spends on a txn, apart from the client.
+            .args(["--metrics", "extensive"])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(
                 dir.join(format!("etcd-{}-{port}.log", version.label)),
@@ -81,6 +83,69 @@ impl EtcdServer {
         self.child.kill().await?;
         Ok(())
     }
+}
+
+/// Txns etcd handled at `url` and the seconds it spent on them (from receiving a request to
+/// sending its response), from its `/metrics`.
+pub async fn txn_handling(url: &str) -> Result<(f64, f64)> {
+    let text = http_get(url, "/metrics").await?;
+    Ok((
+        metric(
+            &text,
+            "grpc_server_handling_seconds_count",
+            "grpc_method=\"Txn\"",
+        ),
+        metric(
+            &text,
+            "grpc_server_handling_seconds_sum",
+            "grpc_method=\"Txn\"",
+        ),
+    ))
+}
+
+/// The sum of the samples of `name` whose labels contain `label`.
+pub fn metric(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A plain HTTP/1.0 GET: enough for a `/metrics` page without an HTTP client crate.
+pub async fn http_get(url: &str, path: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&host)
+        .await
+        .with_context(|| format!("connecting to {host}"))?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await?;
+    Ok(body)
+}
+
+/// Context switches of all of a process's threads so far (voluntary and not): how often it
+/// went to sleep and woke up.
+pub fn context_switches(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
 }
 
 /// CPU seconds of a process and all its descendants, the exited ones included (the kernel
