@@ -182,7 +182,7 @@ impl Backoff {
 }
 
 /// Runs until `cancel` fires (returns `Ok`) or an error no retry can cure, writing to the
-/// sinks `connector` opens (one per session).
+/// sinks `connector` opens (one per session); the driver's tasks have ended when it returns.
 pub async fn run<D: Driver, C: Connector>(
     driver: D,
     connector: C,
@@ -190,11 +190,23 @@ pub async fn run<D: Driver, C: Connector>(
     cancel: CancellationToken,
 ) -> Result<(), EngineError> {
     let driver = Arc::new(driver);
+    let result = sessions(&driver, &connector, &settings, &cancel).await;
+    driver.close().await;
+    result
+}
+
+/// Sessions one after another, with a backoff between failed ones.
+async fn sessions<D: Driver, C: Connector>(
+    driver: &Arc<D>,
+    connector: &C,
+    settings: &Settings,
+    cancel: &CancellationToken,
+) -> Result<(), EngineError> {
     let mut backoff = Backoff::new();
     let mut last_explained = None;
     loop {
         let mut progressed = false;
-        let result = session(&driver, &connector, &settings, &cancel, &mut progressed).await;
+        let result = session(driver, connector, settings, cancel, &mut progressed).await;
         if cancel.is_cancelled() {
             return match result {
                 Err(e)

@@ -47,11 +47,47 @@ pub struct Store {
     leadership: Option<Leadership>,
 }
 
+/// The runtime that drives etcd's connections (gRPC's connection and buffer tasks), on a
+/// thread of its own: on the engine's runtime a response waited for a worker busy decoding
+/// or building the next group, as tasks there yield only when they run out of work.
+fn io_runtime() -> Result<&'static tokio::runtime::Runtime, SinkError> {
+    static RUNTIME: std::sync::OnceLock<Result<tokio::runtime::Runtime, String>> =
+        std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("etcd-io")
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| SinkError::Client {
+            context: "starting the thread for etcd's connections".into(),
+            detail: e.clone(),
+            transient: true,
+            hint: None,
+        })
+}
+
 impl Store {
     pub async fn connect(connection: &Connection, state_prefix: &str) -> Result<Self, SinkError> {
-        let endpoints = &connection.endpoints;
-        let client = Client::connect(endpoints, Some(connection.options()?))
+        let endpoints = connection.endpoints.clone();
+        let options = connection.options()?;
+        let connect = {
+            let endpoints = endpoints.clone();
+            async move { Client::connect(endpoints, Some(options)).await }
+        };
+        let client = io_runtime()?
+            .spawn(connect)
             .await
+            .map_err(|e| SinkError::Client {
+                context: "connecting to etcd".into(),
+                detail: e.to_string(),
+                transient: true,
+                hint: None,
+            })?
             .map_err(|e| client_error(format!("connecting to {}", endpoints.join(",")), e))?;
         let host = std::env::var("HOSTNAME")
             .ok()

@@ -374,6 +374,12 @@ pub trait Driver: Send + Sync + 'static {
         tables: &[Arc<TableSchema>],
         out: mpsc::Sender<DumpEvent>,
     ) -> impl Future<Output = Result<(), DriverError>> + Send;
+
+    /// Waits for the tasks the driver spawned (connection tasks) to end; called once nothing
+    /// uses the driver any more, so that a clean stop leaves nothing running.
+    fn close(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// `"; did you mean X?"` for the candidate closest to a name that matched nothing (at most a

@@ -18,6 +18,7 @@ mod dump;
 pub mod dump_parser;
 mod error;
 mod schema;
+mod server;
 mod tls;
 pub use tls::validate as check_tls_settings;
 pub mod types;
@@ -94,11 +95,6 @@ pub struct MysqlDriver {
     config: MysqlConfig,
 }
 
-struct Server {
-    version: String,
-    is_mariadb: bool,
-}
-
 /// The largest packet the driver accepts: MySQL's own ceiling, 1 GiB.
 const MAX_PACKET: usize = 1 << 30;
 
@@ -141,150 +137,10 @@ impl MysqlDriver {
         }
     }
 
-    async fn server(conn: &mut Conn) -> Result<Server, DriverError> {
-        let version: Option<String> = conn
-            .query_first("SELECT VERSION()")
-            .await
-            .map_err(|e| my_error("reading the server version", e))?;
-        let version = version.unwrap_or_default();
-        Ok(Server {
-            is_mariadb: version.contains("MariaDB"),
-            version,
-        })
-    }
-
-    async fn variable(conn: &mut Conn, name: &str) -> Result<String, DriverError> {
-        let value: Option<Option<String>> = conn
-            .query_first(format!("SELECT CAST(@@GLOBAL.{name} AS CHAR)"))
-            .await
-            .or_else(|e| match e {
-                // Unknown system variable: older servers.
-                mysql_async::Error::Server(ref s) if s.code == 1193 => Ok(None),
-                e => Err(e),
-            })
-            .map_err(|e| my_error(&format!("reading {name}"), e))?;
-        Ok(value.flatten().unwrap_or_default())
-    }
-
-    /// Server prerequisites; each failure says what to change.
+    /// Server prerequisites and the mysqldump this driver runs; each failure says what to
+    /// change.
     async fn prerequisites(&self, conn: &mut Conn) -> Result<Vec<CheckItem>, DriverError> {
-        let server = Self::server(conn).await?;
-        let mut items = vec![CheckItem::ok(
-            "server",
-            format!(
-                "{} {}",
-                if server.is_mariadb {
-                    "MariaDB"
-                } else {
-                    "MySQL"
-                },
-                server.version
-            ),
-        )];
-        let cnf = |setting: &str| {
-            format!("set {setting} in the [mysqld] section of my.cnf and restart the server")
-        };
-        let log_bin = Self::variable(conn, "log_bin").await?;
-        items.push(if log_bin == "1" || log_bin.eq_ignore_ascii_case("ON") {
-            CheckItem::ok("log_bin", "ON")
-        } else {
-            CheckItem::fail(
-                "log_bin",
-                format!(
-                    "the binary log is off: {}",
-                    cnf("log_bin = binlog (and server_id)")
-                ),
-            )
-        });
-        let format = Self::variable(conn, "binlog_format").await?;
-        items.push(if format.eq_ignore_ascii_case("ROW") {
-            CheckItem::ok("binlog_format", "ROW")
-        } else {
-            CheckItem::fail(
-                "binlog_format",
-                format!(
-                    "binlog_format is {format} but etcd-sync reads row events: {} (SET GLOBAL binlog_format = ROW applies to new sessions only)",
-                    cnf("binlog_format = ROW")
-                ),
-            )
-        });
-        let image = Self::variable(conn, "binlog_row_image").await?;
-        items.push(if image.eq_ignore_ascii_case("FULL") {
-            CheckItem::ok("binlog_row_image", "FULL")
-        } else {
-            CheckItem::fail(
-                "binlog_row_image",
-                format!(
-                    "binlog_row_image is {image} but updates must carry whole rows: {}",
-                    cnf("binlog_row_image = FULL")
-                ),
-            )
-        });
-        let metadata = Self::variable(conn, "binlog_row_metadata").await?;
-        items.push(if metadata.eq_ignore_ascii_case("FULL") {
-            CheckItem::ok("binlog_row_metadata", "FULL")
-        } else {
-            CheckItem::warn(
-                "binlog_row_metadata",
-                format!(
-                    "binlog_row_metadata is {}: column names come from information_schema, refreshed on DDL; {} is recommended",
-                    if metadata.is_empty() { "not available" } else { &metadata },
-                    cnf("binlog_row_metadata = FULL")
-                ),
-            )
-        });
-        let gtid = if server.is_mariadb {
-            format!(
-                "gtid_binlog_pos = {}",
-                Self::variable(conn, "gtid_binlog_pos").await?
-            )
-        } else {
-            format!("gtid_mode = {}", Self::variable(conn, "gtid_mode").await?)
-        };
-        items.push(CheckItem::ok("GTID", gtid));
-
-        let grants: Vec<String> = conn
-            .query("SHOW GRANTS")
-            .await
-            .map_err(|e| my_error("reading the grants", e))?;
-        let global: String = grants
-            .iter()
-            .filter(|g| g.contains(" ON *.* "))
-            .map(|g| g.to_uppercase())
-            .collect::<Vec<_>>()
-            .join(" ");
-        let has = |names: &[&str]| {
-            global.contains("ALL PRIVILEGES") || names.iter().any(|n| global.contains(n))
-        };
-        let user = &self.config.user;
-        for (what, names, grant) in [
-            (
-                "REPLICATION SLAVE",
-                &["REPLICATION SLAVE", "REPLICATION REPLICA"][..],
-                "REPLICATION SLAVE",
-            ),
-            (
-                "REPLICATION CLIENT / BINLOG MONITOR",
-                &["REPLICATION CLIENT", "BINLOG MONITOR", "SUPER"][..],
-                if server.is_mariadb {
-                    "BINLOG MONITOR"
-                } else {
-                    "REPLICATION CLIENT"
-                },
-            ),
-        ] {
-            items.push(if has(names) {
-                CheckItem::ok(format!("privilege {what}"), "granted")
-            } else {
-                CheckItem::fail(
-                    format!("privilege {what}"),
-                    format!(
-                        "user {user} lacks {grant}: run GRANT {grant} ON *.* TO '{user}'@'<host>'"
-                    ),
-                )
-            });
-        }
-
+        let mut items = server::prerequisites(conn, &self.config.user).await?;
         items.push(match self.mysqldump_version().await {
             Ok(version) => CheckItem::ok("mysqldump", version),
             Err(e) => CheckItem::fail("mysqldump", error_chain(&e)),
@@ -318,7 +174,7 @@ impl MysqlDriver {
         &self,
         conn: &mut Conn,
     ) -> Result<(Selection, Vec<MyTable>, bool), DriverError> {
-        let server = Self::server(conn).await?;
+        let server = server::server(conn).await?;
         let (selection, tables) = schema::select_tables(
             conn,
             &self.config.database,
@@ -445,7 +301,7 @@ impl etcd_sync_api::Driver for MysqlDriver {
         let start = BinlogPosition::from_position(position)?;
         let mut conn = self.conn().await?;
         self.require_prerequisites(&mut conn).await?;
-        let server = Self::server(&mut conn).await?;
+        let server = server::server(&mut conn).await?;
         if start.gtid.is_some() && !server.is_mariadb {
             return Err(DriverError::Misconfigured(
                 "start.gtid is supported on MariaDB; for MySQL give start.file and start.position"

@@ -55,7 +55,125 @@ fn placeholders(n: usize) -> String {
     vec!["?"; n].join(", ")
 }
 
-/// Loads the tables of `dbs` and applies the filter.
+/// What information_schema says of the databases a selection can reach.
+struct Catalog {
+    /// Base tables with their estimated row counts, in name order.
+    tables: Vec<(String, String, Option<u64>)>,
+    primary_keys: HashMap<(String, String), Vec<String>>,
+    columns: BTreeMap<(String, String), Vec<(String, MyType)>>,
+}
+
+type ColumnRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<u64>,
+    Option<u64>,
+);
+
+impl Catalog {
+    async fn read(conn: &mut Conn, dbs: &[String], is_mariadb: bool) -> Result<Self, DriverError> {
+        let params: Vec<mysql_async::Value> = dbs.iter().map(|d| d.as_str().into()).collect();
+        let marks = placeholders(dbs.len());
+        let tables: Vec<(String, String, Option<u64>)> = conn
+            .exec(
+                format!(
+                    "SELECT TABLE_SCHEMA, TABLE_NAME, TABLE_ROWS FROM information_schema.TABLES \
+                     WHERE TABLE_TYPE = 'BASE TABLE' AND TABLE_SCHEMA IN ({marks}) \
+                     ORDER BY TABLE_SCHEMA, TABLE_NAME"
+                ),
+                params.clone(),
+            )
+            .await
+            .map_err(|e| my_error("listing tables", e))?;
+        let keys: Vec<(String, String, String)> = conn
+            .exec(
+                format!(
+                    "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE \
+                     WHERE CONSTRAINT_NAME = 'PRIMARY' AND TABLE_SCHEMA IN ({marks}) \
+                     ORDER BY TABLE_SCHEMA, TABLE_NAME, ORDINAL_POSITION"
+                ),
+                params.clone(),
+            )
+            .await
+            .map_err(|e| my_error("listing primary keys", e))?;
+        let columns: Vec<ColumnRow> = conn
+            .exec(
+                format!(
+                    "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, CHARACTER_SET_NAME, \
+                            DATETIME_PRECISION, CHARACTER_MAXIMUM_LENGTH \
+                       FROM information_schema.COLUMNS WHERE TABLE_SCHEMA IN ({marks}) \
+                      ORDER BY TABLE_SCHEMA, TABLE_NAME, ORDINAL_POSITION"
+                ),
+                params.clone(),
+            )
+            .await
+            .map_err(|e| my_error("listing columns", e))?;
+        let json_columns = if is_mariadb {
+            mariadb_json_columns(conn, &marks, params).await?
+        } else {
+            HashSet::new()
+        };
+
+        let mut primary_keys: HashMap<(String, String), Vec<String>> = HashMap::new();
+        for (db, table, column) in keys {
+            primary_keys.entry((db, table)).or_default().push(column);
+        }
+        let mut column_map: BTreeMap<(String, String), Vec<(String, MyType)>> = BTreeMap::new();
+        for (db, table, column, data_type, column_type, charset, precision, max_len) in columns {
+            let is_json = json_columns.contains(&(db.clone(), table.clone(), column.clone()));
+            let ty = MyType::from_columns(
+                &data_type,
+                &column_type,
+                charset.as_deref(),
+                precision,
+                max_len,
+                is_json,
+            );
+            column_map
+                .entry((db, table))
+                .or_default()
+                .push((column, ty));
+        }
+        Ok(Self {
+            tables,
+            primary_keys,
+            columns: column_map,
+        })
+    }
+}
+
+/// MariaDB's JSON is LONGTEXT with a json_valid() check: the columns that have one.
+async fn mariadb_json_columns(
+    conn: &mut Conn,
+    marks: &str,
+    params: Vec<mysql_async::Value>,
+) -> Result<HashSet<(String, String, String)>, DriverError> {
+    let checks: Vec<(String, String, String)> = conn
+        .exec(
+            format!(
+                "SELECT CONSTRAINT_SCHEMA, TABLE_NAME, CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS \
+                 WHERE CONSTRAINT_SCHEMA IN ({marks})"
+            ),
+            params,
+        )
+        .await
+        .map_err(|e| my_error("listing check constraints", e))?;
+    Ok(checks
+        .into_iter()
+        .filter_map(|(db, table, clause)| {
+            let column = clause
+                .strip_prefix("json_valid(`")
+                .and_then(|rest| rest.strip_suffix("`)"))?;
+            Some((db, table, column.replace("``", "`")))
+        })
+        .collect())
+}
+
+/// Loads the tables the filter can reach and applies it; every problem at once.
 pub async fn select_tables(
     conn: &mut Conn,
     default_db: &str,
@@ -63,97 +181,7 @@ pub async fn select_tables(
     is_mariadb: bool,
 ) -> Result<(Selection, Vec<MyTable>), DriverError> {
     let dbs = databases(default_db, filter);
-    let params: Vec<mysql_async::Value> = dbs.iter().map(|d| d.as_str().into()).collect();
-    let marks = placeholders(dbs.len());
-
-    let tables: Vec<(String, String, Option<u64>)> = conn
-        .exec(
-            format!(
-                "SELECT TABLE_SCHEMA, TABLE_NAME, TABLE_ROWS FROM information_schema.TABLES \
-                 WHERE TABLE_TYPE = 'BASE TABLE' AND TABLE_SCHEMA IN ({marks}) \
-                 ORDER BY TABLE_SCHEMA, TABLE_NAME"
-            ),
-            params.clone(),
-        )
-        .await
-        .map_err(|e| my_error("listing tables", e))?;
-    let keys: Vec<(String, String, String)> = conn
-        .exec(
-            format!(
-                "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE \
-                 WHERE CONSTRAINT_NAME = 'PRIMARY' AND TABLE_SCHEMA IN ({marks}) \
-                 ORDER BY TABLE_SCHEMA, TABLE_NAME, ORDINAL_POSITION"
-            ),
-            params.clone(),
-        )
-        .await
-        .map_err(|e| my_error("listing primary keys", e))?;
-    type ColumnRow = (
-        String,
-        String,
-        String,
-        String,
-        String,
-        Option<String>,
-        Option<u64>,
-        Option<u64>,
-    );
-    let columns: Vec<ColumnRow> = conn
-        .exec(
-            format!(
-                "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, CHARACTER_SET_NAME, \
-                        DATETIME_PRECISION, CHARACTER_MAXIMUM_LENGTH \
-                   FROM information_schema.COLUMNS WHERE TABLE_SCHEMA IN ({marks}) \
-                  ORDER BY TABLE_SCHEMA, TABLE_NAME, ORDINAL_POSITION"
-            ),
-            params.clone(),
-        )
-        .await
-        .map_err(|e| my_error("listing columns", e))?;
-    // MariaDB's JSON is LONGTEXT with a json_valid() check.
-    let mut json_columns: HashSet<(String, String, String)> = HashSet::new();
-    if is_mariadb {
-        let checks: Vec<(String, String, String)> = conn
-            .exec(
-                format!(
-                    "SELECT CONSTRAINT_SCHEMA, TABLE_NAME, CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS \
-                     WHERE CONSTRAINT_SCHEMA IN ({marks})"
-                ),
-                params,
-            )
-            .await
-            .map_err(|e| my_error("listing check constraints", e))?;
-        for (db, table, clause) in checks {
-            if let Some(column) = clause
-                .strip_prefix("json_valid(`")
-                .and_then(|rest| rest.strip_suffix("`)"))
-            {
-                json_columns.insert((db, table, column.replace("``", "`")));
-            }
-        }
-    }
-
-    let mut key_map: HashMap<(String, String), Vec<String>> = HashMap::new();
-    for (db, table, column) in keys {
-        key_map.entry((db, table)).or_default().push(column);
-    }
-    let mut column_map: BTreeMap<(String, String), Vec<(String, MyType)>> = BTreeMap::new();
-    for (db, table, column, data_type, column_type, charset, precision, max_len) in columns {
-        let is_json = json_columns.contains(&(db.clone(), table.clone(), column.clone()));
-        let ty = MyType::from_columns(
-            &data_type,
-            &column_type,
-            charset.as_deref(),
-            precision,
-            max_len,
-            is_json,
-        );
-        column_map
-            .entry((db, table))
-            .or_default()
-            .push((column, ty));
-    }
-
+    let mut catalog = Catalog::read(conn, &dbs, is_mariadb).await?;
     let included: Vec<(String, String)> = filter
         .include
         .iter()
@@ -164,23 +192,10 @@ pub async fn select_tables(
         .iter()
         .map(|n| parse_table_name(default_db, n))
         .collect();
-    let mut problems = Vec::new();
-    for (db, table) in &included {
-        if !tables.iter().any(|(d, t, _)| d == db && t == table) {
-            let names: Vec<String> = tables
-                .iter()
-                .map(|(d, t, _)| table_id(default_db, d, t).to_string())
-                .collect();
-            let name = table_id(default_db, db, table).to_string();
-            problems.push(format!(
-                "tables.include names {name}, which does not exist (or is not a base table){}",
-                etcd_sync_api::did_you_mean(&name, names.iter().map(String::as_str))
-            ));
-        }
-    }
+    let mut problems = missing_includes(&catalog, default_db, &included);
     let mut selection = Selection::default();
     let mut selected = Vec::new();
-    for (db, table, rows) in tables {
+    for (db, table, rows) in std::mem::take(&mut catalog.tables) {
         let key = (db.clone(), table.clone());
         let named = included.contains(&key);
         if (default_db != db && !named)
@@ -190,7 +205,7 @@ pub async fn select_tables(
             continue;
         }
         let id = table_id(default_db, &db, &table);
-        let Some(primary_key) = key_map.get(&key) else {
+        let Some(primary_key) = catalog.primary_keys.get(&key) else {
             let reason = format!(
                 "has no primary key: add one (ALTER TABLE {}.{} ADD PRIMARY KEY (...)) or exclude the table",
                 quote(&db),
@@ -203,7 +218,7 @@ pub async fn select_tables(
             }
             continue;
         };
-        let cols = column_map.remove(&key).unwrap_or_default();
+        let cols = catalog.columns.remove(&key).unwrap_or_default();
         let table = build_table(id, db, table, cols, primary_key, rows)?;
         selection.tables.push(Arc::clone(&table.schema));
         selected.push(table);
@@ -212,6 +227,30 @@ pub async fn select_tables(
         return Err(DriverError::Misconfigured(problems.join("; ")));
     }
     Ok((selection, selected))
+}
+
+/// A problem for each table `tables.include` names that is not a base table here.
+fn missing_includes(
+    catalog: &Catalog,
+    default_db: &str,
+    included: &[(String, String)],
+) -> Vec<String> {
+    let names: Vec<String> = catalog
+        .tables
+        .iter()
+        .map(|(d, t, _)| table_id(default_db, d, t).to_string())
+        .collect();
+    included
+        .iter()
+        .filter(|(db, table)| !catalog.tables.iter().any(|(d, t, _)| d == db && t == table))
+        .map(|(db, table)| {
+            let name = table_id(default_db, db, table).to_string();
+            format!(
+                "tables.include names {name}, which does not exist (or is not a base table){}",
+                etcd_sync_api::did_you_mean(&name, names.iter().map(String::as_str))
+            )
+        })
+        .collect()
 }
 
 fn build_table(

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
 mod catalog;
@@ -48,6 +49,8 @@ pub struct PostgresConfig {
 
 pub struct PostgresDriver {
     config: PostgresConfig,
+    /// The query connections' tasks, joined by [`Driver::close`].
+    connections: TaskTracker,
 }
 
 /// Where a stream resumes: the end of the last transaction applied.
@@ -97,8 +100,10 @@ pub(crate) fn system_time(pg_micros: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_micros(unix_micros.max(0) as u64)
 }
 
-/// Drives a query connection in a task of its own and returns its client.
+/// Drives a query connection in a task of `tasks` and returns its client; the task ends when
+/// the client is dropped.
 fn spawn_connection<S, T>(
+    tasks: &TaskTracker,
     connected: Result<(Client, tokio_postgres::Connection<S, T>), tokio_postgres::Error>,
 ) -> Result<Client, tokio_postgres::Error>
 where
@@ -106,7 +111,7 @@ where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (client, connection) = connected?;
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         if let Err(e) = connection.await {
             debug!("PostgreSQL query connection ended: {e}");
         }
@@ -114,9 +119,15 @@ where
     Ok(client)
 }
 
+/// How long [`Driver::close`] waits for the query connections to end.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 impl PostgresDriver {
     pub fn new(config: PostgresConfig) -> Self {
-        Self { config }
+        Self {
+            config,
+            connections: TaskTracker::new(),
+        }
     }
 
     async fn query_client(&self) -> Result<Client, DriverError> {
@@ -148,10 +159,14 @@ impl PostgresDriver {
         let tls_config = tls::client_config(&p.tls)
             .map_err(|e| DriverError::Misconfigured(format!("{context}: {e}")))?;
         match tls_config {
-            None => spawn_connection(config.connect(tokio_postgres::NoTls).await),
-            Some(tls_config) => {
-                spawn_connection(config.connect(tls::MakeRustlsConnect(tls_config)).await)
-            }
+            None => spawn_connection(
+                &self.connections,
+                config.connect(tokio_postgres::NoTls).await,
+            ),
+            Some(tls_config) => spawn_connection(
+                &self.connections,
+                config.connect(tls::MakeRustlsConnect(tls_config)).await,
+            ),
         }
         .map_err(|e| pg_error(&context, e))
     }
@@ -458,6 +473,21 @@ impl etcd_sync_api::Driver for PostgresDriver {
 
     fn position_number(&self, position: &Position) -> Option<u64> {
         lsn_of(position).ok().map(|lsn| lsn.0)
+    }
+
+    async fn close(&self) {
+        self.connections.close();
+        // Every client is dropped by now, so each connection says goodbye and ends; a server
+        // that does not answer is not waited for long.
+        if tokio::time::timeout(CLOSE_WAIT, self.connections.wait())
+            .await
+            .is_err()
+        {
+            debug!(
+                "{} query connections still open after {CLOSE_WAIT:?}",
+                self.connections.len()
+            );
+        }
     }
 
     async fn read_snapshot(
