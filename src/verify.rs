@@ -15,10 +15,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_sync_api::{Driver, DumpEvent, TableSchema};
+use etcd_sync_api::{Driver, DumpEvent, SourceTable, TableSchema};
 use tokio::sync::mpsc;
 
 use crate::encode::{encode_row, row_key, table_prefix};
@@ -191,10 +190,13 @@ pub async fn verify<D: Driver>(
     .await?;
     let mut reports = Vec::new();
     for table in &tables {
-        let name = table.id.to_string();
+        let name = table.schema().id.to_string();
         let db = db_digests.remove(&name).unwrap_or_else(Digest::new);
         let mut etcd = Digest::new();
-        scan_etcd(&store, settings, table, |key, value| etcd.add(&key, &value)).await?;
+        scan_etcd(&store, settings, table.schema(), |key, value| {
+            etcd.add(&key, &value)
+        })
+        .await?;
         let mut report = TableReport {
             table: name,
             rows: db.total(),
@@ -233,7 +235,7 @@ async fn recheck<D: Driver>(
     driver: &D,
     store: &Store,
     settings: &Settings,
-    table: &Arc<TableSchema>,
+    table: &D::Table,
     mut differences: HashMap<String, Difference>,
 ) -> Result<(HashMap<String, Difference>, HashMap<String, Difference>), EngineError> {
     let mut unsettled = HashMap::new();
@@ -269,7 +271,7 @@ async fn differences_in<D: Driver>(
     driver: &D,
     store: &Store,
     settings: &Settings,
-    table: &Arc<TableSchema>,
+    table: &D::Table,
     wanted: impl Fn(&str) -> bool,
 ) -> Result<HashMap<String, Difference>, EngineError> {
     let mut database: HashMap<String, String> = HashMap::new();
@@ -285,7 +287,7 @@ async fn differences_in<D: Driver>(
     )
     .await?;
     let mut differences = HashMap::new();
-    scan_etcd(store, settings, table, |key, value| {
+    scan_etcd(store, settings, table.schema(), |key, value| {
         if !wanted(&key) {
             return;
         }
@@ -353,7 +355,7 @@ fn count(report: &mut TableReport, differences: HashMap<String, Difference>) {
 /// Streams every row of `tables` in one snapshot as (table, key, value).
 async fn scan_database<D: Driver>(
     driver: &D,
-    tables: &[Arc<TableSchema>],
+    tables: &[D::Table],
     prefix: &str,
     mut visit: impl FnMut(&str, String, String),
 ) -> Result<(), EngineError> {

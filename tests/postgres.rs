@@ -1,6 +1,9 @@
 //! End-to-end tests against the PostgreSQL and etcd of `make testenv`, running the `sync`
 //! binary as a user would. Each ends in the convergence check: `sync verify` finds etcd equal
 //! to the database, key for key and byte for byte.
+//!
+//! Over 500 lines as a suite of independent tests, one behaviour each; their support is in
+//! `common/`.
 
 mod common;
 

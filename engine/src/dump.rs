@@ -7,7 +7,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_sync_api::{Driver, DriverError, DumpEvent, Position, TableId, TableSchema};
+use etcd_sync_api::{Driver, DriverError, DumpEvent, Position, SourceTable, TableId, TableSchema};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +26,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 pub async fn dump<D: Driver, S: Sink>(
     driver: &Arc<D>,
     store: &mut S,
-    tables: &[Arc<TableSchema>],
+    tables: &[D::Table],
     settings: &Settings,
     cancel: &CancellationToken,
 ) -> Result<Position, EngineError> {
@@ -38,6 +38,7 @@ pub async fn dump<D: Driver, S: Sink>(
     // single walk of the prefix) spares them the stale-key pass.
     let mut tables_with_keys = Vec::new();
     for table in tables {
+        let table = table.schema();
         let prefix = table_prefix(&settings.prefix, &table.id);
         let existing = store.count(&prefix).await?;
         if existing > 0 {

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_sync_api::{Driver, DriverError, Position, TableId, TableSchema};
+use etcd_sync_api::{Driver, DriverError, Position, SourceTable, TableId};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -282,10 +282,10 @@ async fn session<D: Driver, C: Connector>(
     if selection.tables.is_empty() {
         return Err(EngineError::NothingSelected);
     }
-    let tables: Vec<Arc<TableSchema>> = selection.tables;
+    let tables: Vec<D::Table> = selection.tables;
     settings
         .metrics
-        .declare_tables(tables.iter().map(|t| t.id.to_string()));
+        .declare_tables(tables.iter().map(|t| t.schema().id.to_string()));
     if settings.ha {
         info!("standby: campaigning for the leadership");
         tokio::select! {
@@ -319,13 +319,13 @@ async fn session<D: Driver, C: Connector>(
 async fn lead<D: Driver, S: Sink>(
     driver: &Arc<D>,
     store: &mut S,
-    tables: &[Arc<TableSchema>],
+    tables: &[D::Table],
     settings: &Settings,
     cancel: &CancellationToken,
     progressed: &mut bool,
 ) -> Result<(), EngineError> {
     let state = store.load_state().await?;
-    let mut names: Vec<String> = tables.iter().map(|t| t.id.to_string()).collect();
+    let mut names: Vec<String> = tables.iter().map(|t| t.schema().id.to_string()).collect();
     names.sort();
     store.set_tables(names.clone());
 

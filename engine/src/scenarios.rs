@@ -126,6 +126,8 @@ fn position(n: usize) -> Position {
 }
 
 impl Driver for ScriptedDriver {
+    type Table = Arc<TableSchema>;
+
     async fn check(&self) -> Vec<CheckItem> {
         Vec::new()
     }

@@ -5,7 +5,8 @@
 //! passes silently.
 //!
 //! Here: the environment and the [`World`] (one database, slot and prefix per test, with its
-//! SQL helpers for both databases, kept together as every test uses them). Beside it: `etcd`
+//! SQL helpers for both databases, kept together as every test uses them: that is why this file
+//! is over 500 lines). Beside it: `etcd`
 //! (reads and waits), `agent`, `servers`, `cases`, `twins`, `util`.
 
 #![allow(dead_code)]

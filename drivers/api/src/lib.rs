@@ -266,17 +266,45 @@ impl CheckItem {
     }
 }
 
+/// A table a driver selected, as the driver knows it: its schema and whatever of its own the
+/// driver needs to read it (catalog ids, column types). The engine hands these back to the
+/// driver's `dump`, `stream` and `prepare_start`, so that a driver never looks them up again.
+pub trait SourceTable: Clone + Send + Sync + 'static {
+    fn schema(&self) -> &Arc<TableSchema>;
+}
+
+/// A schema alone, for drivers that need nothing more (and for tests).
+impl SourceTable for Arc<TableSchema> {
+    fn schema(&self) -> &Arc<TableSchema> {
+        self
+    }
+}
+
 /// The tables chosen for sync and the ones passed over.
-#[derive(Debug, Clone, Default)]
-pub struct Selection {
-    pub tables: Vec<Arc<TableSchema>>,
+#[derive(Debug, Clone)]
+pub struct Selection<T = Arc<TableSchema>> {
+    pub tables: Vec<T>,
     /// Tables left out, with the reason (for `check` and the start-up warning).
     pub skipped: Vec<(TableId, String)>,
 }
 
-impl Selection {
+impl<T> Default for Selection<T> {
+    fn default() -> Self {
+        Self {
+            tables: Vec::new(),
+            skipped: Vec::new(),
+        }
+    }
+}
+
+impl<T: SourceTable> Selection<T> {
+    /// The selected tables' schemas.
+    pub fn schemas(&self) -> Vec<Arc<TableSchema>> {
+        self.tables.iter().map(|t| Arc::clone(t.schema())).collect()
+    }
+
     /// `check`'s lines for a selection, or for the error that prevented it.
-    pub fn check_items(selection: Result<Selection, DriverError>) -> Vec<CheckItem> {
+    pub fn check_items(selection: Result<Selection<T>, DriverError>) -> Vec<CheckItem> {
         let selection = match selection {
             Ok(selection) => selection,
             Err(e) => return vec![CheckItem::fail("tables", error_chain(&e))],
@@ -285,6 +313,7 @@ impl Selection {
             .tables
             .iter()
             .map(|table| {
+                let table = table.schema();
                 CheckItem::ok(
                     format!("table {}", table.id),
                     format!("primary key ({})", table.key_column_names().join(", ")),
@@ -321,18 +350,23 @@ pub struct TableFilter {
 /// lock, or the `ha` election): a driver may take replication resources (a slot) over from
 /// whoever else holds them.
 pub trait Driver: Send + Sync + 'static {
+    /// A selected table as this driver knows it.
+    type Table: SourceTable;
+
     /// Checks connectivity and every server prerequisite; never fails for a failed check.
     fn check(&self) -> impl Future<Output = Vec<CheckItem>> + Send;
 
     /// Resolves the table filter against the database. A table named in `include` that is
     /// missing or has no primary key is an error; others without a key are skipped.
-    fn select_tables(&self) -> impl Future<Output = Result<Selection, DriverError>> + Send;
+    fn select_tables(
+        &self,
+    ) -> impl Future<Output = Result<Selection<Self::Table>, DriverError>> + Send;
 
     /// Takes a consistent snapshot of `tables`, sends every row, and returns the position the
     /// stream continues from: nothing committed after the snapshot is missed or seen twice.
     fn dump(
         &self,
-        tables: &[Arc<TableSchema>],
+        tables: &[Self::Table],
         out: mpsc::Sender<DumpEvent>,
         cancel: CancellationToken,
     ) -> impl Future<Output = Result<Position, DriverError>> + Send;
@@ -343,7 +377,7 @@ pub trait Driver: Send + Sync + 'static {
     fn stream(
         &self,
         from: Position,
-        tables: &[Arc<TableSchema>],
+        tables: &[Self::Table],
         out: mpsc::Sender<StreamEvent>,
         acks: watch::Receiver<Position>,
         cancel: CancellationToken,
@@ -354,7 +388,7 @@ pub trait Driver: Send + Sync + 'static {
     fn prepare_start(
         &self,
         position: &Position,
-        tables: &[Arc<TableSchema>],
+        tables: &[Self::Table],
     ) -> impl Future<Output = Result<(), DriverError>> + Send;
 
     /// How many bytes of its log the source has written past `position`; `None` when it
@@ -371,7 +405,7 @@ pub trait Driver: Send + Sync + 'static {
     /// state (for `verify`).
     fn read_snapshot(
         &self,
-        tables: &[Arc<TableSchema>],
+        tables: &[Self::Table],
         out: mpsc::Sender<DumpEvent>,
     ) -> impl Future<Output = Result<(), DriverError>> + Send;
 

@@ -1,11 +1,9 @@
 //! MySQL/MariaDB driver for etcd-sync: `mysqldump` for a consistent snapshot with its binary-log
 //! coordinates, then the binary log from exactly there.
 
-use std::sync::Arc;
-
 use etcd_sync_api::{
     error_chain, CheckItem, CheckStatus, DriverError, DumpEvent, Position, Selection, StreamEvent,
-    TableFilter, TableSchema, TlsMode, TlsSettings,
+    TableFilter, TlsMode, TlsSettings,
 };
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder};
@@ -24,7 +22,7 @@ pub use tls::validate as check_tls_settings;
 pub mod types;
 
 use error::my_error;
-use schema::MyTable;
+pub use schema::MyTable;
 
 /// What the MySQL driver needs from the config.
 #[derive(Clone)]
@@ -184,23 +182,6 @@ impl MysqlDriver {
         .await?;
         Ok((selection, tables, server.is_mariadb))
     }
-
-    fn matching(all: &[MyTable], wanted: &[Arc<TableSchema>]) -> Result<Vec<MyTable>, DriverError> {
-        wanted
-            .iter()
-            .map(|w| {
-                all.iter()
-                    .find(|t| t.schema.id == w.id)
-                    .cloned()
-                    .ok_or_else(|| {
-                        DriverError::transient(
-                            "matching tables",
-                            format!("table {} disappeared from the database", w.id),
-                        )
-                    })
-            })
-            .collect()
-    }
 }
 
 /// Whether `mysqldump --version` names a MySQL release at least `min`.
@@ -220,6 +201,8 @@ fn mysql_version_at_least(version: &str, min: (u32, u32, u32)) -> bool {
 }
 
 impl etcd_sync_api::Driver for MysqlDriver {
+    type Table = MyTable;
+
     async fn check(&self) -> Vec<CheckItem> {
         let c = &self.config;
         let mut conn = match self.conn().await {
@@ -248,26 +231,27 @@ impl etcd_sync_api::Driver for MysqlDriver {
         items
     }
 
-    async fn select_tables(&self) -> Result<Selection, DriverError> {
+    async fn select_tables(&self) -> Result<Selection<MyTable>, DriverError> {
         let mut conn = self.conn().await?;
+        // First in every session: the calls that follow in it need not check again.
         self.require_prerequisites(&mut conn).await?;
-        let (selection, _, _) = self.selected(&mut conn).await?;
-        Ok(selection)
+        let (selection, tables, _) = self.selected(&mut conn).await?;
+        Ok(Selection {
+            tables,
+            skipped: selection.skipped,
+        })
     }
 
     async fn dump(
         &self,
-        tables: &[Arc<TableSchema>],
+        tables: &[MyTable],
         out: mpsc::Sender<DumpEvent>,
         cancel: CancellationToken,
     ) -> Result<Position, DriverError> {
         let mut conn = self.conn().await?;
-        self.require_prerequisites(&mut conn).await?;
-        let (_, all, _) = self.selected(&mut conn).await?;
-        let tables = Self::matching(&all, tables)?;
         info!(tables = tables.len(), "running mysqldump");
         let position = self
-            .run_mysqldump(&mut conn, &tables, true, &out, &cancel)
+            .run_mysqldump(&mut conn, tables, true, &out, &cancel)
             .await?
             .ok_or_else(|| DriverError::Protocol("mysqldump gave no position".into()))?;
         info!(file = %position.file, pos = position.pos, gtid = position.gtid.as_deref().unwrap_or("-"), "snapshot taken at this binary-log position");
@@ -277,7 +261,7 @@ impl etcd_sync_api::Driver for MysqlDriver {
     async fn stream(
         &self,
         from: Position,
-        tables: &[Arc<TableSchema>],
+        tables: &[MyTable],
         out: mpsc::Sender<StreamEvent>,
         _acks: watch::Receiver<Position>,
         cancel: CancellationToken,
@@ -285,10 +269,9 @@ impl etcd_sync_api::Driver for MysqlDriver {
         // The server keeps binary logs by age, not by what replicas confirmed: nothing to ack.
         let start = BinlogPosition::from_position(&from)?;
         let mut conn = self.conn().await?;
-        self.require_prerequisites(&mut conn).await?;
-        let (_, all, is_mariadb) = self.selected(&mut conn).await?;
+        let is_mariadb = server::server(&mut conn).await?.is_mariadb;
         binlog::validate_position(&mut conn, &start, is_mariadb).await?;
-        let tables = Self::matching(&all, tables)?;
+        let tables = tables.to_vec();
         let session = binlog::Session::new(self, conn, tables, start, is_mariadb, out);
         session.run(cancel).await
     }
@@ -296,11 +279,10 @@ impl etcd_sync_api::Driver for MysqlDriver {
     async fn prepare_start(
         &self,
         position: &Position,
-        _tables: &[Arc<TableSchema>],
+        _tables: &[MyTable],
     ) -> Result<(), DriverError> {
         let start = BinlogPosition::from_position(position)?;
         let mut conn = self.conn().await?;
-        self.require_prerequisites(&mut conn).await?;
         let server = server::server(&mut conn).await?;
         if start.gtid.is_some() && !server.is_mariadb {
             return Err(DriverError::Misconfigured(
@@ -340,13 +322,11 @@ impl etcd_sync_api::Driver for MysqlDriver {
 
     async fn read_snapshot(
         &self,
-        tables: &[Arc<TableSchema>],
+        tables: &[MyTable],
         out: mpsc::Sender<DumpEvent>,
     ) -> Result<(), DriverError> {
         let mut conn = self.conn().await?;
-        let (_, all, _) = self.selected(&mut conn).await?;
-        let tables = Self::matching(&all, tables)?;
-        self.run_mysqldump(&mut conn, &tables, false, &out, &CancellationToken::new())
+        self.run_mysqldump(&mut conn, tables, false, &out, &CancellationToken::new())
             .await
             .map(|_| ())
     }

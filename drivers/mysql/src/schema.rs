@@ -20,6 +20,12 @@ pub struct MyTable {
     pub estimated_rows: Option<u64>,
 }
 
+impl etcd_sync_api::SourceTable for MyTable {
+    fn schema(&self) -> &Arc<TableSchema> {
+        &self.schema
+    }
+}
+
 pub fn table_id(default_db: &str, database: &str, name: &str) -> TableId {
     TableId {
         schema: (database != default_db).then(|| database.to_owned()),

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use etcd_sync_api::{
     Change, Driver, DumpEvent, Position, StreamEvent, TableFilter, TableSchema, TlsSettings, Value,
 };
-use etcd_sync_postgres::{ConnectParams, PostgresConfig, PostgresDriver};
+use etcd_sync_postgres::{ConnectParams, PgTable, PostgresConfig, PostgresDriver};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -56,7 +56,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         dump_connections: 1,
     });
-    let tables: Vec<Arc<TableSchema>> = driver.select_tables().await?.tables;
+    let tables: Vec<PgTable> = driver.select_tables().await?.tables;
     let cancel = CancellationToken::new();
     tokio::spawn({
         let cancel = cancel.clone();

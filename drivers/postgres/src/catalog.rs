@@ -39,6 +39,12 @@ pub struct PgTable {
     pub partitioned: bool,
 }
 
+impl etcd_sync_api::SourceTable for PgTable {
+    fn schema(&self) -> &Arc<TableSchema> {
+        &self.schema
+    }
+}
+
 #[derive(Debug, Clone)]
 struct RawType {
     name: String,

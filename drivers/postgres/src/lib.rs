@@ -1,12 +1,11 @@
 //! PostgreSQL driver for etcd-sync: a snapshot with COPY inside an exported replication-slot
 //! snapshot, then the slot's pgoutput stream.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use etcd_sync_api::{
     error_chain, CheckItem, DriverError, DumpEvent, Position, Selection, StreamEvent, TableFilter,
-    TableSchema, TlsMode,
+    TlsMode,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::config::SslMode;
@@ -27,7 +26,8 @@ mod stream;
 mod tls;
 pub mod types;
 
-use catalog::{PgTable, TypeCatalog};
+pub use catalog::PgTable;
+use catalog::TypeCatalog;
 pub use conn::ConnectParams;
 use conn::{quote_ident, quote_literal, ReplicationConnection, SESSION_SETTINGS};
 use error::{conn_error, pg_error};
@@ -190,24 +190,6 @@ impl PostgresDriver {
             catalog::select_tables(client, &types, &self.config.filter).await?;
         Ok((selection, tables, types))
     }
-
-    /// Tables as the driver knows them, matched to the schemas the engine holds.
-    fn matching<'a>(
-        all: &'a [PgTable],
-        wanted: &[Arc<TableSchema>],
-    ) -> Result<Vec<&'a PgTable>, DriverError> {
-        wanted
-            .iter()
-            .map(|w| {
-                all.iter().find(|t| t.schema.id == w.id).ok_or_else(|| {
-                    DriverError::transient(
-                        "matching tables",
-                        format!("table {} disappeared from the database", w.id),
-                    )
-                })
-            })
-            .collect()
-    }
 }
 
 async fn query_one(client: &Client, sql: &str) -> Result<String, DriverError> {
@@ -224,6 +206,8 @@ async fn query_one(client: &Client, sql: &str) -> Result<String, DriverError> {
 }
 
 impl etcd_sync_api::Driver for PostgresDriver {
+    type Table = PgTable;
+
     async fn check(&self) -> Vec<CheckItem> {
         let p = &self.config.connect;
         let client = match self.query_client().await {
@@ -253,25 +237,27 @@ impl etcd_sync_api::Driver for PostgresDriver {
         items
     }
 
-    async fn select_tables(&self) -> Result<Selection, DriverError> {
+    async fn select_tables(&self) -> Result<Selection<PgTable>, DriverError> {
         let client = self.query_client().await?;
-        // The engine calls this before writing anything: a server that cannot replicate is
-        // refused here, with nothing written to etcd.
+        // The engine calls this first in every session, before writing anything: a server
+        // that cannot replicate is refused here, with nothing written to etcd, and the calls
+        // that follow in the session need not check again.
         self.require_prerequisites(&client).await?;
-        let (selection, _, _) = self.selected(&client).await?;
-        Ok(selection)
+        let (selection, tables, _) = self.selected(&client).await?;
+        Ok(Selection {
+            tables,
+            skipped: selection.skipped,
+        })
     }
 
     async fn dump(
         &self,
-        tables: &[Arc<TableSchema>],
+        tables: &[PgTable],
         out: mpsc::Sender<DumpEvent>,
         cancel: CancellationToken,
     ) -> Result<Position, DriverError> {
         let client = self.query_client().await?;
-        self.require_prerequisites(&client).await?;
-        let (_, all, _) = self.selected(&client).await?;
-        let tables: Vec<PgTable> = Self::matching(&all, tables)?.into_iter().cloned().collect();
+        let tables = tables.to_vec();
         let refs: Vec<&PgTable> = tables.iter().collect();
         // Before the slot: decoding looks the publication up as of each change's time.
         self.ensure_publication(&client, &refs).await?;
@@ -339,14 +325,13 @@ impl etcd_sync_api::Driver for PostgresDriver {
     async fn stream(
         &self,
         from: Position,
-        tables: &[Arc<TableSchema>],
+        tables: &[PgTable],
         out: mpsc::Sender<StreamEvent>,
         acks: watch::Receiver<Position>,
         cancel: CancellationToken,
     ) -> Result<(), DriverError> {
         let (start, dumped_partitions) = parse_position(&from)?;
         let client = self.query_client().await?;
-        self.require_prerequisites(&client).await?;
         let slot = &self.config.slot;
         let row = client
             .query_opt(
@@ -369,8 +354,9 @@ impl etcd_sync_api::Driver for PostgresDriver {
             }
             Some(_) => {}
         }
-        let (_, all, types) = self.selected(&client).await?;
-        let tables: Vec<PgTable> = Self::matching(&all, tables)?.into_iter().cloned().collect();
+        // Type ids of columns the stream announces; the tables' own types came with them.
+        let types = TypeCatalog::load(&client).await?;
+        let tables = tables.to_vec();
         // Partitions that changed while the agent was away are caught here, before streaming.
         let refs: Vec<&PgTable> = tables.iter().collect();
         let current = partitions::fingerprint(&client, &refs).await?;
@@ -411,13 +397,11 @@ impl etcd_sync_api::Driver for PostgresDriver {
     async fn prepare_start(
         &self,
         position: &Position,
-        tables: &[Arc<TableSchema>],
+        tables: &[PgTable],
     ) -> Result<(), DriverError> {
         let start = lsn_of(position)?;
         let client = self.query_client().await?;
-        self.require_prerequisites(&client).await?;
-        let (_, all, _) = self.selected(&client).await?;
-        let tables = Self::matching(&all, tables)?;
+        let tables: Vec<&PgTable> = tables.iter().collect();
         self.ensure_publication(&client, &tables).await?;
         let current: String = query_one(&client, "SELECT pg_current_wal_lsn()::text").await?;
         let current: Lsn = current.parse().map_err(DriverError::Protocol)?;
@@ -492,13 +476,10 @@ impl etcd_sync_api::Driver for PostgresDriver {
 
     async fn read_snapshot(
         &self,
-        tables: &[Arc<TableSchema>],
+        tables: &[PgTable],
         out: mpsc::Sender<DumpEvent>,
     ) -> Result<(), DriverError> {
-        let client = self.query_client().await?;
-        let (_, all, _) = self.selected(&client).await?;
-        let tables: Vec<PgTable> = Self::matching(&all, tables)?.into_iter().cloned().collect();
-        self.copy_tables(tables, None, 1, &out, &CancellationToken::new())
+        self.copy_tables(tables.to_vec(), None, 1, &out, &CancellationToken::new())
             .await
     }
 }

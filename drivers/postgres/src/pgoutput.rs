@@ -2,6 +2,8 @@
 //! stream's own framing (XLogData and keepalive messages).
 //!
 //! Pure functions over bytes, so they are tested on captured messages without a server.
+//!
+//! The decoder is about 330 lines; the rest is its unit tests on captured messages.
 
 use bytes::{Buf, Bytes};
 

@@ -1,4 +1,7 @@
 //! The dump and catch-up scenarios, per etcd version and source.
+//!
+//! Over 500 lines, knowingly: the scenarios share the bench's state (results, ceilings, the
+//! settle step) and read best together, in the order the bench runs them.
 
 use std::path::PathBuf;
 

@@ -7,10 +7,13 @@
 //! One txn is in flight at a time, so that watchers see transactions in source order; while it
 //! is, the next group is built from the stream, so that etcd's round trip and the agent's
 //! decoding and encoding overlap instead of adding up.
+//!
+//! Here the applier's loop and what it does with each change; [`batch`] holds the coalescing,
+//! [`commit`] the txn in flight.
 
-use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
+mod batch;
+mod commit;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -22,8 +25,10 @@ use tracing::{info, warn};
 use super::{EngineError, Settings};
 use crate::encode::{encode_row, has_unchanged, row_key, table_prefix};
 use crate::metrics::ChangeLabels;
-use crate::sink::{Op, Phase};
-use crate::sink::{Sink, SinkError, SinkScan};
+use crate::sink::Phase;
+use crate::sink::{Sink, SinkScan};
+use batch::Batch;
+use commit::{wait_landed, InFlight};
 
 /// Stream events buffered between the driver and the applier: deep enough that, while one
 /// etcd txn is in flight, a full group of single-row transactions (Changes + Commit each)
@@ -40,7 +45,7 @@ const LAG_BYTES_EVERY: Duration = Duration::from_secs(10);
 pub async fn sync<D: Driver, S: Sink>(
     driver: &Arc<D>,
     store: &mut S,
-    tables: &[Arc<TableSchema>],
+    tables: &[D::Table],
     position: Position,
     settings: &Settings,
     cancel: &CancellationToken,
@@ -127,83 +132,6 @@ async fn watch_position<D: Driver>(
     }
 }
 
-/// Coalesced writes: the last operation per key wins (`None` deletes).
-#[derive(Default)]
-struct Batch {
-    ops: HashMap<String, Option<String>>,
-    bytes: usize,
-}
-
-impl Batch {
-    fn set(&mut self, key: String, value: Option<String>) {
-        let size = key.len() + value.as_ref().map_or(0, String::len) + 16;
-        if let Some(old) = self.ops.insert(key.clone(), value) {
-            self.bytes -= key.len() + old.map_or(0, |v| v.len()) + 16;
-        }
-        self.bytes += size;
-    }
-
-    fn len(&self) -> usize {
-        self.ops.len()
-    }
-
-    /// How many operations and bytes `self` would have with `other` merged in.
-    fn merged_size(&self, other: &Batch) -> (usize, usize) {
-        let mut ops = self.len();
-        let mut bytes = self.bytes + other.bytes;
-        for key in other.ops.keys() {
-            match self.ops.get(key) {
-                Some(old) => bytes -= key.len() + old.as_ref().map_or(0, String::len) + 16,
-                None => ops += 1,
-            }
-        }
-        (ops, bytes)
-    }
-
-    fn merge(&mut self, other: Batch) {
-        for (key, value) in other.ops {
-            self.set(key, value);
-        }
-    }
-
-    fn take_ops(&mut self) -> Vec<Op> {
-        self.bytes = 0;
-        self.ops
-            .drain()
-            .map(|(key, value)| match value {
-                Some(value) => Op::Put { key, value },
-                None => Op::Delete { key },
-            })
-            .collect()
-    }
-
-    /// The pending value of `key`: `Some(None)` when it is to be deleted.
-    fn lookup(&self, key: &str) -> Option<Option<&str>> {
-        self.ops.get(key).map(|v| v.as_deref())
-    }
-}
-
-/// A commit under way: it hands the store back with its outcome.
-type Landing<'a, S> =
-    Pin<Box<dyn Future<Output = (&'a mut S, Result<i64, SinkError>)> + Send + 'a>>;
-
-/// The group commit etcd has not answered yet; it holds the store until it lands.
-struct InFlight<'a, S> {
-    txn: Landing<'a, S>,
-    position: Position,
-    committed_at: Option<SystemTime>,
-}
-
-/// Waits for the txn in flight (forever when there is none: a `select!` branch).
-async fn wait_landed<'a, S>(
-    in_flight: &mut Option<InFlight<'a, S>>,
-) -> (&'a mut S, Result<i64, SinkError>) {
-    match in_flight {
-        Some(flight) => (&mut flight.txn).await,
-        None => std::future::pending().await,
-    }
-}
-
 struct Applier<'a, S: Sink> {
     /// The store when no txn is in flight (the txn holds it otherwise): [`Applier::store`]
     /// waits for the txn, so nothing reads or writes etcd ahead of it.
@@ -221,7 +149,7 @@ struct Applier<'a, S: Sink> {
     current: Batch,
     /// Operations per txn, one kept for the state.
     max_ops: usize,
-    /// The last group commit filled its txn: the source is ahead of etcd.
+    /// The last group commit filled half its txn or more: the source is ahead of etcd.
     backlog: bool,
     /// A group waits for more transactions (in a backlog) until the linger timer fires.
     lingering: bool,
@@ -287,17 +215,15 @@ impl<'a, S: Sink> Applier<'a, S> {
                         self.handle(event).await?;
                     }
                 }
-                () = &mut linger, if self.lingering => {
-                    self.backlog = false;
-                    self.send_committed().await?;
-                }
+                () = &mut linger, if self.lingering => self.send_committed().await?,
                 _ = progress.tick() => self.log_progress(),
             }
             // Group commit. Under a light load, write as soon as the stream has nothing more
             // ready and nothing is in flight; what arrives meanwhile joins the next txn. In a
-            // backlog (the last group filled a txn), a stream that runs dry for a moment does
-            // not mean the source is idle: wait up to BACKLOG_LINGER for the group to fill, as
-            // a txn of a few transactions costs etcd nearly what a full one does.
+            // backlog (the last group filled half a txn or more), a stream that runs dry for a
+            // moment does not mean the source is idle: wait up to BACKLOG_LINGER for the group
+            // to fill, as a txn of a few transactions costs etcd nearly what a full one does
+            // (and smaller groups, more of them, leave the source less CPU to catch up with).
             if self.in_flight.is_none() && self.committed_position.is_some() && !self.lingering {
                 if !self.backlog {
                     if rx.is_empty() {
@@ -491,82 +417,6 @@ impl<'a, S: Sink> Applier<'a, S> {
         Ok(())
     }
 
-    /// Writes the complete transactions with their position and waits until they landed.
-    async fn write_committed(&mut self) -> Result<(), EngineError> {
-        self.send_committed().await?;
-        self.store().await?;
-        Ok(())
-    }
-
-    /// Sends the complete transactions with their position as the txn in flight, once the one
-    /// before it landed.
-    async fn send_committed(&mut self) -> Result<(), EngineError> {
-        if self.committed_position.is_none() {
-            return Ok(());
-        }
-        let store = self.take_store().await?;
-        let Some(position) = self.committed_position.take() else {
-            return Ok(());
-        };
-        self.lingering = false;
-        let ops = self.committed.take_ops();
-        let state = store.state(Phase::Sync, Some(position.clone()));
-        self.in_flight = Some(InFlight {
-            txn: Box::pin(async move {
-                let result = store.commit(ops, Some(&state)).await;
-                (store, result)
-            }),
-            position,
-            committed_at: self.committed_at.take(),
-        });
-        Ok(())
-    }
-
-    /// The store, once the txn in flight landed.
-    async fn store(&mut self) -> Result<&mut S, EngineError> {
-        let store = self.take_store().await?;
-        Ok(self.store.insert(store))
-    }
-
-    async fn take_store(&mut self) -> Result<&'a mut S, EngineError> {
-        if let Some(store) = self.store.take() {
-            return Ok(store);
-        }
-        let (store, result) = wait_landed(&mut self.in_flight).await;
-        self.landed(store, result)
-    }
-
-    /// Acknowledges the position of the txn that landed; hands its store back.
-    fn landed(
-        &mut self,
-        store: &'a mut S,
-        result: Result<i64, SinkError>,
-    ) -> Result<&'a mut S, EngineError> {
-        let flight = self.in_flight.take();
-        result?;
-        let Some(InFlight {
-            position,
-            committed_at,
-            ..
-        }) = flight
-        else {
-            return Ok(store);
-        };
-        self.stats.txns += 1;
-        if std::mem::take(&mut self.stats.idle) {
-            info!(position = %position.0, "sync: changes arrive again; the first is applied");
-        }
-        *self.progressed = true;
-        if let Some(at) = committed_at {
-            self.settings
-                .metrics
-                .set_lag(SystemTime::now().duration_since(at).unwrap_or_default());
-        }
-        // The driver may be gone already (shutdown); the position is durable either way.
-        let _ = self.ack.send(position);
-        Ok(store)
-    }
-
     /// One line per [`PROGRESS_EVERY`] while changes flow, with the position they reached; one
     /// when they stop. The first transaction after a quiet spell is logged as it is written.
     fn log_progress(&mut self) {
@@ -587,45 +437,5 @@ impl<'a, S: Sink> Applier<'a, S> {
             "sync progress (in the last {}s)",
             PROGRESS_EVERY.as_secs()
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batch_coalesces_per_key_and_tracks_size() {
-        let mut b = Batch::default();
-        b.set("a".into(), Some("1".into()));
-        b.set("a".into(), Some("22".into()));
-        b.set("b".into(), None);
-        assert_eq!(b.len(), 2);
-        assert_eq!(b.bytes, (1 + 2 + 16) + (1 + 16));
-        assert_eq!(b.lookup("a"), Some(Some("22")));
-        assert_eq!(b.lookup("b"), Some(None));
-
-        let mut other = Batch::default();
-        other.set("a".into(), None);
-        other.set("c".into(), Some("3".into()));
-        let (ops, bytes) = b.merged_size(&other);
-        b.merge(other);
-        assert_eq!((ops, bytes), (b.len(), b.bytes));
-        assert_eq!(b.lookup("a"), Some(None));
-
-        let mut ops = b.take_ops();
-        ops.sort_by(|x, y| x.key().cmp(y.key()));
-        assert_eq!(
-            ops,
-            vec![
-                Op::Delete { key: "a".into() },
-                Op::Delete { key: "b".into() },
-                Op::Put {
-                    key: "c".into(),
-                    value: "3".into()
-                }
-            ]
-        );
-        assert_eq!(b.bytes, 0);
     }
 }
