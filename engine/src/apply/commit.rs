@@ -53,7 +53,14 @@ impl<'a, S: Sink> Applier<'a, S> {
         };
         self.lingering = false;
         let ops = self.committed.take_ops();
-        self.backlog = ops.len() >= self.max_ops / 2;
+        // Behind the source: a group of half a txn or more, or transactions committed long
+        // before they are written (a catch-up, even one whose stream is slower than etcd).
+        let behind = self.committed_at.is_some_and(|at| {
+            SystemTime::now()
+                .duration_since(at)
+                .is_ok_and(|lag| lag >= super::BACKLOG_LAG)
+        });
+        self.backlog = behind || ops.len() >= self.max_ops / 2;
         let state = store.state(Phase::Sync, Some(position.clone()));
         self.in_flight = Some(InFlight {
             txn: Box::pin(async move {

@@ -38,7 +38,9 @@ const STREAM_CHANNEL_EVENTS: usize = 256;
 /// per event, and the applier still notices a landed txn within a few dozen microseconds.
 const EVENTS_PER_RECEIVE: usize = 16;
 /// How long a group waits to fill in a backlog before it is written anyway.
-const BACKLOG_LINGER: Duration = Duration::from_millis(1);
+const BACKLOG_LINGER: Duration = Duration::from_millis(2);
+/// Transactions this old when written mean the applier is behind the source.
+const BACKLOG_LAG: Duration = Duration::from_millis(100);
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 const LAG_BYTES_EVERY: Duration = Duration::from_secs(10);
 
@@ -220,9 +222,9 @@ impl<'a, S: Sink> Applier<'a, S> {
             }
             // Group commit. Under a light load, write as soon as the stream has nothing more
             // ready and nothing is in flight; what arrives meanwhile joins the next txn. In a
-            // backlog (the last group filled half a txn or more), a stream that runs dry for a
-            // moment does not mean the source is idle: wait up to BACKLOG_LINGER for the group
-            // to fill, as a txn of a few transactions costs etcd nearly what a full one does
+            // backlog (the last group filled half a txn or more, or its transactions were
+            // BACKLOG_LAG old), a stream that runs dry for a moment does not mean the source
+            // is idle: wait up to BACKLOG_LINGER for the group to fill, as a txn of a few transactions costs etcd nearly what a full one does
             // (and smaller groups, more of them, leave the source less CPU to catch up with).
             if self.in_flight.is_none() && self.committed_position.is_some() && !self.lingering {
                 if !self.backlog {
