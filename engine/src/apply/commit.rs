@@ -49,6 +49,7 @@ impl<'a, S: Sink> Applier<'a, S> {
         }
         let store = self.take_store().await?;
         let Some(position) = self.committed_position.take() else {
+            self.store = Some(store);
             return Ok(());
         };
         self.lingering = false;
