@@ -277,7 +277,7 @@ impl<'a> Session<'a> {
 
     async fn reload_tables(&mut self) -> Result<(), DriverError> {
         let mut conn = self.driver.conn().await?;
-        let (_, all, _) = self.driver.selected(&mut conn).await?;
+        let all = self.driver.selected(&mut conn).await?.tables;
         for table in all {
             let key = (table.database.clone(), table.name.clone());
             if self.tables.contains_key(&key) {

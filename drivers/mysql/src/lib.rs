@@ -168,19 +168,15 @@ impl MysqlDriver {
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
     }
 
-    async fn selected(
-        &self,
-        conn: &mut Conn,
-    ) -> Result<(Selection, Vec<MyTable>, bool), DriverError> {
+    async fn selected(&self, conn: &mut Conn) -> Result<Selection<MyTable>, DriverError> {
         let server = server::server(conn).await?;
-        let (selection, tables) = schema::select_tables(
+        schema::select_tables(
             conn,
             &self.config.database,
             &self.config.filter,
             server.is_mariadb,
         )
-        .await?;
-        Ok((selection, tables, server.is_mariadb))
+        .await
     }
 }
 
@@ -223,11 +219,7 @@ impl etcd_sync_api::Driver for MysqlDriver {
             Ok(more) => items.extend(more),
             Err(e) => items.push(CheckItem::fail("prerequisites", error_chain(&e))),
         }
-        items.extend(Selection::check_items(
-            self.selected(&mut conn)
-                .await
-                .map(|(selection, _, _)| selection),
-        ));
+        items.extend(Selection::check_items(self.selected(&mut conn).await));
         items
     }
 
@@ -235,11 +227,7 @@ impl etcd_sync_api::Driver for MysqlDriver {
         let mut conn = self.conn().await?;
         // First in every session: the calls that follow in it need not check again.
         self.require_prerequisites(&mut conn).await?;
-        let (selection, tables, _) = self.selected(&mut conn).await?;
-        Ok(Selection {
-            tables,
-            skipped: selection.skipped,
-        })
+        self.selected(&mut conn).await
     }
 
     async fn dump(

@@ -185,7 +185,7 @@ pub async fn select_tables(
     default_db: &str,
     filter: &TableFilter,
     is_mariadb: bool,
-) -> Result<(Selection, Vec<MyTable>), DriverError> {
+) -> Result<Selection<MyTable>, DriverError> {
     let dbs = databases(default_db, filter);
     let mut catalog = Catalog::read(conn, &dbs, is_mariadb).await?;
     let included: Vec<(String, String)> = filter
@@ -200,7 +200,6 @@ pub async fn select_tables(
         .collect();
     let mut problems = missing_includes(&catalog, default_db, &included);
     let mut selection = Selection::default();
-    let mut selected = Vec::new();
     for (db, table, rows) in std::mem::take(&mut catalog.tables) {
         let key = (db.clone(), table.clone());
         let named = included.contains(&key);
@@ -225,14 +224,14 @@ pub async fn select_tables(
             continue;
         };
         let cols = catalog.columns.remove(&key).unwrap_or_default();
-        let table = build_table(id, db, table, cols, primary_key, rows)?;
-        selection.tables.push(Arc::clone(&table.schema));
-        selected.push(table);
+        selection
+            .tables
+            .push(build_table(id, db, table, cols, primary_key, rows)?);
     }
     if !problems.is_empty() {
         return Err(DriverError::Misconfigured(problems.join("; ")));
     }
-    Ok((selection, selected))
+    Ok(selection)
 }
 
 /// A problem for each table `tables.include` names that is not a base table here.

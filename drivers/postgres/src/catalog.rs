@@ -145,7 +145,7 @@ pub async fn select_tables(
     client: &Client,
     types: &TypeCatalog,
     filter: &TableFilter,
-) -> Result<(Selection, Vec<PgTable>), DriverError> {
+) -> Result<Selection<PgTable>, DriverError> {
     let rows = client
         .query(
             // Partitions are listed only to explain that their rows are synced under their
@@ -212,7 +212,6 @@ pub async fn select_tables(
     }
 
     let mut selection = Selection::default();
-    let mut tables = Vec::new();
     for candidate in candidates {
         let named = included.contains(&candidate.id);
         if let Some(root) = &candidate.partition_root {
@@ -239,14 +238,14 @@ pub async fn select_tables(
             }
             continue;
         }
-        let table = load_table(client, types, &candidate).await?;
-        selection.tables.push(Arc::clone(&table.schema));
-        tables.push(table);
+        selection
+            .tables
+            .push(load_table(client, types, &candidate).await?);
     }
     if !problems.is_empty() {
         return Err(DriverError::Misconfigured(problems.join("; ")));
     }
-    Ok((selection, tables))
+    Ok(selection)
 }
 
 /// Why a table cannot be synced, with what to change.

@@ -181,14 +181,9 @@ impl PostgresDriver {
         })
     }
 
-    async fn selected(
-        &self,
-        client: &Client,
-    ) -> Result<(Selection, Vec<PgTable>, TypeCatalog), DriverError> {
+    async fn selected(&self, client: &Client) -> Result<Selection<PgTable>, DriverError> {
         let types = TypeCatalog::load(client).await?;
-        let (selection, tables) =
-            catalog::select_tables(client, &types, &self.config.filter).await?;
-        Ok((selection, tables, types))
+        catalog::select_tables(client, &types, &self.config.filter).await
     }
 }
 
@@ -229,11 +224,7 @@ impl etcd_sync_api::Driver for PostgresDriver {
             Ok(more) => items.extend(more),
             Err(e) => items.push(CheckItem::fail("prerequisites", error_chain(&e))),
         }
-        items.extend(Selection::check_items(
-            self.selected(&client)
-                .await
-                .map(|(selection, _, _)| selection),
-        ));
+        items.extend(Selection::check_items(self.selected(&client).await));
         items
     }
 
@@ -243,11 +234,7 @@ impl etcd_sync_api::Driver for PostgresDriver {
         // that cannot replicate is refused here, with nothing written to etcd, and the calls
         // that follow in the session need not check again.
         self.require_prerequisites(&client).await?;
-        let (selection, tables, _) = self.selected(&client).await?;
-        Ok(Selection {
-            tables,
-            skipped: selection.skipped,
-        })
+        self.selected(&client).await
     }
 
     async fn dump(

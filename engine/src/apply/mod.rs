@@ -151,7 +151,8 @@ struct Applier<'a, S: Sink> {
     current: Batch,
     /// Operations per txn, one kept for the state.
     max_ops: usize,
-    /// The last group commit filled half its txn or more: the source is ahead of etcd.
+    /// The last group commit filled half its txn or more, or its transactions were
+    /// `BACKLOG_LAG` old: the source is ahead of etcd.
     backlog: bool,
     /// A group waits for more transactions (in a backlog) until the linger timer fires.
     lingering: bool,
@@ -224,8 +225,9 @@ impl<'a, S: Sink> Applier<'a, S> {
             // ready and nothing is in flight; what arrives meanwhile joins the next txn. In a
             // backlog (the last group filled half a txn or more, or its transactions were
             // BACKLOG_LAG old), a stream that runs dry for a moment does not mean the source
-            // is idle: wait up to BACKLOG_LINGER for the group to fill, as a txn of a few transactions costs etcd nearly what a full one does
-            // (and smaller groups, more of them, leave the source less CPU to catch up with).
+            // is idle: wait up to BACKLOG_LINGER for the group to fill, as a txn of a few
+            // transactions costs etcd nearly what a full one does (and more, smaller groups
+            // leave the source less CPU to catch up with).
             if self.in_flight.is_none() && self.committed_position.is_some() && !self.lingering {
                 if !self.backlog {
                     if rx.is_empty() {
