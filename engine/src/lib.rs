@@ -303,7 +303,9 @@ async fn session<D: Driver, C: Connector>(
     let leading = cancel.child_token();
     let keeper =
         tokio::spawn(store.keep_leadership(settings.lease_ttl, lost.clone(), leading.clone()));
+    settings.metrics.leader.set(1);
     let result = lead(driver, &mut store, &tables, settings, &leading, progressed).await;
+    settings.metrics.leader.set(0);
     keeper.abort();
     store.release().await;
     if lost.is_cancelled() && !cancel.is_cancelled() {

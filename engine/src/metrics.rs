@@ -52,6 +52,8 @@ pub struct Metrics {
     pub retries: Family<KindLabels, Counter>,
     pub errors: Family<KindLabels, Counter>,
     pub position: Gauge,
+    /// 1 while this agent holds the lock (or the leadership, with `ha`) and may write.
+    pub leader: Gauge,
     in_sync: AtomicBool,
     /// The failure being retried, until something succeeds again.
     failing: Mutex<Option<String>>,
@@ -79,6 +81,7 @@ impl Default for Metrics {
             retries: Family::default(),
             errors: Family::default(),
             position: Gauge::default(),
+            leader: Gauge::default(),
             in_sync: AtomicBool::new(false),
             failing: Mutex::new(None),
             registry: Registry::default(),
@@ -147,6 +150,11 @@ impl Default for Metrics {
             "position",
             "The last committed position as a number (PostgreSQL LSN, MySQL binary-log offset)",
             m.position.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this agent holds the lock (or, with ha, the leadership) and writes to etcd",
+            m.leader.clone(),
         );
         Metrics { registry, ..m }
     }

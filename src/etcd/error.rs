@@ -94,6 +94,8 @@ fn is_transient(error: &etcd_client::Error) -> bool {
                     | Code::Internal
                     | Code::Cancelled
             ) || status.message().contains("database space exceeded")
+                // A member behind the revision a paged read pinned: another may answer.
+                || status.message().contains("required revision is a future revision")
         }
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
         _ => false,

@@ -21,11 +21,11 @@ impl Store {
 
     pub(super) async fn grant_lease(&self, ttl: Duration) -> Result<i64, SinkError> {
         let response = self
-            .client
-            .lease_client()
-            .grant(ttl.as_secs().max(1) as i64, None)
-            .await
-            .map_err(|e| client_error("granting a lease", e))?;
+            .retrying("granting a lease", |_| {
+                let mut leases = self.client.lease_client();
+                async move { leases.grant(ttl.as_secs().max(1) as i64, None).await }
+            })
+            .await?;
         Ok(response.id())
     }
 
@@ -45,11 +45,15 @@ impl Store {
                     Some(etcd_client::PutOptions::new().with_lease(lease)),
                 )])
                 .or_else([TxnOp::get(key.as_str(), None)]);
+            // A lost answer to an applied attempt makes the retry find our own name there,
+            // which the branch below clears and takes again.
             let response = self
-                .kv()
-                .txn(txn)
-                .await
-                .map_err(|e| client_error("taking the lock", e))?;
+                .retrying("taking the lock", |_| {
+                    let mut kv = self.kv();
+                    let txn = txn.clone();
+                    async move { kv.txn(txn).await }
+                })
+                .await?;
             if response.succeeded() {
                 let revision = response.header().map_or(0, |h| h.revision());
                 self.leadership = Some(Leadership {
@@ -85,10 +89,12 @@ impl Store {
                         holder.1,
                     )])
                     .and_then([TxnOp::delete(key.as_str(), None)]);
-                self.kv()
-                    .txn(txn)
-                    .await
-                    .map_err(|e| client_error("clearing a dead agent's lock", e))?;
+                self.retrying("clearing a dead agent's lock", |_| {
+                    let mut kv = self.kv();
+                    let txn = txn.clone();
+                    async move { kv.txn(txn).await }
+                })
+                .await?;
                 continue;
             }
             if std::time::Instant::now() > deadline {

@@ -13,12 +13,14 @@ use std::time::SystemTime;
 
 use crate::metrics::Metrics;
 
-use etcd_client::{Client, GetOptions, KvClient};
+use etcd_client::{Client, ConnectOptions, GetOptions, KvClient};
 use etcd_sync_api::Position;
+use tracing::warn;
 
 mod conn;
 mod error;
 mod leadership;
+mod retry;
 mod scan;
 mod sink;
 mod txn;
@@ -45,6 +47,9 @@ pub struct Store {
     tables: Vec<String>,
     metrics: Option<Arc<Metrics>>,
     leadership: Option<Leadership>,
+    /// Whether etcd has answered this session: only then are failed requests retried in
+    /// place (`retry`); a first contact that fails is reported at once.
+    answered: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The runtime that drives etcd's connections (gRPC's connection and buffer tasks), on a
@@ -73,11 +78,14 @@ fn io_runtime() -> Result<&'static tokio::runtime::Runtime, SinkError> {
 
 impl Store {
     pub async fn connect(connection: &Connection, state_prefix: &str) -> Result<Self, SinkError> {
-        let endpoints = connection.endpoints.clone();
         let options = connection.options()?;
+        let endpoints = connection.endpoints.clone();
         let connect = {
             let endpoints = endpoints.clone();
-            async move { Client::connect(endpoints, Some(options)).await }
+            async move {
+                let answering = answering_members(&endpoints, &options).await;
+                Client::connect(answering, Some(options)).await
+            }
         };
         let client = io_runtime()?
             .spawn(connect)
@@ -102,6 +110,7 @@ impl Store {
             tables: Vec::new(),
             metrics: None,
             leadership: None,
+            answered: Arc::default(),
         })
     }
 
@@ -156,10 +165,12 @@ impl Store {
     /// Reads the state and takes its revision as the fence for the writes that follow.
     pub async fn load_state(&mut self) -> Result<Option<State>, SinkError> {
         let response = self
-            .kv()
-            .get(self.state_key.as_str(), None)
-            .await
-            .map_err(|e| client_error("reading the state", e))?;
+            .retrying("reading the state", |_| {
+                let mut kv = self.kv();
+                let key = self.state_key.clone();
+                async move { kv.get(key, None).await }
+            })
+            .await?;
         let Some(kv) = response.kvs().first() else {
             self.fence = 0;
             return Ok(None);
@@ -175,10 +186,11 @@ impl Store {
     /// One value, for merging partial rows.
     pub async fn get(&self, key: &str) -> Result<Option<String>, SinkError> {
         let response = self
-            .kv()
-            .get(key, None)
-            .await
-            .map_err(|e| client_error(format!("reading {key}"), e))?;
+            .retrying(&format!("reading {key}"), |_| {
+                let mut kv = self.kv();
+                async move { kv.get(key, None).await }
+            })
+            .await?;
         Ok(response
             .kvs()
             .first()
@@ -188,16 +200,55 @@ impl Store {
     /// How many keys there are under `prefix`.
     pub async fn count(&self, prefix: &str) -> Result<i64, SinkError> {
         let response = self
-            .kv()
-            .get(
-                prefix,
-                Some(GetOptions::new().with_prefix().with_count_only()),
-            )
-            .await
-            .map_err(|e| client_error(format!("counting {prefix}"), e))?;
+            .retrying(&format!("counting {prefix}"), |_| {
+                let mut kv = self.kv();
+                let options = GetOptions::new().with_prefix().with_count_only();
+                async move { kv.get(prefix, Some(options)).await }
+            })
+            .await?;
         Ok(response.count())
     }
 }
+
+/// The endpoints whose member answers now (all of them if none does, so that the errors that
+/// follow name them). The client balances requests over every endpoint it is given, a dead
+/// one included, and never drops one; a member down at start-up is left out of this session
+/// (the next session asks again), one that fails later is retried around (`retry`).
+async fn answering_members(endpoints: &[String], options: &ConnectOptions) -> Vec<String> {
+    if endpoints.len() < 2 {
+        return endpoints.to_vec();
+    }
+    let probes = endpoints.iter().map(|endpoint| async move {
+        let probe = async {
+            let client = Client::connect([endpoint.as_str()], Some(options.clone())).await?;
+            client.maintenance_client().status().await
+        };
+        match tokio::time::timeout(MEMBER_PROBE_TIMEOUT, probe).await {
+            Ok(Ok(_)) => Some(endpoint.clone()),
+            Ok(Err(e)) => {
+                warn!(%endpoint, "etcd member left out of this session: {e}");
+                None
+            }
+            Err(_) => {
+                warn!(%endpoint, "etcd member left out of this session: no answer within {MEMBER_PROBE_TIMEOUT:?}");
+                None
+            }
+        }
+    });
+    let answering: Vec<String> = futures_util::future::join_all(probes)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    if answering.is_empty() {
+        endpoints.to_vec()
+    } else {
+        answering
+    }
+}
+
+/// How long a member may take to answer the start-up probe.
+const MEMBER_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The smallest key greater than every key that starts with `prefix`.
 fn prefix_end(prefix: &str) -> Vec<u8> {

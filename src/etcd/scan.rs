@@ -15,7 +15,7 @@
 
 use etcd_client::GetOptions;
 
-use super::{client_error, prefix_end, ListedKey, ScanStats, SinkError, Store};
+use super::{prefix_end, ListedKey, ScanStats, SinkError, Store};
 
 /// Keys per request when reading keys only: ~60 bytes each in the response.
 pub const KEYS_PER_PAGE: i64 = 10_000;
@@ -90,10 +90,12 @@ impl Scan<'_> {
             }
             let response = self
                 .store
-                .kv()
-                .get(self.start.clone(), Some(options))
-                .await
-                .map_err(|e| client_error(format!("listing {}", self.prefix), e))?;
+                .retrying(&format!("listing {}", self.prefix), |_| {
+                    let mut kv = self.store.kv();
+                    let (start, options) = (self.start.clone(), options.clone());
+                    async move { kv.get(start, Some(options)).await }
+                })
+                .await?;
             if self.pinned && self.revision == 0 {
                 self.revision = response.header().map_or(0, |h| h.revision());
             }

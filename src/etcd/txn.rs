@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 
-use super::{client_error, Op, SinkError, State, Store};
+use super::{Op, SinkError, State, Store};
 
 /// An engine write as an etcd txn operation.
 pub(super) fn txn_op(op: Op) -> TxnOp {
@@ -20,14 +20,18 @@ impl Store {
     /// revision. Keys in `ops` must be distinct (etcd refuses two operations on one key).
     pub async fn commit(&mut self, ops: Vec<Op>, state: Option<&State>) -> Result<i64, SinkError> {
         let mut txn_ops: Vec<TxnOp> = ops.into_iter().map(txn_op).collect();
-        if let Some(state) = state {
-            let value = serde_json::to_string(state).map_err(|e| SinkError::BadState {
-                key: self.state_key.clone(),
-                reason: e.to_string(),
-            })?;
-            txn_ops.push(TxnOp::put(self.state_key.as_str(), value, None));
-        }
-        let revision = self.fenced_txn(txn_ops).await?;
+        let state_value = match state {
+            Some(state) => {
+                let value = serde_json::to_string(state).map_err(|e| SinkError::BadState {
+                    key: self.state_key.clone(),
+                    reason: e.to_string(),
+                })?;
+                txn_ops.push(TxnOp::put(self.state_key.as_str(), value.as_str(), None));
+                Some(value)
+            }
+            None => None,
+        };
+        let revision = self.fenced_txn(txn_ops, state_value.as_deref()).await?;
         if state.is_some() {
             self.fence = revision;
         }
@@ -41,7 +45,16 @@ impl Store {
         }
     }
 
-    pub(super) async fn fenced_txn(&self, ops: Vec<TxnOp>) -> Result<i64, SinkError> {
+    /// Sends the fenced txn, again where it failed in a way a retry may cure. `state_value`:
+    /// the state the txn writes, if it does. An attempt that failed may still have been applied
+    /// (the answer was lost, not the request): then the retry's compare fails on the state's
+    /// new mod revision, and finding our own state there means it was that attempt that wrote
+    /// it, not another agent.
+    pub(super) async fn fenced_txn(
+        &self,
+        ops: Vec<TxnOp>,
+        state_value: Option<&str>,
+    ) -> Result<i64, SinkError> {
         let count = ops.len();
         let mut compares = vec![Compare::mod_revision(
             self.state_key.as_str(),
@@ -60,11 +73,15 @@ impl Store {
             .and_then(ops)
             .or_else([TxnOp::get(self.state_key.as_str(), None)]);
         let started = Instant::now();
+        let mut retried = false;
         let response = self
-            .kv()
-            .txn(txn)
-            .await
-            .map_err(|e| client_error(format!("txn of {count} operations"), e))?;
+            .retrying(&format!("txn of {count} operations"), |attempt| {
+                retried = attempt > 0;
+                let mut kv = self.kv();
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
+            })
+            .await?;
         if let Some(metrics) = &self.metrics {
             metrics.etcd_txn(started.elapsed());
         }
@@ -72,17 +89,40 @@ impl Store {
         if response.succeeded() {
             return Ok(revision);
         }
-        let found = response
-            .op_responses()
-            .into_iter()
-            .find_map(|r| match r {
-                TxnOpResponse::Get(get) => {
-                    Some(get.kvs().first().map_or(0, |kv| kv.mod_revision()))
-                }
-                _ => None,
-            })
-            .unwrap_or(0);
-        if found == self.fence {
+        let found = response.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(get) => get
+                .kvs()
+                .first()
+                .map(|kv| (kv.mod_revision(), kv.value().to_vec())),
+            _ => None,
+        });
+        let found_revision = found.as_ref().map_or(0, |f| f.0);
+        if let (true, Some(ours), Some((at, value))) = (retried, state_value, &found) {
+            if value.as_slice() == ours.as_bytes() {
+                tracing::info!(
+                    revision = at,
+                    "an earlier attempt of this txn was applied (its answer was lost)"
+                );
+                return Ok(*at);
+            }
+        }
+        if 0 < found_revision && found_revision < self.fence {
+            // Revisions only grow: no agent can have written this. The member that answered
+            // holds older or diverged data.
+            return Err(SinkError::Client {
+                context: format!("txn of {count} operations"),
+                detail: format!(
+                    "the state key's mod revision went back from {} to {found_revision}: the \
+                     etcd member that answered holds data that diverged from the cluster's \
+                     (etcd 3.5.0 to 3.5.2 can lose a write on a member killed under load, \
+                     etcd-io/etcd#13766; compare the revisions in `etcdctl endpoint status`)",
+                    self.fence
+                ),
+                transient: true,
+                hint: None,
+            });
+        }
+        if found_revision == self.fence {
             // The state is ours: it was the leadership key that is gone.
             return Err(SinkError::LostLeadership {
                 key: self
@@ -95,7 +135,7 @@ impl Store {
         Err(SinkError::Fenced {
             key: self.state_key.clone(),
             expected: self.fence,
-            found,
+            found: found_revision,
         })
     }
 
@@ -106,12 +146,20 @@ impl Store {
         let ops: Vec<TxnOp> = (0..max_ops)
             .map(|_| TxnOp::get(self.state_key.as_str(), None))
             .collect();
-        match self.kv().txn(Txn::new().and_then(ops)).await {
+        let txn = Txn::new().and_then(ops);
+        let probe = self
+            .retrying("probing the txn size limit", |_| {
+                let mut kv = self.kv();
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
+            })
+            .await;
+        match probe {
             Ok(_) => Ok(()),
             // So many reads that the request outgrows gRPC's size limit: far above any server's
             // --max-txn-ops as well.
             Err(e) if e.to_string().contains("larger than max") => Err(SinkError::TooManyOps),
-            Err(e) => Err(client_error("probing the txn size limit", e)),
+            Err(e) => Err(e),
         }
     }
 }
@@ -125,7 +173,7 @@ pub struct Writer {
 impl Writer {
     pub async fn commit(&self, ops: Vec<Op>) -> Result<i64, SinkError> {
         self.store
-            .fenced_txn(ops.into_iter().map(txn_op).collect())
+            .fenced_txn(ops.into_iter().map(txn_op).collect(), None)
             .await
     }
 }

@@ -1,21 +1,39 @@
 //! What the tests read from etcd: keys and values, the state, and waits for the agent to reach
 //! a phase or for etcd to converge with the database (`sync verify`).
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
-use etcd_client::GetOptions;
+use etcd_client::{GetOptions, KvClient};
 
 use super::{Agent, World};
+
+/// A read, retried for a while: the client balances over every member of a cluster, also
+/// one a test has killed.
+async fn read<T, F, Fut>(etcd: &etcd_client::Client, what: &str, mut request: F) -> T
+where
+    F: FnMut(KvClient) -> Fut,
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match request(etcd.kv_client()).await {
+            Ok(value) => return value,
+            Err(e) => assert!(Instant::now() < deadline, "{what}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
 
 impl World {
     /// etcd's keys and values under the data prefix.
     pub async fn etcd_data(&self) -> Vec<(String, String)> {
-        let response = self
-            .etcd
-            .kv_client()
-            .get(self.prefix(), Some(GetOptions::new().with_prefix()))
-            .await
-            .unwrap();
+        let prefix = self.prefix();
+        let response = read(&self.etcd, "reading the data", |mut kv| {
+            let prefix = prefix.clone();
+            async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }
+        })
+        .await;
         response
             .kvs()
             .iter()
@@ -30,7 +48,11 @@ impl World {
 
     pub async fn etcd_value(&self, key_suffix: &str) -> Option<String> {
         let key = format!("{}/{key_suffix}", self.prefix());
-        let response = self.etcd.kv_client().get(key, None).await.unwrap();
+        let response = read(&self.etcd, &key, |mut kv| {
+            let key = key.clone();
+            async move { kv.get(key, None).await }
+        })
+        .await;
         response
             .kvs()
             .first()
@@ -38,15 +60,14 @@ impl World {
     }
 
     pub async fn etcd_key_count(&self, prefix: &str) -> i64 {
-        let response = self
-            .etcd
-            .kv_client()
-            .get(
+        let response = read(&self.etcd, prefix, |mut kv| async move {
+            kv.get(
                 prefix,
                 Some(GetOptions::new().with_prefix().with_count_only()),
             )
             .await
-            .unwrap();
+        })
+        .await;
         response.count()
     }
 
@@ -69,7 +90,11 @@ impl World {
     /// The stored state, as JSON.
     pub async fn state(&self) -> Option<serde_json::Value> {
         let key = format!("{}/state", self.state_prefix());
-        let response = self.etcd.kv_client().get(key, None).await.unwrap();
+        let response = read(&self.etcd, &key, |mut kv| {
+            let key = key.clone();
+            async move { kv.get(key, None).await }
+        })
+        .await;
         response
             .kvs()
             .first()

@@ -12,8 +12,11 @@
 #![allow(dead_code)]
 
 mod agent;
+mod bank;
 mod cases;
+mod cluster;
 mod etcd;
+mod proxy;
 mod servers;
 mod twins;
 mod util;
@@ -22,9 +25,15 @@ mod util;
 #[allow(unused_imports)]
 pub use agent::Agent;
 #[allow(unused_imports)]
+pub use bank::{Transfers, ACCOUNTS, BALANCE};
+#[allow(unused_imports)]
 pub use cases::{check_cases, secure_etcd_client, Case};
 #[allow(unused_imports)]
-pub use servers::{restart_server, OwnEtcd};
+pub use cluster::{connected_ports, EtcdCluster};
+#[allow(unused_imports)]
+pub use proxy::CuttingProxy;
+#[allow(unused_imports)]
+pub use servers::{kill_server, restart_server, start_server, OwnEtcd};
 #[allow(unused_imports)]
 pub use util::{free_port, http_get, metric, Rng};
 
@@ -66,7 +75,40 @@ impl TestEnv {
             vars.contains_key("ETCD_SYNC_TEST_PG_PORT"),
             "no test environment: run `make testenv` (it writes {ENV_FILE})"
         );
+        if let Some(etcd34) = vars.get("ETCD_SYNC_TEST_ETCD").cloned() {
+            vars.insert("ETCD_SYNC_TEST_ETCD34".into(), etcd34);
+        }
+        // `ETCD_SYNC_TEST_ETCD_VERSION=3.5`: the whole suite against etcd 3.5 instead of 3.4
+        // (`make test` runs it both ways). Every world checks the version it got.
+        if let Some(version) = vars.get("ETCD_SYNC_TEST_ETCD_VERSION").cloned() {
+            let key = match version.as_str() {
+                "3.4" => "ETCD_SYNC_TEST_ETCD34",
+                "3.5" => "ETCD_SYNC_TEST_ETCD35",
+                other => panic!("ETCD_SYNC_TEST_ETCD_VERSION={other}: 3.4 or 3.5"),
+            };
+            let endpoint = vars
+                .get(key)
+                .cloned()
+                .unwrap_or_else(|| panic!("{key} missing from {ENV_FILE}: run `make testenv`"));
+            vars.insert("ETCD_SYNC_TEST_ETCD".into(), endpoint);
+        }
         Self { vars }
+    }
+
+    /// The etcd version the suite runs against ("3.4" unless `ETCD_SYNC_TEST_ETCD_VERSION`).
+    pub fn etcd_version(&self) -> String {
+        self.vars
+            .get("ETCD_SYNC_TEST_ETCD_VERSION")
+            .cloned()
+            .unwrap_or_else(|| "3.4".into())
+    }
+
+    /// The etcd binary of that version, for tests that run an etcd of their own.
+    pub fn etcd_binary(&self) -> String {
+        match self.etcd_version().as_str() {
+            "3.5" => self.get("ETCD35_BIN"),
+            _ => "etcd".into(),
+        }
     }
 
     pub fn get(&self, name: &str) -> String {
@@ -238,6 +280,19 @@ impl World {
         let etcd = Etcd::connect([env.etcd_endpoint()], None)
             .await
             .unwrap_or_else(|e| panic!("cannot connect to etcd ({e}): run `make testenv`"));
+        let running = etcd
+            .maintenance_client()
+            .status()
+            .await
+            .unwrap_or_else(|e| panic!("etcd does not answer ({e}): run `make testenv`"))
+            .version()
+            .to_owned();
+        assert!(
+            running.starts_with(&env.etcd_version()),
+            "{} runs etcd {running}, the suite wants {}",
+            env.etcd_endpoint(),
+            env.etcd_version()
+        );
         let world = World {
             etcd_endpoint: env.etcd_endpoint(),
             env,
@@ -336,11 +391,124 @@ impl World {
         self.etcd = Etcd::connect([endpoint], None).await.unwrap();
     }
 
+    /// Points the world (its configs and its etcd client) at the members of an etcd cluster.
+    pub async fn use_etcd_cluster(&mut self, endpoints: &[String]) {
+        self.etcd_endpoint = endpoints.join(", ");
+        self.etcd = Etcd::connect(endpoints, None).await.unwrap();
+        let mut kv = self.etcd.kv_client();
+        for prefix in [self.prefix(), self.state_prefix()] {
+            kv.delete(prefix, Some(DeleteOptions::new().with_prefix()))
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Moves the world to the same database on the server at `port` (a promoted replica):
+    /// its configs, its connection, `verify`.
+    pub async fn move_to_port(&mut self, port: &str) {
+        let (key, source) = match &self.source {
+            Source::Postgres(_) => {
+                let client = pg_connect(
+                    &self.env,
+                    port,
+                    &self.env.get("PG_USER"),
+                    &self.env.get("PG_PASSWORD"),
+                    &self.name,
+                )
+                .await;
+                ("PG_PORT", Source::Postgres(client))
+            }
+            Source::Mysql(_) => {
+                let pool = mysql_pool(
+                    &self.env,
+                    port,
+                    &self.env.get("MYSQL_ADMIN_USER"),
+                    &self.env.get("MYSQL_ADMIN_PASSWORD"),
+                    Some(&self.name),
+                );
+                ("MYSQL_PORT", Source::Mysql(pool))
+            }
+        };
+        self.env
+            .vars
+            .insert(format!("ETCD_SYNC_TEST_{key}"), port.to_owned());
+        self.source = source;
+    }
+
+    /// Runs SQL as the administrator on the server at `port` (in database `postgres` for
+    /// PostgreSQL): the same kind of server as the test's.
+    pub async fn admin_sql_on(&self, port: &str, sql: &str) {
+        self.admin_query_on(port, sql).await;
+    }
+
+    /// The first column of the first row (as text, empty if none) of `sql`, run as the
+    /// administrator on the server at `port`.
+    pub async fn admin_query_on(&self, port: &str, sql: &str) -> String {
+        use mysql_async::prelude::Queryable;
+        match &self.source {
+            Source::Postgres(_) => {
+                let admin = pg_connect(
+                    &self.env,
+                    port,
+                    &self.env.get("PG_ADMIN_USER"),
+                    &self.env.get("PG_ADMIN_PASSWORD"),
+                    "postgres",
+                )
+                .await;
+                let messages = admin
+                    .simple_query(sql)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                messages
+                    .iter()
+                    .find_map(|m| match m {
+                        tokio_postgres::SimpleQueryMessage::Row(row) => {
+                            Some(row.get(0).unwrap_or_default().to_owned())
+                        }
+                        _ => None,
+                    })
+                    .unwrap_or_default()
+            }
+            Source::Mysql(_) => {
+                let admin = self.mysql_admin_pool(port);
+                let mut conn = admin.get_conn().await.unwrap();
+                let mut last = None;
+                // One statement at a time: the text may hold several.
+                for statement in sql.split(";\n").filter(|s| !s.trim().is_empty()) {
+                    last = conn
+                        .query_first::<Option<String>, _>(statement)
+                        .await
+                        .unwrap_or_else(|e| panic!("{statement}: {e}"));
+                }
+                drop(conn);
+                let _ = admin.disconnect().await;
+                last.flatten().unwrap_or_default()
+            }
+        }
+    }
+
+    /// A connection of its own to the test's database (for a workload in a task of its own).
+    pub async fn new_source_connection(&self) -> Source {
+        match &self.source {
+            Source::Postgres(_) => Source::Postgres(
+                pg_connect(
+                    &self.env,
+                    &self.env.get("PG_PORT"),
+                    &self.env.get("PG_USER"),
+                    &self.env.get("PG_PASSWORD"),
+                    &self.name,
+                )
+                .await,
+            ),
+            Source::Mysql(pool) => Source::Mysql(pool.clone()),
+        }
+    }
+
     /// Points the world at the test environment's etcd of `version` ("3.4" or "3.5"), its
     /// prefixes emptied.
     pub async fn use_etcd_version(&mut self, version: &str) {
         let endpoint = match version {
-            "3.4" => self.env.get("ETCD"),
+            "3.4" => self.env.get("ETCD34"),
             "3.5" => self.env.get("ETCD35"),
             other => panic!("no etcd {other} in the test environment"),
         };

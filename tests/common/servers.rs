@@ -58,7 +58,7 @@ impl OwnEtcd {
             .append(true)
             .open(dir.join("etcd.log"))
             .unwrap();
-        Command::new("etcd")
+        Command::new(super::TestEnv::load().etcd_binary())
             .args(args)
             .stdout(Stdio::null())
             .stderr(log)
@@ -108,4 +108,34 @@ pub fn restart_server(name: &str) {
         .status()
         .unwrap();
     assert!(status.success(), "restarting {name} failed");
+}
+
+/// Starts a server of the test environment that is not running (a test killed it), or sets
+/// up again a failover target a test promoted: `pg-faults`, `mariadb-faults`,
+/// `pg-faults-standby` (a new base backup if promoted), `mariadb-faults-replica` (replicating
+/// again from its primary's current position).
+pub fn start_server(name: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/testenv.sh");
+    let status = Command::new(script).args(["start", name]).status().unwrap();
+    assert!(status.success(), "starting {name} failed");
+}
+
+/// `kill -9` of a server of the test environment (its pid from its pid file).
+pub fn kill_server(name: &str) {
+    let dir = Path::new(super::ENV_FILE).parent().unwrap();
+    let pid_file = if name.starts_with("pg") {
+        dir.join(name).join("postmaster.pid")
+    } else {
+        dir.join(format!("{name}-run")).join("mysqld.pid")
+    };
+    let text = std::fs::read_to_string(&pid_file)
+        .unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()));
+    let pid = text.lines().next().unwrap().trim().to_owned();
+    let status = Command::new("kill").args(["-9", &pid]).status().unwrap();
+    assert!(status.success(), "kill -9 {pid} ({name})");
+    // Until it is gone: the next start must not find it running.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
