@@ -34,7 +34,7 @@ async fn state_revision(world: &World) -> i64 {
     response.kvs().first().expect("state").mod_revision()
 }
 
-/// The agent dumped once, and is still running.
+/// The agent dumped once, kept its lock, and is still running.
 fn assert_one_dump(agent: &mut Agent) {
     let log = agent.log();
     assert!(agent.exited().is_none(), "the agent exited:\n{log}");
@@ -97,6 +97,9 @@ async fn mysql_on_the_environments_cluster() {
     .await;
 }
 
+/// Rows of the table the dump tests dump (with the cluster's faults, some 20 s of dumping).
+const DUMP_ROWS: i64 = 300_000;
+
 /// How a test takes a member down, and brings it back.
 #[derive(Clone, Copy, PartialEq)]
 enum Down {
@@ -129,7 +132,8 @@ impl Down {
     }
 }
 
-/// A member dead when the agent starts, and the leader killed while the dump writes.
+/// A member dead when the agent starts; while the dump writes, the leader killed, then two of
+/// three members down for 10 s.
 async fn faults_during_the_dump(mut world: World) {
     let _serial = ONE_AT_A_TIME.lock().await;
     let mut cluster = EtcdCluster::start(&format!("{}-dump", world.name), 3, "3.4").await;
@@ -140,7 +144,7 @@ async fn faults_during_the_dump(mut world: World) {
             "CREATE TABLE items (id int PRIMARY KEY, v varchar(40));
              INSERT INTO items SELECT {0}, 'a value of some thirty bytes....' FROM {1};",
             world.series_column(),
-            world.series(1, 150_000)
+            world.series(1, DUMP_ROWS)
         ))
         .await;
     let leader = cluster.leader().await;
@@ -154,6 +158,21 @@ async fn faults_during_the_dump(mut world: World) {
     tokio::time::sleep(Duration::from_secs(3)).await;
     cluster.restart(leader).await;
     cluster.restart(dead).await;
+    world.wait_for_keys(&mut agent, DUMP_ROWS / 2).await;
+    let written = world.etcd_key_count(&world.prefix()).await;
+    assert!(
+        written < DUMP_ROWS,
+        "the dump ended before the quorum was taken away"
+    );
+    let spared = cluster.leader().await;
+    let two = [(spared + 1) % 3, (spared + 2) % 3];
+    for &member in &two {
+        cluster.kill(member);
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    for &member in &two {
+        cluster.restart(member).await;
+    }
     world.wait_for_sync_phase(&mut agent, SYNC_TIMEOUT).await;
     let from = state_revision(&world).await;
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -41,6 +41,20 @@ async fn mariadb_replica_caught_up(world: &World, primary: &str, replica: &str) 
     assert_eq!(waited, "0", "the replica did not reach {gtid}");
 }
 
+/// The agent started against the promoted server at `port`, transfers there for 2 s, and etcd
+/// converged with it.
+async fn on_the_new_primary(world: &mut World, port: &str, before: u64) -> Agent {
+    world.move_to_port(port).await;
+    let mut agent = world.start_agent();
+    world.wait_for_sync_phase(&mut agent, SYNC_TIMEOUT).await;
+    let transfers = world.start_transfers(6, 200).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (after, _) = transfers.stop().await;
+    world.wait_converged(Some(&agent), CONVERGE_TIMEOUT).await;
+    eprintln!("{before} transfers before the failover, {after} after");
+    agent
+}
+
 async fn mariadb_failover(behind: bool) {
     let _serial = ONE_AT_A_TIME.lock().await;
     let env = TestEnv::load();
@@ -80,15 +94,8 @@ async fn mariadb_failover(behind: bool) {
     world
         .admin_sql_on(&replica, "STOP SLAVE;\nRESET SLAVE ALL")
         .await;
-    world.move_to_port(&replica).await;
-    let mut agent = world.start_agent();
-    world.wait_for_sync_phase(&mut agent, SYNC_TIMEOUT).await;
-    let transfers = world.start_transfers(6, 200).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (after, _) = transfers.stop().await;
-    world.wait_converged(Some(&agent), CONVERGE_TIMEOUT).await;
+    let agent = on_the_new_primary(&mut world, &replica, before).await;
     let log = agent.log();
-    eprintln!("{before} transfers before the failover, {after} after");
     if behind {
         assert!(log.contains("is not in the master's binlog"), "{log}");
         assert!(log.contains("dumping again"), "{log}");
@@ -155,15 +162,8 @@ async fn postgres_failover_to_a_promoted_standby_dumps_again() {
     world
         .admin_sql_on(&standby, "SELECT pg_promote(true, 60)")
         .await;
-    world.move_to_port(&standby).await;
-    let mut agent = world.start_agent();
-    world.wait_for_sync_phase(&mut agent, SYNC_TIMEOUT).await;
-    let transfers = world.start_transfers(8, 200).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (after, _) = transfers.stop().await;
-    world.wait_converged(Some(&agent), CONVERGE_TIMEOUT).await;
+    let agent = on_the_new_primary(&mut world, &standby, before).await;
     let log = agent.log();
-    eprintln!("{before} transfers before the failover, {after} after");
     assert!(
         log.contains(&format!("replication slot {} does not exist", world.name)),
         "{log}"

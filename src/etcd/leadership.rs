@@ -180,8 +180,8 @@ impl Store {
         }
     }
 
-    /// Renews the leadership's lease until it cannot for a whole TTL; then the leadership is
-    /// gone and `lost` and `leading` fire. (The compare on the key fences writes meanwhile.)
+    /// Renews the leadership's lease until etcd says it expired; then the leadership is gone
+    /// and `lost` and `leading` fire. (The compare on the key fences writes meanwhile.)
     /// Runs as a task of its own: the future owns what it needs.
     pub fn keep_leadership(
         &self,
@@ -202,8 +202,11 @@ impl Store {
     }
 }
 
-/// Renews the lease; when it cannot for a whole TTL, the leadership is gone: `lost` and
-/// `leading` fire. (etcd's compare on the key fences writes in the meantime anyway.)
+/// Renews the lease until etcd says it is gone (expired or revoked); then the leadership is
+/// gone and `lost` and `leading` fire. Not renewing for a while is not enough to give up:
+/// etcd expires no lease while it has no leader, and extends every lease when a new leader is
+/// elected, so after an outage (no quorum, a partition) the lease is usually still there; and
+/// if it is not, every write's compare on the key has fenced this agent already.
 async fn keep_lease(
     client: Client,
     leadership: Leadership,
@@ -212,10 +215,12 @@ async fn keep_lease(
     leading: CancellationToken,
 ) {
     let mut last_renewed = std::time::Instant::now();
+    let mut warned = false;
     let mut tick = tokio::time::interval(ttl / 3);
     'reconnect: loop {
-        if last_renewed.elapsed() > ttl {
-            break;
+        if !warned && last_renewed.elapsed() > ttl {
+            warn!(key = %leadership.key, "the lease has not been renewed for {ttl:?} (etcd unreachable or without quorum?); going on if etcd kept it");
+            warned = true;
         }
         let Ok((mut keeper, mut responses)) =
             client.lease_client().keep_alive(leadership.lease).await
@@ -230,7 +235,8 @@ async fn keep_lease(
             }
             match responses.message().await {
                 Ok(Some(response)) if response.ttl() > 0 => {
-                    last_renewed = std::time::Instant::now()
+                    last_renewed = std::time::Instant::now();
+                    warned = false;
                 }
                 // Expired (ttl 0): etcd already removed the key.
                 Ok(Some(_)) => break 'reconnect,
@@ -238,7 +244,7 @@ async fn keep_lease(
             }
         }
     }
-    warn!(key = %leadership.key, "the lease was not renewed for {ttl:?}: giving up the leadership");
+    warn!(key = %leadership.key, "etcd says the lease expired: giving up the leadership");
     lost.cancel();
     leading.cancel();
 }

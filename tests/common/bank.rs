@@ -206,14 +206,7 @@ impl Reconnector {
 impl World {
     fn source_reconnector(&self) -> Reconnector {
         match &self.source {
-            Source::Postgres(_) => Reconnector::Postgres(format!(
-                "host={} port={} user={} password={} dbname={}",
-                self.env.get("PG_HOST"),
-                self.env.get("PG_PORT"),
-                self.env.get("PG_USER"),
-                self.env.get("PG_PASSWORD"),
-                self.name
-            )),
+            Source::Postgres(_) => Reconnector::Postgres(self.pg_conn_string()),
             Source::Mysql(pool) => Reconnector::Mysql(pool.clone()),
         }
     }

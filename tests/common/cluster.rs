@@ -2,7 +2,7 @@
 //! that kill and stop its members; and which of them the agent is connected to.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use etcd_client::Client as Etcd;
@@ -26,18 +26,8 @@ impl Member {
     }
 
     fn spawn(&mut self, binary: &str) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("{}.log", self.name)))
-            .unwrap();
-        let child = Command::new(binary)
-            .args(&self.args)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("etcd: run `make testenv`");
-        self.child = Some(child);
+        let log = self.dir.join(format!("{}.log", self.name));
+        self.child = Some(super::servers::spawn_etcd(binary, &self.args, &log));
     }
 }
 

@@ -53,17 +53,11 @@ impl OwnEtcd {
     }
 
     fn spawn(dir: &Path, args: &[String]) -> Child {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("etcd.log"))
-            .unwrap();
-        Command::new(super::TestEnv::load().etcd_binary())
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("etcd: run `make testenv`")
+        spawn_etcd(
+            &super::TestEnv::load().etcd_binary(),
+            args,
+            &dir.join("etcd.log"),
+        )
     }
 
     async fn wait_ready(&self) {
@@ -98,6 +92,21 @@ impl Drop for OwnEtcd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts an etcd process, its log appended to `log`.
+pub fn spawn_etcd(binary: &str, args: &[String], log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(binary)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("etcd: run `make testenv`")
 }
 
 /// Restarts a server of the test environment: `pg-faults` or `mariadb-faults`.
