@@ -3,9 +3,9 @@
 //! The client balances requests over every endpoint, including one that is down: without a
 //! retry here, a dead member fails a share of all requests, and each failure ends the session
 //! (a dump starts over). Only once etcd has answered in this session: a first contact that
-//! fails is the session's to report and retry. A leader election takes a few seconds; past [`RETRY_WINDOW`] the error
-//! goes to the session, whose own backoff takes over. A request waiting long for an answer (no
-//! quorum) is said in the log and on `/readyz` while it waits.
+//! fails is the session's to report and retry. A leader election takes a few seconds; past
+//! [`RETRY_WINDOW`] the error goes to the session, whose own backoff takes over. A request
+//! waiting long for an answer (no quorum) is said in the log and on `/readyz` while it waits.
 
 use std::future::Future;
 use std::sync::atomic::Ordering;

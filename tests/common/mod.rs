@@ -6,8 +6,9 @@
 //!
 //! Here: the environment and the [`World`] (one database, slot and prefix per test, with its
 //! SQL helpers for both databases, kept together as every test uses them: that is why this file
-//! is over 500 lines). Beside it: `etcd`
-//! (reads and waits), `agent`, `servers`, `cases`, `twins`, `util`.
+//! is over 500 lines). Beside it: `etcd` (reads and waits), `agent`, `servers`, `cluster` (an
+//! etcd cluster of a test's own), `bank` (the transfer workload and its history check), `proxy`,
+//! `replicas` (the database on other servers), `cases`, `twins`, `util`.
 
 #![allow(dead_code)]
 
@@ -17,6 +18,7 @@ mod cases;
 mod cluster;
 mod etcd;
 mod proxy;
+mod replicas;
 mod servers;
 mod twins;
 mod util;
@@ -410,107 +412,6 @@ impl World {
         self.empty_prefixes().await;
     }
 
-    /// Moves the world to the same database on the server at `port` (a promoted replica):
-    /// its configs, its connection, `verify`.
-    pub async fn move_to_port(&mut self, port: &str) {
-        let (key, source) = match &self.source {
-            Source::Postgres(_) => {
-                let client = pg_connect(
-                    &self.env,
-                    port,
-                    &self.env.get("PG_USER"),
-                    &self.env.get("PG_PASSWORD"),
-                    &self.name,
-                )
-                .await;
-                ("PG_PORT", Source::Postgres(client))
-            }
-            Source::Mysql(_) => {
-                let pool = mysql_pool(
-                    &self.env,
-                    port,
-                    &self.env.get("MYSQL_ADMIN_USER"),
-                    &self.env.get("MYSQL_ADMIN_PASSWORD"),
-                    Some(&self.name),
-                );
-                ("MYSQL_PORT", Source::Mysql(pool))
-            }
-        };
-        self.env
-            .vars
-            .insert(format!("ETCD_SYNC_TEST_{key}"), port.to_owned());
-        self.source = source;
-    }
-
-    /// Runs SQL as the administrator on the server at `port` (in database `postgres` for
-    /// PostgreSQL): the same kind of server as the test's.
-    pub async fn admin_sql_on(&self, port: &str, sql: &str) {
-        self.admin_query_on(port, sql).await;
-    }
-
-    /// The first column of the first row (as text, empty if none) of `sql`, run as the
-    /// administrator on the server at `port`.
-    pub async fn admin_query_on(&self, port: &str, sql: &str) -> String {
-        use mysql_async::prelude::Queryable;
-        match &self.source {
-            Source::Postgres(_) => {
-                let admin = pg_connect(
-                    &self.env,
-                    port,
-                    &self.env.get("PG_ADMIN_USER"),
-                    &self.env.get("PG_ADMIN_PASSWORD"),
-                    "postgres",
-                )
-                .await;
-                let messages = admin
-                    .simple_query(sql)
-                    .await
-                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
-                messages
-                    .iter()
-                    .find_map(|m| match m {
-                        tokio_postgres::SimpleQueryMessage::Row(row) => {
-                            Some(row.get(0).unwrap_or_default().to_owned())
-                        }
-                        _ => None,
-                    })
-                    .unwrap_or_default()
-            }
-            Source::Mysql(_) => {
-                let admin = self.mysql_admin_pool(port);
-                let mut conn = admin.get_conn().await.unwrap();
-                let mut last = None;
-                // One statement at a time: the text may hold several.
-                for statement in sql.split(";\n").filter(|s| !s.trim().is_empty()) {
-                    last = conn
-                        .query_first::<Option<String>, _>(statement)
-                        .await
-                        .unwrap_or_else(|e| panic!("{statement}: {e}"));
-                }
-                drop(conn);
-                let _ = admin.disconnect().await;
-                last.flatten().unwrap_or_default()
-            }
-        }
-    }
-
-    /// A connection of its own to the test's database (for a workload in a task of its own).
-    pub async fn new_source_connection(&self) -> Source {
-        match &self.source {
-            Source::Postgres(_) => Source::Postgres(
-                pg_connect(
-                    &self.env,
-                    &self.env.get("PG_PORT"),
-                    &self.env.get("PG_USER"),
-                    &self.env.get("PG_PASSWORD"),
-                    &self.name,
-                )
-                .await,
-            ),
-            Source::Mysql(pool) => Source::Mysql(pool.clone()),
-        }
-    }
-
     /// Points the world at the test environment's etcd of `version` ("3.4" or "3.5"), its
     /// prefixes emptied.
     pub async fn use_etcd_version(&mut self, version: &str) {
@@ -561,14 +462,7 @@ impl World {
 
     /// The PostgreSQL administrator, connected to database `postgres`.
     async fn pg_admin_on_postgres(&self) -> Client {
-        pg_connect(
-            &self.env,
-            &self.env.get("PG_PORT"),
-            &self.env.get("PG_ADMIN_USER"),
-            &self.env.get("PG_ADMIN_PASSWORD"),
-            "postgres",
-        )
-        .await
+        self.pg_admin_at(&self.env.get("PG_PORT")).await
     }
 
     /// Writes the config atomically: an agent may be reading the previous one.
@@ -664,20 +558,6 @@ impl World {
         )
     }
 
-    /// Creates this test's database on another MariaDB of the test environment.
-    pub async fn create_mysql_database_on(&self, port: &str) {
-        let admin = self.mysql_admin_pool(port);
-        mysql_exec(
-            &admin,
-            &format!(
-                "DROP DATABASE IF EXISTS {0}; CREATE DATABASE {0}",
-                self.name
-            ),
-        )
-        .await;
-        let _ = admin.disconnect().await;
-    }
-
     /// The MariaDB server's current binary-log file and position.
     pub async fn mysql_master_status(&self) -> (String, u64) {
         use mysql_async::prelude::Queryable;
@@ -752,24 +632,6 @@ impl World {
             .batch_execute(sql)
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
-
-    /// Creates this test's database on another server of the test environment.
-    pub async fn create_database_on(&self, port: &str) {
-        let admin = pg_connect(
-            &self.env,
-            port,
-            &self.env.get("PG_ADMIN_USER"),
-            &self.env.get("PG_ADMIN_PASSWORD"),
-            "postgres",
-        )
-        .await;
-        for sql in [
-            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-            format!("CREATE DATABASE {} OWNER sync", self.name),
-        ] {
-            admin.batch_execute(&sql).await.unwrap();
-        }
     }
 
     /// After an outage: etcd converges, and the agent retried instead of giving up.
