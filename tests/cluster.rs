@@ -34,8 +34,9 @@ async fn state_revision(world: &World) -> i64 {
     response.kvs().first().expect("state").mod_revision()
 }
 
-/// The agent dumped once, kept its lock, and is still running.
-fn assert_one_dump(agent: &mut Agent) {
+/// The agent dumped once and is still running; with `lock_kept`, it never gave its lock up
+/// (no new session).
+fn assert_one_dump(agent: &mut Agent, lock_kept: bool) {
     let log = agent.log();
     assert!(agent.exited().is_none(), "the agent exited:\n{log}");
     assert_eq!(
@@ -46,6 +47,10 @@ fn assert_one_dump(agent: &mut Agent) {
     assert!(
         !log.contains("dumping again"),
         "the agent dumped again:\n{log}"
+    );
+    assert!(
+        !lock_kept || !log.contains("lost the leadership"),
+        "the agent gave its lock up:\n{log}"
     );
 }
 
@@ -76,7 +81,7 @@ async fn bank_on_the_environments_cluster(mut world: World) {
     world.wait_converged(Some(&agent), CONVERGE_TIMEOUT).await;
     let revisions = world.check_bank_history(from).await;
     assert!(revisions > 5, "{revisions} revisions checked");
-    assert_one_dump(&mut agent);
+    assert_one_dump(&mut agent, true);
     drop(agent);
     world.cleanup().await;
 }
@@ -180,7 +185,7 @@ async fn faults_during_the_dump(mut world: World) {
     world.wait_converged(Some(&agent), CONVERGE_TIMEOUT).await;
     cluster.assert_members_agree().await;
     world.check_bank_history(from).await;
-    assert_one_dump(&mut agent);
+    assert_one_dump(&mut agent, true);
     drop(agent);
     world.cleanup().await;
 }
@@ -243,6 +248,7 @@ async fn faults_during_the_stream(mut world: World, down: Down) {
     for &member in &two {
         down.take(&mut cluster, member);
     }
+    let log_before = agent.log().len();
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut not_ready = None;
     while Instant::now() < deadline {
@@ -253,6 +259,11 @@ async fn faults_during_the_stream(mut world: World, down: Down) {
     }
     assert!(agent.exited().is_none(), "{}", agent.log());
     let not_ready = not_ready.expect("/readyz said ready all through 10 s without quorum");
+    let log = agent.log();
+    assert!(
+        log[log_before..].contains("etcd has not answered for 3s"),
+        "the log did not say why the agent waited:\n{log}"
+    );
     eprintln!("/readyz without quorum: {not_ready}");
     for &member in &two {
         down.bring_back(&mut cluster, member).await;
@@ -264,7 +275,10 @@ async fn faults_during_the_stream(mut world: World, down: Down) {
     cluster.assert_members_agree().await;
     let revisions = world.check_bank_history(from).await;
     eprintln!("{committed} transfers, {revisions} revisions checked");
-    assert_one_dump(&mut agent);
+    // Kills leave etcd's leases alone (a new leader extends them); a frozen leader that
+    // resumes as leader finds the lease past its TTL and expires it, and the agent starts a
+    // new session from the stored position.
+    assert_one_dump(&mut agent, down == Down::Kill);
     let (status, body) = http_get(metrics_port, "/readyz").expect("/readyz");
     assert_eq!(status, 200, "{body}");
     drop(agent);
@@ -331,7 +345,7 @@ async fn answers_lost(mut world: World) {
         applied_unseen > 0,
         "no cut fell between a txn and its answer:\n{log}"
     );
-    assert_one_dump(&mut agent);
+    assert_one_dump(&mut agent, true);
     drop(agent);
     world.cleanup().await;
 }

@@ -15,22 +15,27 @@ use tracing::warn;
 
 use super::{client_error, SinkError, Store};
 
-/// At most one warning about a retried or slow request per this long: with a member down, a
-/// share of all requests fails once (the client balances over the endpoints it was given), and
-/// the dump has many requests in flight.
-const WARN_EVERY: Duration = Duration::from_secs(10);
+/// At most one warning about a retried request per this long: with a member down, a share of
+/// all requests fails once (the client balances over the endpoints it was given).
+const RETRY_WARNING_EVERY: Duration = Duration::from_secs(10);
+/// At most one warning about a slow answer per this long: the dump has many requests in flight,
+/// and all of them wait when etcd does.
+const SLOW_WARNING_EVERY: Duration = Duration::from_secs(2);
 
-fn warning_due() -> bool {
-    static LAST: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
-    let Ok(mut last) = LAST.lock() else {
+/// Whether a warning last given at `last` may be given again after `every`.
+fn warning_due(last: &std::sync::Mutex<Option<Instant>>, every: Duration) -> bool {
+    let Ok(mut last) = last.lock() else {
         return true;
     };
-    let due = last.is_none_or(|at| at.elapsed() >= WARN_EVERY);
+    let due = last.is_none_or(|at| at.elapsed() >= every);
     if due {
         *last = Some(Instant::now());
     }
     due
 }
+
+static LAST_RETRY_WARNING: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+static LAST_SLOW_WARNING: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
 
 /// How long one request is retried before its error ends the session.
 const RETRY_WINDOW: Duration = Duration::from_secs(20);
@@ -74,7 +79,7 @@ impl Store {
                 return Err(error);
             }
             let line = format!("{}; retrying", etcd_sync_api::error_chain(&error));
-            if attempt == 0 && warning_due() {
+            if attempt == 0 && warning_due(&LAST_RETRY_WARNING, RETRY_WARNING_EVERY) {
                 warn!("{line}");
             }
             self.report_failing(Some(line));
@@ -103,7 +108,7 @@ impl Store {
              quorum? check etcd's members)",
             SLOW_ANSWER.as_secs()
         );
-        if warning_due() {
+        if warning_due(&LAST_SLOW_WARNING, SLOW_WARNING_EVERY) {
             warn!("{why}");
         }
         self.report_failing(Some(why));
