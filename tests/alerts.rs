@@ -1,5 +1,6 @@
 //! The Prometheus alerting rules in `deploy/prometheus`: valid, firing on what they should
 //! (`promtool test rules`), and written against metrics the agent exports under those names;
+//! the Grafana dashboard in `deploy/grafana`: its queries valid PromQL, on exported metrics;
 //! and the agent's `/metrics` as Prometheus's linter sees it.
 
 mod common;
@@ -11,6 +12,37 @@ use std::time::{Duration, Instant};
 use common::{free_port, http_get, World, SYNC_TIMEOUT};
 
 const RULES_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus");
+const DASHBOARD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/etcd-sync.json");
+
+/// Every query of the dashboard's panels.
+fn dashboard_queries() -> Vec<String> {
+    let text = std::fs::read_to_string(DASHBOARD).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            queries.push(target["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    queries
+}
+
+/// The `etcd_sync_*` metric names in `text`.
+fn metric_names(text: &str) -> Vec<&str> {
+    let mut names: Vec<&str> = text
+        .match_indices("etcd_sync_")
+        .map(|(at, _)| {
+            let rest = &text[at..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+}
 
 fn promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
     let mut child = Command::new("promtool")
@@ -40,6 +72,24 @@ fn the_alerting_rules_are_valid_and_fire_on_what_they_should() {
     let (ok, text) = promtool(&["check", "rules", "alerts.yml"], None);
     assert!(ok, "{text}");
     let (ok, text) = promtool(&["test", "rules", "alerts_test.yml"], None);
+    assert!(ok, "{text}");
+}
+
+#[test]
+fn the_dashboards_queries_are_valid_promql() {
+    // promtool parses PromQL in rule files: each query becomes a recording rule (JSON is YAML).
+    let rules: Vec<serde_json::Value> = dashboard_queries()
+        .iter()
+        .enumerate()
+        .map(
+            |(i, expr)| serde_json::json!({"record": format!("dashboard:query_{i}"), "expr": expr}),
+        )
+        .collect();
+    assert!(rules.len() >= 9, "{rules:?}");
+    let file = std::env::temp_dir().join("etcd-sync-dashboard-rules.json");
+    let groups = serde_json::json!({"groups": [{"name": "dashboard", "rules": rules}]});
+    std::fs::write(&file, groups.to_string()).unwrap();
+    let (ok, text) = promtool(&["check", "rules", &file.display().to_string()], None);
     assert!(ok, "{text}");
 }
 
@@ -81,19 +131,12 @@ async fn the_metrics_pass_promtool_and_hold_every_series_the_alerts_use() {
     assert!(faults.is_empty(), "promtool check metrics:\n{lint}\n{text}");
 
     let rules = std::fs::read_to_string(format!("{RULES_DIR}/alerts.yml")).unwrap();
-    let mut used: Vec<&str> = rules
-        .match_indices("etcd_sync_")
-        .map(|(at, _)| {
-            let rest = &rules[at..];
-            let end = rest
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(rest.len());
-            &rest[..end]
-        })
-        .collect();
+    let queries = dashboard_queries().join("\n");
+    let mut used = metric_names(&rules);
+    used.extend(metric_names(&queries));
     used.sort_unstable();
     used.dedup();
-    assert!(used.len() >= 6, "{used:?}");
+    assert!(used.len() >= 10, "{used:?}");
     let missing: Vec<&&str> = used
         .iter()
         .filter(|name| {
