@@ -16,8 +16,9 @@ use tracing::warn;
 use super::{client_error, SinkError, Store};
 
 /// At most one warning about a retried request per this long: with a member down, a share of
-/// all requests fails once (the client balances over the endpoints it was given).
-const RETRY_WARNING_EVERY: Duration = Duration::from_secs(10);
+/// all requests fails once (the client balances over the endpoints it was given); while etcd
+/// keeps failing, the log says so this often.
+const RETRY_WARNING_EVERY: Duration = Duration::from_secs(5);
 /// At most one warning about a slow answer per this long: the dump has many requests in flight,
 /// and all of them wait when etcd does.
 const SLOW_WARNING_EVERY: Duration = Duration::from_secs(2);
@@ -79,7 +80,7 @@ impl Store {
                 return Err(error);
             }
             let line = format!("{}; retrying", etcd_sync_api::error_chain(&error));
-            if attempt == 0 && warning_due(&LAST_RETRY_WARNING, RETRY_WARNING_EVERY) {
+            if warning_due(&LAST_RETRY_WARNING, RETRY_WARNING_EVERY) {
                 warn!("{line}");
             }
             self.report_failing(Some(line));
