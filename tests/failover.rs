@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 
-use common::{kill_server, start_server, Agent, TestEnv, World, CONVERGE_TIMEOUT, SYNC_TIMEOUT};
+use common::{
+    kill_server, start_server, Agent, TestEnv, Transfers, World, CONVERGE_TIMEOUT, SYNC_TIMEOUT,
+};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
@@ -39,6 +41,20 @@ async fn mariadb_replica_caught_up(world: &World, primary: &str, replica: &str) 
         )
         .await;
     assert_eq!(waited, "0", "the replica did not reach {gtid}");
+}
+
+/// The bank and a `notes` table on the primary, the agent in the sync phase, and transfers
+/// running there for 2 s already.
+async fn on_the_old_primary(world: &World, seed: u64) -> (Agent, Transfers) {
+    world.create_bank().await;
+    world
+        .sql("CREATE TABLE notes (id int PRIMARY KEY, v varchar(40))")
+        .await;
+    let mut agent = world.start_agent();
+    world.wait_for_sync_phase(&mut agent, SYNC_TIMEOUT).await;
+    let transfers = world.start_transfers(seed, 200).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    (agent, transfers)
 }
 
 /// The agent started against the promoted server at `port`, transfers there for 2 s, and etcd
@@ -67,14 +83,7 @@ async fn mariadb_failover(behind: bool) {
         "failover"
     };
     let mut world = World::new_mysql_on_faults_server(name).await;
-    world.create_bank().await;
-    world
-        .sql("CREATE TABLE notes (id int PRIMARY KEY, v varchar(40))")
-        .await;
-    let mut agent = world.start_agent();
-    world.wait_for_sync_phase(&mut agent, SYNC_TIMEOUT).await;
-    let transfers = world.start_transfers(5, 200).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (agent, transfers) = on_the_old_primary(&world, 5).await;
     if behind {
         // The replica stops here; what follows reaches the primary and etcd only.
         world.admin_sql_on(&replica, "STOP SLAVE").await;
@@ -132,14 +141,7 @@ async fn postgres_failover_to_a_promoted_standby_dumps_again() {
     start_server("pg-faults");
     start_server("pg-faults-standby");
     let mut world = World::new_on_faults_server("failover").await;
-    world.create_bank().await;
-    world
-        .sql("CREATE TABLE notes (id int PRIMARY KEY, v varchar(40))")
-        .await;
-    let mut agent = world.start_agent();
-    world.wait_for_sync_phase(&mut agent, SYNC_TIMEOUT).await;
-    let transfers = world.start_transfers(7, 200).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (agent, transfers) = on_the_old_primary(&world, 7).await;
 
     // The standby stops receiving (as one behind would be); a row only the primary gets.
     // (Two statements: ALTER SYSTEM refuses to run in the implicit transaction of a list.)

@@ -61,26 +61,14 @@ impl EtcdCluster {
                 let endpoint = format!("http://127.0.0.1:{client}");
                 let peer_url = format!("http://127.0.0.1:{peer}");
                 let data = dir.join(format!("m{i}"));
-                let args = [
-                    "--name",
+                let mut args = super::servers::etcd_member_args(
                     &format!("m{i}"),
-                    "--data-dir",
-                    &data.display().to_string(),
-                    "--listen-client-urls",
+                    &data,
                     &endpoint,
-                    "--advertise-client-urls",
-                    &endpoint,
-                    "--listen-peer-urls",
                     &peer_url,
-                    "--initial-advertise-peer-urls",
-                    &peer_url,
-                    "--initial-cluster",
                     &initial.join(","),
-                    "--initial-cluster-token",
-                    name,
-                ]
-                .map(str::to_owned)
-                .to_vec();
+                );
+                args.extend(["--initial-cluster-token".to_owned(), name.to_owned()]);
                 Member {
                     name: format!("m{i}"),
                     endpoint,

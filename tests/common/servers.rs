@@ -24,22 +24,13 @@ impl OwnEtcd {
         let (client, peer) = (free_port(), free_port());
         let endpoint = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let mut args: Vec<String> = vec!["--name".into(), name.into(), "--data-dir".into()];
-        args.push(dir.join("data").display().to_string());
-        for arg in [
-            "--listen-client-urls",
+        let mut args = etcd_member_args(
+            name,
+            &dir.join("data"),
             &endpoint,
-            "--advertise-client-urls",
-            &endpoint,
-            "--listen-peer-urls",
             &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-            "--initial-cluster",
             &format!("{name}={peer_url}"),
-        ] {
-            args.push(arg.to_owned());
-        }
+        );
         args.extend(extra_args.iter().map(|a| a.to_string()));
         let child = Self::spawn(&dir, &args);
         let etcd = OwnEtcd {
@@ -92,6 +83,35 @@ impl Drop for OwnEtcd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The arguments of one etcd member on loopback: its name, data dir, client and peer URLs, and
+/// the cluster it starts in (`name=peer_url,...`).
+pub fn etcd_member_args(
+    name: &str,
+    data: &Path,
+    endpoint: &str,
+    peer_url: &str,
+    initial_cluster: &str,
+) -> Vec<String> {
+    [
+        "--name",
+        name,
+        "--data-dir",
+        &data.display().to_string(),
+        "--listen-client-urls",
+        endpoint,
+        "--advertise-client-urls",
+        endpoint,
+        "--listen-peer-urls",
+        peer_url,
+        "--initial-advertise-peer-urls",
+        peer_url,
+        "--initial-cluster",
+        initial_cluster,
+    ]
+    .map(str::to_owned)
+    .to_vec()
 }
 
 /// Starts an etcd process, its log appended to `log`.
