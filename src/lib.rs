@@ -97,6 +97,10 @@ pub fn engine_settings(config: &Config) -> engine::Settings {
         start: start_position(config),
         ha: config.ha.enabled,
         lease_ttl: config.ha.lease_ttl(),
+        options: std::sync::Arc::new(engine::shape::Options {
+            tables: config.tables.options.clone(),
+            on_remove: config.tables.on_remove,
+        }),
     }
 }
 

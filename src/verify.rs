@@ -20,7 +20,8 @@ use std::time::Duration;
 use etcd_sync_api::{Driver, DumpEvent, SourceTable, TableSchema};
 use tokio::sync::mpsc;
 
-use crate::encode::{encode_row, row_key, table_prefix};
+use crate::encode::table_prefix;
+use crate::engine::shape::Shapes;
 use crate::engine::{EngineError, Settings};
 use crate::etcd::Store;
 
@@ -120,7 +121,7 @@ impl Digest {
         }
     }
 
-    fn add(&mut self, key: &str, value: &str) {
+    fn add(&mut self, key: &str, value: &[u8]) {
         let bucket = bucket_of(key);
         self.counts[bucket] += 1;
         self.sums[bucket] = self.sums[bucket].wrapping_add(item_hash(key, value));
@@ -137,7 +138,7 @@ fn bucket_of(key: &str) -> usize {
     (hasher.finish() % BUCKETS as u64) as usize
 }
 
-fn item_hash(key: &str, value: &str) -> u64 {
+fn item_hash(key: &str, value: &[u8]) -> u64 {
     let mut hasher = DefaultHasher::new();
     (key, value).hash(&mut hasher);
     hasher.finish()
@@ -169,8 +170,8 @@ fn differing_groups(db: &Digest, etcd: &Digest) -> Vec<HashSet<usize>> {
 /// One key's two sides.
 #[derive(Debug, Clone, PartialEq)]
 struct Difference {
-    database: Option<String>,
-    etcd: Option<String>,
+    database: Option<Vec<u8>>,
+    etcd: Option<Vec<u8>>,
 }
 
 pub async fn verify<D: Driver>(
@@ -181,7 +182,7 @@ pub async fn verify<D: Driver>(
     let store = Store::connect(etcd, &settings.state_prefix).await?;
     let tables = driver.select_tables().await?.tables;
     let mut db_digests: HashMap<String, Digest> = HashMap::new();
-    scan_database(&driver, &tables, &settings.prefix, |table, key, value| {
+    scan_database(&driver, &tables, settings, |table, key, value| {
         db_digests
             .entry(table.to_owned())
             .or_insert_with(Digest::new)
@@ -274,11 +275,11 @@ async fn differences_in<D: Driver>(
     table: &D::Table,
     wanted: impl Fn(&str) -> bool,
 ) -> Result<HashMap<String, Difference>, EngineError> {
-    let mut database: HashMap<String, String> = HashMap::new();
+    let mut database: HashMap<String, Vec<u8>> = HashMap::new();
     scan_database(
         driver,
         std::slice::from_ref(table),
-        &settings.prefix,
+        settings,
         |_, key, value| {
             if wanted(&key) {
                 database.insert(key, value);
@@ -343,7 +344,9 @@ fn count(report: &mut TableReport, differences: HashMap<String, Difference>) {
                 different += 1;
                 if different <= EXAMPLES {
                     report.example(format!(
-                        "different {key}: etcd has {etcd}, the database {db}"
+                        "different {key}: etcd has {}, the database {}",
+                        String::from_utf8_lossy(&etcd),
+                        String::from_utf8_lossy(&db)
                     ));
                 }
             }
@@ -356,21 +359,22 @@ fn count(report: &mut TableReport, differences: HashMap<String, Difference>) {
 async fn scan_database<D: Driver>(
     driver: &D,
     tables: &[D::Table],
-    prefix: &str,
-    mut visit: impl FnMut(&str, String, String),
+    settings: &Settings,
+    mut visit: impl FnMut(&str, String, Vec<u8>),
 ) -> Result<(), EngineError> {
+    let mut shapes = Shapes::new(std::sync::Arc::clone(&settings.options));
     let (tx, mut rx) = mpsc::channel(16);
     let read = driver.read_snapshot(tables, tx);
     let consume = async {
         while let Some(event) = rx.recv().await {
             if let DumpEvent::Rows { table, rows } = event {
                 let name = table.id.to_string();
+                let shape = shapes.get(&table)?;
                 for row in &rows {
-                    visit(
-                        &name,
-                        row_key(prefix, &table, row)?,
-                        encode_row(&table, row, None)?,
-                    );
+                    // Rows the table's filter leaves out have no key.
+                    if let Some(value) = shape.value(row, None)? {
+                        visit(&name, shape.key(&settings.prefix, row)?, value);
+                    }
                 }
             }
         }
@@ -387,7 +391,7 @@ async fn scan_etcd(
     store: &Store,
     settings: &Settings,
     table: &TableSchema,
-    mut visit: impl FnMut(String, String),
+    mut visit: impl FnMut(String, Vec<u8>),
 ) -> Result<(), EngineError> {
     let mut scan = store.snapshot_scan(&table_prefix(&settings.prefix, &table.id));
     loop {
@@ -410,13 +414,13 @@ mod tests {
         let mut a = Digest::new();
         let mut b = Digest::new();
         for i in 0..1000 {
-            a.add(&format!("/p/t/{i}"), &format!("{{\"id\":{i}}}"));
+            a.add(&format!("/p/t/{i}"), format!("{{\"id\":{i}}}").as_bytes());
         }
         for i in (0..1000).rev() {
-            b.add(&format!("/p/t/{i}"), &format!("{{\"id\":{i}}}"));
+            b.add(&format!("/p/t/{i}"), format!("{{\"id\":{i}}}").as_bytes());
         }
         assert!(differing_groups(&a, &b).is_empty());
-        b.add("/p/t/extra", "{}");
+        b.add("/p/t/extra", b"{}");
         let groups = differing_groups(&a, &b);
         assert_eq!(groups.len(), 1);
         assert!(groups[0].contains(&bucket_of("/p/t/extra")));

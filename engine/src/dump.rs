@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{EngineError, Settings};
-use crate::encode::{encode_row, row_key, table_prefix};
+use crate::encode::table_prefix;
+use crate::shape::Shapes;
 use crate::metrics::TableLabels;
 use crate::sink::{Op, Phase, ScanStats, SinkError};
 use crate::sink::{Sink, SinkScan, SinkWriter};
@@ -34,37 +35,154 @@ pub async fn dump<D: Driver, S: Sink>(
     // belongs to rows that no longer exist.
     let state = store.state(Phase::Dump, None);
     let start_revision = store.commit(vec![], Some(&state)).await?;
-    // Tables whose prefix is empty now cannot have stale keys afterwards: one count each (a
-    // single walk of the prefix) spares them the stale-key pass.
-    let mut tables_with_keys = Vec::new();
-    for table in tables {
-        let table = table.schema();
-        let prefix = table_prefix(&settings.prefix, &table.id);
-        let existing = store.count(&prefix).await?;
-        if existing > 0 {
-            info!(table = %table.id, keys = existing, "keys from an earlier dump exist: those not rewritten will be deleted afterwards");
-            tables_with_keys.push(Arc::clone(table));
-        }
-    }
+    let schemas: Vec<Arc<TableSchema>> = tables.iter().map(|t| Arc::clone(t.schema())).collect();
+    let tables_with_keys = tables_with_keys(store, &schemas, settings).await?;
     info!(
         tables = tables.len(),
         revision = start_revision,
         "dump started"
     );
-
     let started = Instant::now();
-    let (tx, mut rx) = mpsc::channel(DUMP_CHANNEL_BATCHES);
-    let driver_task = tokio::spawn({
+    let (position, rows) = copy_rows(store, settings, cancel, {
         let driver = Arc::clone(driver);
         let tables = tables.to_vec();
         let cancel = cancel.clone();
-        async move { driver.dump(&tables, tx, cancel).await }
-    });
+        move |tx| async move { driver.dump(&tables, tx, cancel).await }
+    })
+    .await?;
+    info!(
+        rows,
+        seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
+        "dump phase 1/3: rows written"
+    );
+    let deleted = stale_key_pass(store, &tables_with_keys, settings, start_revision).await?;
+    let state_started = Instant::now();
+    let state = store.state(Phase::Sync, Some(position.clone()));
+    store.commit(vec![], Some(&state)).await?;
+    settings.metrics.set_phase(Phase::Sync);
+    info!(
+        seconds = format!("{:.3}", state_started.elapsed().as_secs_f64()),
+        "dump phase 3/3: state committed"
+    );
+    info!(
+        rows,
+        stale_keys_deleted = deleted,
+        seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
+        position = %position.0,
+        "dump finished; etcd holds a consistent snapshot"
+    );
+    Ok(position)
+}
 
+/// Snapshots `tables` alone, for a stream that then resumes from the stored `position` (before
+/// the snapshot) with them: tables added to the selection, tables whose options changed, and
+/// such tables whose snapshot a crash interrupted. The state lists them as `snapshotting` until
+/// their keys are complete, so that a restart takes them again.
+pub async fn snapshot_tables<D: Driver, S: Sink>(
+    driver: &Arc<D>,
+    store: &mut S,
+    tables: &[D::Table],
+    position: &Position,
+    settings: &Settings,
+    cancel: &CancellationToken,
+) -> Result<(), EngineError> {
+    let names: Vec<String> = tables.iter().map(|t| t.schema().id.to_string()).collect();
+    let mut selected = store.state(Phase::Sync, None).selected();
+    selected.snapshotting = names.clone();
+    store.set_tables(selected.clone());
+    let state = store.state(Phase::Sync, Some(position.clone()));
+    let start_revision = store.commit(vec![], Some(&state)).await?;
+    let schemas: Vec<Arc<TableSchema>> = tables.iter().map(|t| Arc::clone(t.schema())).collect();
+    let tables_with_keys = tables_with_keys(store, &schemas, settings).await?;
+    info!(
+        tables = ?names,
+        "snapshotting these tables alone; the stream of the others resumes after it, from the \
+         stored position"
+    );
+    let started = Instant::now();
+    let ((), rows) = copy_rows(store, settings, cancel, {
+        let driver = Arc::clone(driver);
+        let tables = tables.to_vec();
+        move |tx| async move { driver.snapshot_joining(&tables, tx).await }
+    })
+    .await?;
+    let deleted = stale_key_pass(store, &tables_with_keys, settings, start_revision).await?;
+    selected.snapshotting.clear();
+    store.set_tables(selected);
+    let state = store.state(Phase::Sync, Some(position.clone()));
+    store.commit(vec![], Some(&state)).await?;
+    info!(
+        tables = ?names,
+        rows,
+        stale_keys_deleted = deleted,
+        seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
+        "tables snapshotted; they join the stream"
+    );
+    Ok(())
+}
+
+/// Deletes every key of tables no longer selected (`on_remove: delete`).
+pub async fn delete_tables<S: Sink>(
+    store: &S,
+    tables: &[String],
+    settings: &Settings,
+) -> Result<u64, EngineError> {
+    let ids: Vec<TableId> = tables
+        .iter()
+        .map(|name| TableId {
+            schema: None,
+            name: name.clone(),
+        })
+        .collect();
+    // Every key is older than a revision that has not happened yet.
+    let (deleted, _) = delete_stale(store, &ids, settings, i64::MAX).await?;
+    Ok(deleted)
+}
+
+/// Tables whose prefix holds keys now: only they can have stale keys after a snapshot (one
+/// count each, a single walk of the prefix, spares the others the stale-key pass).
+async fn tables_with_keys<S: Sink>(
+    store: &S,
+    tables: &[Arc<TableSchema>],
+    settings: &Settings,
+) -> Result<Vec<TableId>, EngineError> {
+    let mut with_keys = Vec::new();
+    for table in tables {
+        let prefix = table_prefix(&settings.prefix, &table.id);
+        let existing = store.count(&prefix).await?;
+        if existing > 0 {
+            info!(table = %table.id, keys = existing, "keys from an earlier snapshot exist: those not rewritten will be deleted afterwards");
+            with_keys.push(table.id.clone());
+        }
+    }
+    Ok(with_keys)
+}
+
+/// Writes the rows a driver's snapshot sends (started by `start` on its own task), shaped by
+/// the tables' options, with several txns in flight; returns what the driver returned and the
+/// rows it sent.
+async fn copy_rows<S, F, Fut, T>(
+    store: &S,
+    settings: &Settings,
+    cancel: &CancellationToken,
+    start: F,
+) -> Result<(T, u64), EngineError>
+where
+    S: Sink,
+    F: FnOnce(mpsc::Sender<DumpEvent>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, DriverError>> + Send + 'static,
+    T: Send + 'static,
+{
+    let (tx, mut rx) = mpsc::channel(DUMP_CHANNEL_BATCHES);
+    let driver_task = tokio::spawn(start(tx));
     let mut writer = BatchWriter::new(store.writer(), settings);
+    let mut shapes = Shapes::new(Arc::clone(&settings.options));
     let mut progress = Progress::default();
     let written = async {
         while let Some(event) = rx.recv().await {
+            if cancel.is_cancelled() {
+                return Err(EngineError::Stopped);
+            }
             match event {
                 DumpEvent::TableStarted {
                     table,
@@ -82,10 +200,14 @@ pub async fn dump<D: Driver, S: Sink>(
                     progress.started(&table.id, estimated_rows)
                 }
                 DumpEvent::Rows { table, rows } => {
+                    let shape = shapes.get(&table)?;
                     for row in &rows {
-                        let key = row_key(&settings.prefix, &table, row)?;
-                        let value = encode_row(&table, row, None)?;
-                        writer.put(&table.id, key, value).await?;
+                        // A row the filter leaves out is not written (and an older key of it
+                        // goes in the stale-key pass).
+                        if let Some(value) = shape.value(row, None)? {
+                            let key = shape.key(&settings.prefix, row)?;
+                            writer.put(&table.id, key, value).await?;
+                        }
                     }
                     let labels = TableLabels {
                         table: table.id.to_string(),
@@ -107,7 +229,7 @@ pub async fn dump<D: Driver, S: Sink>(
         driver_task.abort();
         return Err(e);
     }
-    let position = match driver_task.await {
+    let returned = match driver_task.await {
         Ok(result) => result?,
         Err(join) => {
             return Err(EngineError::Driver(DriverError::Protocol(format!(
@@ -118,46 +240,31 @@ pub async fn dump<D: Driver, S: Sink>(
     if cancel.is_cancelled() {
         return Err(EngineError::Stopped);
     }
+    Ok((returned, progress.total()))
+}
 
-    info!(
-        rows = progress.total(),
-        seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
-        "dump phase 1/3: rows written"
-    );
-
-    let stale_started = Instant::now();
-    let deleted = if tables_with_keys.is_empty() {
+/// Phase 2 of a snapshot: deletes keys of `tables` not written since `start_revision`.
+async fn stale_key_pass<S: Sink>(
+    store: &S,
+    tables: &[TableId],
+    settings: &Settings,
+    start_revision: i64,
+) -> Result<u64, EngineError> {
+    let started = Instant::now();
+    if tables.is_empty() {
         info!("dump phase 2/3: no stale-key pass (the tables' prefixes were empty)");
-        0
-    } else {
-        let (deleted, cost) =
-            delete_stale(store, &tables_with_keys, settings, start_revision).await?;
-        info!(
-            stale_keys_deleted = deleted,
-            keys_listed = cost.keys_read,
-            etcd_requests = cost.requests,
-            keys_counted_by_etcd = cost.keys_counted,
-            seconds = format!("{:.1}", stale_started.elapsed().as_secs_f64()),
-            "dump phase 2/3: stale keys deleted"
-        );
-        deleted
-    };
-    let state_started = Instant::now();
-    let state = store.state(Phase::Sync, Some(position.clone()));
-    store.commit(vec![], Some(&state)).await?;
-    settings.metrics.set_phase(Phase::Sync);
+        return Ok(0);
+    }
+    let (deleted, cost) = delete_stale(store, tables, settings, start_revision).await?;
     info!(
-        seconds = format!("{:.3}", state_started.elapsed().as_secs_f64()),
-        "dump phase 3/3: state committed"
-    );
-    info!(
-        rows = progress.total(),
         stale_keys_deleted = deleted,
+        keys_listed = cost.keys_read,
+        etcd_requests = cost.requests,
+        keys_counted_by_etcd = cost.keys_counted,
         seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
-        position = %position.0,
-        "dump finished; etcd holds a consistent snapshot"
+        "dump phase 2/3: stale keys deleted"
     );
-    Ok(position)
+    Ok(deleted)
 }
 
 /// Deletes keys under the tables' prefixes last written at or before `start_revision`, with
@@ -165,7 +272,7 @@ pub async fn dump<D: Driver, S: Sink>(
 /// cost etcd.
 async fn delete_stale<S: Sink>(
     store: &S,
-    tables: &[Arc<TableSchema>],
+    tables: &[TableId],
     settings: &Settings,
     start_revision: i64,
 ) -> Result<(u64, ScanStats), EngineError> {
@@ -178,7 +285,7 @@ async fn delete_stale<S: Sink>(
         "dump phase 2/3: stale-key pass started (keys the dump did not write are deleted)"
     );
     for table in tables {
-        let prefix = table_prefix(&settings.prefix, &table.id);
+        let prefix = table_prefix(&settings.prefix, table);
         let mut scan = store.scan(&prefix, false);
         loop {
             let page = scan.next().await?;
@@ -188,7 +295,7 @@ async fn delete_stale<S: Sink>(
             if last_log.elapsed() >= PROGRESS_EVERY {
                 last_log = Instant::now();
                 info!(
-                    table = %table.id,
+                    %table,
                     keys_listed = cost.keys_read + scan.stats().keys_read,
                     stale_keys_deleted = deleted,
                     "dump phase 2/3: stale-key pass in progress"
@@ -197,9 +304,7 @@ async fn delete_stale<S: Sink>(
             for (listed, _) in page {
                 if listed.mod_revision <= start_revision {
                     deleted += 1;
-                    writer
-                        .push(&table.id, Op::Delete { key: listed.key })
-                        .await?;
+                    writer.push(table, Op::Delete { key: listed.key }).await?;
                 }
             }
         }
@@ -240,7 +345,7 @@ impl<W: SinkWriter> BatchWriter<W> {
         &mut self,
         table: &TableId,
         key: String,
-        value: String,
+        value: Vec<u8>,
     ) -> Result<(), EngineError> {
         self.push(table, Op::Put { key, value }).await
     }

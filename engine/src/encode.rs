@@ -14,6 +14,12 @@ pub enum EncodeError {
         "table {table}: column {column} is unchanged and no previous row is known to take it from"
     )]
     UnchangedWithoutBase { table: TableId, column: String },
+    #[error(
+        "table {table}: column {column}, which its `where` filter reads, was sent unchanged \
+         (a TOASTed value PostgreSQL leaves out of an UPDATE); set REPLICA IDENTITY FULL on the \
+         table so that the old row carries it"
+    )]
+    UnchangedInFilter { table: TableId, column: String },
     #[error("table {table}: key column {column} is NULL")]
     NullKey { table: TableId, column: String },
     #[error("table {table}: a row has {got} values for {want} columns")]
@@ -93,6 +99,17 @@ pub fn encode_row(
     row: &[Value],
     base: Option<&str>,
 ) -> Result<String, EncodeError> {
+    let all: Vec<usize> = (0..table.columns.len()).collect();
+    encode_columns(table, row, &all, base)
+}
+
+/// [`encode_row`] of the columns at `columns` (indices in table order) only.
+pub fn encode_columns(
+    table: &TableSchema,
+    row: &[Value],
+    columns: &[usize],
+    base: Option<&str>,
+) -> Result<String, EncodeError> {
     if row.len() != table.columns.len() {
         return Err(EncodeError::Arity {
             table: table.id.clone(),
@@ -104,7 +121,8 @@ pub fn encode_row(
         base.and_then(|text| serde_json::from_str(text).ok());
     let mut out = String::with_capacity(64 + 16 * row.len());
     out.push('{');
-    for (i, (column, value)) in table.columns.iter().zip(row).enumerate() {
+    for (i, &index) in columns.iter().enumerate() {
+        let (column, value) = (&table.columns[index], &row[index]);
         if i > 0 {
             out.push(',');
         }
@@ -125,6 +143,38 @@ pub fn encode_row(
     }
     out.push('}');
     Ok(out)
+}
+
+/// A raw value: column `column` as text (bytes as they are), or `None` for NULL (no key).
+/// An unchanged value is the key's current value, `base`.
+pub fn raw_value(
+    table: &TableSchema,
+    row: &[Value],
+    column: usize,
+    base: Option<&[u8]>,
+) -> Result<Option<Vec<u8>>, EncodeError> {
+    if row.len() != table.columns.len() {
+        return Err(EncodeError::Arity {
+            table: table.id.clone(),
+            got: row.len(),
+            want: table.columns.len(),
+        });
+    }
+    Ok(match &row[column] {
+        Value::Null => None,
+        Value::Unchanged => Some(
+            base.ok_or_else(|| EncodeError::UnchangedWithoutBase {
+                table: table.id.clone(),
+                column: table.columns[column].name.clone(),
+            })?
+            .to_vec(),
+        ),
+        Value::Bytes(b) => Some(b.clone()),
+        Value::Text(s) | Value::Number(s) | Value::Json(s) | Value::ZeroDate(s) => {
+            Some(s.clone().into_bytes())
+        }
+        other => Some(key_text(other).into_bytes()),
+    })
 }
 
 /// Whether a row needs its previous version to be encoded.

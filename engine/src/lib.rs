@@ -14,12 +14,13 @@ use tracing::{error, info, warn};
 use crate::encode::EncodeError;
 use crate::metrics::{KindLabels, Metrics};
 use crate::sink::{Connector, Sink};
-use crate::sink::{Phase, SinkError};
+use crate::sink::{Phase, Selected, SinkError};
 
 mod apply;
 mod dump;
 pub mod encode;
 pub mod metrics;
+pub mod shape;
 #[cfg(test)]
 mod scenarios;
 pub mod sink;
@@ -42,6 +43,8 @@ pub struct Settings {
     /// Several agents, one active (elected); without it a second agent is refused.
     pub ha: bool,
     pub lease_ttl: Duration,
+    /// Per-table options (columns, filter, raw values) and what to do with removed tables.
+    pub options: Arc<shape::Options>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +55,10 @@ pub enum EngineError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    #[error(transparent)]
+    Shape(#[from] shape::ShapeError),
+    #[error("{}", .0.join("; "))]
+    Options(Vec<String>),
     #[error(
         "table {table}: the row at {key} needs {size} bytes, more than etcd.max_txn_bytes \
          ({limit}); raise it (and etcd's --max-request-bytes), shrink the row, or set \
@@ -126,6 +133,7 @@ impl EngineError {
             EngineError::Sink(SinkError::NoSpace { .. }) => "etcd_nospace",
             EngineError::Sink(_) => "etcd",
             EngineError::Encode(_) => "encode",
+            EngineError::Shape(_) | EngineError::Options(_) => "misconfigured",
             EngineError::RowTooLarge { .. } => "row_too_large",
             EngineError::MaxTxnOpsTooHigh(_) | EngineError::NothingSelected => "misconfigured",
         }
@@ -327,24 +335,11 @@ async fn lead<D: Driver, S: Sink>(
     progressed: &mut bool,
 ) -> Result<(), EngineError> {
     let state = store.load_state().await?;
-    let mut names: Vec<String> = tables.iter().map(|t| t.schema().id.to_string()).collect();
-    names.sort();
-    store.set_tables(names.clone());
+    let selected = selection_record(tables, settings)?;
+    store.set_tables(selected.clone());
 
     let had_state = state.is_some();
     let mut position = match state {
-        Some(state) if state.phase == Phase::Sync && state.tables != names => {
-            let added: Vec<&String> = names.iter().filter(|n| !state.tables.contains(n)).collect();
-            let removed: Vec<&String> =
-                state.tables.iter().filter(|n| !names.contains(n)).collect();
-            warn!(
-                ?added,
-                ?removed,
-                "the table selection changed since the last dump; dumping again (keys of \
-                 tables no longer selected are left in etcd)"
-            );
-            dump::dump(driver, store, tables, settings, cancel).await?
-        }
         Some(state) if state.phase == Phase::Sync && state.format < crate::sink::FORMAT => {
             warn!(
                 stored = state.format,
@@ -354,8 +349,15 @@ async fn lead<D: Driver, S: Sink>(
             );
             dump::dump(driver, store, tables, settings, cancel).await?
         }
-        Some(state) if state.phase == Phase::Sync => match state.position {
+        Some(state) if state.phase == Phase::Sync => match state.position.clone() {
             Some(position) => {
+                let changes = SelectionChanges::between(&state.selected(), &selected);
+                if !changes.is_empty() {
+                    apply_selection_changes(
+                        driver, store, tables, &changes, &position, settings, cancel,
+                    )
+                    .await?;
+                }
                 info!(position = %position.0, "resuming the stream from the stored position");
                 position
             }
@@ -402,9 +404,149 @@ async fn lead<D: Driver, S: Sink>(
     }
 }
 
+/// What the states record of this selection: the tables, their options' fingerprints; an
+/// option naming a table not selected, or a column a table lacks, is refused here, before
+/// anything is written.
+fn selection_record<T: SourceTable>(
+    tables: &[T],
+    settings: &Settings,
+) -> Result<Selected, EngineError> {
+    let schemas: Vec<Arc<etcd_sync_api::TableSchema>> =
+        tables.iter().map(|t| Arc::clone(t.schema())).collect();
+    let mut problems = settings.options.unknown_tables(&schemas);
+    let mut options = std::collections::BTreeMap::new();
+    for schema in &schemas {
+        let table_options = settings.options.for_table(&schema.id);
+        if let Err(e) = shape::RowShape::new(schema, table_options, true) {
+            problems.push(e.to_string());
+        }
+        let fingerprint = table_options.map(shape::TableOptions::fingerprint).unwrap_or_default();
+        if !fingerprint.is_empty() {
+            options.insert(schema.id.to_string(), fingerprint);
+        }
+    }
+    if !problems.is_empty() {
+        return Err(EngineError::Options(problems));
+    }
+    let mut names: Vec<String> = schemas.iter().map(|t| t.id.to_string()).collect();
+    names.sort();
+    Ok(Selected {
+        tables: names,
+        options,
+        snapshotting: Vec::new(),
+    })
+}
+
+/// How the selection differs from the one the state records.
+#[derive(Debug, Default, PartialEq)]
+struct SelectionChanges {
+    added: Vec<String>,
+    removed: Vec<String>,
+    /// Selected before and now, with other options.
+    options_changed: Vec<String>,
+    /// Still selected, whose own snapshot a crash interrupted.
+    unfinished: Vec<String>,
+}
+
+impl SelectionChanges {
+    fn between(stored: &Selected, now: &Selected) -> Self {
+        let fingerprint = |s: &Selected, t: &str| s.options.get(t).cloned().unwrap_or_default();
+        Self {
+            added: now.tables.iter().filter(|t| !stored.tables.contains(t)).cloned().collect(),
+            removed: stored.tables.iter().filter(|t| !now.tables.contains(t)).cloned().collect(),
+            options_changed: now
+                .tables
+                .iter()
+                .filter(|t| stored.tables.contains(t) && !stored.snapshotting.contains(t))
+                .filter(|t| fingerprint(stored, t) != fingerprint(now, t))
+                .cloned()
+                .collect(),
+            unfinished: stored
+                .snapshotting
+                .iter()
+                .filter(|t| now.tables.contains(t))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Tables that need a snapshot of their own.
+    fn to_snapshot(&self) -> Vec<&String> {
+        self.added.iter().chain(&self.options_changed).chain(&self.unfinished).collect()
+    }
+}
+
+/// Brings etcd to the new selection without a full dump: the keys of removed tables are
+/// deleted (or kept, `on_remove: keep`), added tables and tables whose options changed are
+/// snapshotted alone; the stream then resumes from `position` for all of them.
+async fn apply_selection_changes<D: Driver, S: Sink>(
+    driver: &Arc<D>,
+    store: &mut S,
+    tables: &[D::Table],
+    changes: &SelectionChanges,
+    position: &Position,
+    settings: &Settings,
+    cancel: &CancellationToken,
+) -> Result<(), EngineError> {
+    info!(
+        added = ?changes.added,
+        removed = ?changes.removed,
+        options_changed = ?changes.options_changed,
+        unfinished_snapshots = ?changes.unfinished,
+        "the table selection changed since the last run; only the tables concerned are written"
+    );
+    if !changes.removed.is_empty() {
+        match settings.options.on_remove {
+            shape::OnRemove::Delete => {
+                let deleted = dump::delete_tables(store, &changes.removed, settings).await?;
+                info!(tables = ?changes.removed, keys_deleted = deleted, "keys of tables no longer selected deleted (tables.on_remove: delete)");
+            }
+            shape::OnRemove::Keep => {
+                info!(tables = ?changes.removed, "keys of tables no longer selected left in etcd (tables.on_remove: keep)");
+            }
+        }
+    }
+    let wanted = changes.to_snapshot();
+    let joining: Vec<D::Table> = tables
+        .iter()
+        .filter(|t| wanted.contains(&&t.schema().id.to_string()))
+        .cloned()
+        .collect();
+    if joining.is_empty() {
+        let state = store.state(Phase::Sync, Some(position.clone()));
+        store.commit(vec![], Some(&state)).await?;
+        return Ok(());
+    }
+    dump::snapshot_tables(driver, store, &joining, position, settings, cancel).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn selection_changes_are_named() {
+        let stored = Selected {
+            tables: vec!["a".into(), "b".into(), "c".into(), "d".into()],
+            options: [("b".to_string(), "x".to_string())].into(),
+            snapshotting: vec!["d".into()],
+        };
+        let now = Selected {
+            tables: vec!["b".into(), "c".into(), "d".into(), "e".into()],
+            options: [("c".to_string(), "y".to_string())].into(),
+            snapshotting: vec![],
+        };
+        let changes = SelectionChanges::between(&stored, &now);
+        assert_eq!(changes.added, vec!["e"]);
+        assert_eq!(changes.removed, vec!["a"]);
+        assert_eq!(changes.options_changed, vec!["b", "c"]);
+        assert_eq!(changes.unfinished, vec!["d"]);
+        assert!(SelectionChanges::between(&now, &now).is_empty());
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {

@@ -255,6 +255,7 @@ fn settings(max_txn_ops: usize) -> Settings {
         start: None,
         ha: false,
         lease_ttl: Duration::from_secs(10),
+        options: Arc::default(),
     }
 }
 
@@ -380,7 +381,7 @@ async fn a_backlog_is_written_in_full_txns_in_source_order() {
         .iter()
         .filter_map(|(_, writes)| {
             let (_, state) = writes.iter().find(|(k, _)| k == "/s/state")?;
-            let state: serde_json::Value = serde_json::from_str(state.as_deref()?).ok()?;
+            let state: serde_json::Value = serde_json::from_slice(state.as_deref()?).ok()?;
             state["position"]["n"].as_u64()
         })
         .collect();

@@ -8,6 +8,7 @@ use std::fmt;
 use std::path::Path;
 
 use etcd_sync_api::{TlsMode, TlsSettings};
+pub use etcd_sync_engine::shape::{OnRemove, TableOptions};
 use serde::Deserialize;
 
 mod env;
@@ -258,6 +259,13 @@ pub struct TablesConfig {
     pub include: Vec<String>,
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// Per-table options (`columns`, `where`, `value`), by the table's name as `include`
+    /// writes it.
+    #[serde(default)]
+    pub options: std::collections::BTreeMap<String, TableOptions>,
+    /// What happens to the keys of a table no longer selected: `delete` (the default) or `keep`.
+    #[serde(default)]
+    pub on_remove: OnRemove,
 }
 
 #[derive(Debug, Deserialize)]

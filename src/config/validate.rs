@@ -117,6 +117,9 @@ impl Config {
                 }
             }
         }
+        for (table, options) in &self.tables.options {
+            p.extend(options.problems(&format!("tables.options.{table}")));
+        }
     }
 
     /// Endpoints, prefixes and txn limits.

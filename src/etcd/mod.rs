@@ -34,7 +34,7 @@ pub use txn::Writer;
 
 // The engine's types, which this module speaks in.
 pub use crate::sink::{
-    is_too_many_ops, Leadership, ListedKey, Op, Phase, ScanStats, SinkError, State, FORMAT,
+    is_too_many_ops, Leadership, ListedKey, Op, Phase, ScanStats, Selected, SinkError, State, FORMAT,
 };
 
 #[derive(Clone)]
@@ -44,7 +44,7 @@ pub struct Store {
     /// The state key's mod revision as this agent last saw or wrote it (0: absent).
     fence: i64,
     agent: String,
-    tables: Vec<String>,
+    selected: Selected,
     metrics: Option<Arc<Metrics>>,
     leadership: Option<Leadership>,
     /// Whether etcd has answered this session: only then are failed requests retried in
@@ -107,7 +107,7 @@ impl Store {
             state_key: format!("{state_prefix}/state"),
             fence: 0,
             agent: format!("{host}:{}", std::process::id()),
-            tables: Vec::new(),
+            selected: Selected::default(),
             metrics: None,
             leadership: None,
             answered: Arc::default(),
@@ -125,8 +125,8 @@ impl Store {
     }
 
     /// The tables the states written from now on cover.
-    pub fn set_tables(&mut self, tables: Vec<String>) {
-        self.tables = tables;
+    pub fn set_tables(&mut self, selected: Selected) {
+        self.selected = selected;
     }
 
     /// A state to write now, by this agent.
@@ -136,7 +136,9 @@ impl Store {
             position,
             updated_at: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
             agent: self.agent.clone(),
-            tables: self.tables.clone(),
+            tables: self.selected.tables.clone(),
+            options: self.selected.options.clone(),
+            snapshotting: self.selected.snapshotting.clone(),
             format: FORMAT,
         }
     }
@@ -184,7 +186,7 @@ impl Store {
     }
 
     /// One value, for merging partial rows.
-    pub async fn get(&self, key: &str) -> Result<Option<String>, SinkError> {
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, SinkError> {
         let response = self
             .retrying(&format!("reading {key}"), |_| {
                 let mut kv = self.kv();
@@ -194,7 +196,7 @@ impl Store {
         Ok(response
             .kvs()
             .first()
-            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+            .map(|kv| kv.value().to_vec()))
     }
 
     /// How many keys there are under `prefix`.
@@ -280,6 +282,8 @@ mod tests {
             updated_at: "2026-01-01T00:00:00Z".into(),
             agent: "h:1".into(),
             tables: vec!["t".into()],
+            options: Default::default(),
+            snapshotting: Vec::new(),
             format: FORMAT,
         };
         let text = serde_json::to_string(&state).unwrap();

@@ -6,7 +6,7 @@ use std::time::Duration;
 use etcd_sync_api::Position;
 use tokio_util::sync::CancellationToken;
 
-use super::{Connection, Leadership, ListedKey, Op, Phase, Scan, ScanStats, SinkError, State};
+use super::{Connection, Leadership, ListedKey, Op, Phase, Scan, ScanStats, Selected, SinkError, State};
 use super::{Store, Writer};
 use crate::metrics::Metrics;
 use crate::sink::{Connector, Sink, SinkScan, SinkWriter};
@@ -40,8 +40,8 @@ impl Sink for Store {
         Store::state(self, phase, position)
     }
 
-    fn set_tables(&mut self, tables: Vec<String>) {
-        Store::set_tables(self, tables)
+    fn set_tables(&mut self, selected: Selected) {
+        Store::set_tables(self, selected)
     }
 
     async fn commit(&mut self, ops: Vec<Op>, state: Option<&State>) -> Result<i64, SinkError> {
@@ -60,7 +60,7 @@ impl Sink for Store {
         Store::count(self, prefix).await
     }
 
-    async fn get(&self, key: &str) -> Result<Option<String>, SinkError> {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, SinkError> {
         Store::get(self, key).await
     }
 
@@ -101,7 +101,7 @@ impl SinkWriter for Writer {
 }
 
 impl SinkScan for Scan<'_> {
-    async fn next(&mut self) -> Result<Vec<(ListedKey, Option<String>)>, SinkError> {
+    async fn next(&mut self) -> Result<Vec<(ListedKey, Option<Vec<u8>>)>, SinkError> {
         Scan::next(self).await
     }
 

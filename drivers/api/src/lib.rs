@@ -409,6 +409,18 @@ pub trait Driver: Send + Sync + 'static {
         out: mpsc::Sender<DumpEvent>,
     ) -> impl Future<Output = Result<(), DriverError>> + Send;
 
+    /// Reads `tables` in one consistent snapshot for tables that join a stream resuming from
+    /// an earlier position (a table added to the selection, or whose options changed): after
+    /// it, streaming from any position before the snapshot carries every later change of these
+    /// tables. Replication state is otherwise untouched.
+    fn snapshot_joining(
+        &self,
+        tables: &[Self::Table],
+        out: mpsc::Sender<DumpEvent>,
+    ) -> impl Future<Output = Result<(), DriverError>> + Send {
+        self.read_snapshot(tables, out)
+    }
+
     /// Waits for the tasks the driver spawned (connection tasks) to end; called once nothing
     /// uses the driver any more, so that a clean stop leaves nothing running.
     fn close(&self) -> impl Future<Output = ()> + Send {

@@ -461,6 +461,20 @@ impl etcd_sync_api::Driver for PostgresDriver {
         }
     }
 
+    async fn snapshot_joining(
+        &self,
+        tables: &[PgTable],
+        out: mpsc::Sender<DumpEvent>,
+    ) -> Result<(), DriverError> {
+        // Joined before the snapshot is taken: decoding looks the publication up as of each
+        // change, so every change after the snapshot is sent.
+        let client = self.query_client().await?;
+        let refs: Vec<&PgTable> = tables.iter().collect();
+        self.ensure_publication(&client, &refs).await?;
+        drop(client);
+        self.read_snapshot(tables, out).await
+    }
+
     async fn read_snapshot(
         &self,
         tables: &[PgTable],

@@ -7,13 +7,13 @@ use crate::sink::Op;
 /// Coalesced writes: the last operation per key wins (`None` deletes).
 #[derive(Default)]
 pub(super) struct Batch {
-    pub(super) ops: HashMap<String, Option<String>>,
+    pub(super) ops: HashMap<String, Option<Vec<u8>>>,
     pub(super) bytes: usize,
 }
 
 impl Batch {
-    pub(super) fn set(&mut self, key: String, value: Option<String>) {
-        let size = key.len() + value.as_ref().map_or(0, String::len) + 16;
+    pub(super) fn set(&mut self, key: String, value: Option<Vec<u8>>) {
+        let size = key.len() + value.as_ref().map_or(0, Vec::len) + 16;
         if let Some(old) = self.ops.insert(key.clone(), value) {
             self.bytes -= key.len() + old.map_or(0, |v| v.len()) + 16;
         }
@@ -30,7 +30,7 @@ impl Batch {
         let mut bytes = self.bytes + other.bytes;
         for key in other.ops.keys() {
             match self.ops.get(key) {
-                Some(old) => bytes -= key.len() + old.as_ref().map_or(0, String::len) + 16,
+                Some(old) => bytes -= key.len() + old.as_ref().map_or(0, Vec::len) + 16,
                 None => ops += 1,
             }
         }
@@ -55,7 +55,7 @@ impl Batch {
     }
 
     /// The pending value of `key`: `Some(None)` when it is to be deleted.
-    pub(super) fn lookup(&self, key: &str) -> Option<Option<&str>> {
+    pub(super) fn lookup(&self, key: &str) -> Option<Option<&[u8]>> {
         self.ops.get(key).map(|v| v.as_deref())
     }
 }
@@ -67,17 +67,17 @@ mod tests {
     #[test]
     fn batch_coalesces_per_key_and_tracks_size() {
         let mut b = Batch::default();
-        b.set("a".into(), Some("1".into()));
-        b.set("a".into(), Some("22".into()));
+        b.set("a".into(), Some(b"1".to_vec()));
+        b.set("a".into(), Some(b"22".to_vec()));
         b.set("b".into(), None);
         assert_eq!(b.len(), 2);
         assert_eq!(b.bytes, (1 + 2 + 16) + (1 + 16));
-        assert_eq!(b.lookup("a"), Some(Some("22")));
+        assert_eq!(b.lookup("a"), Some(Some(&b"22"[..])));
         assert_eq!(b.lookup("b"), Some(None));
 
         let mut other = Batch::default();
         other.set("a".into(), None);
-        other.set("c".into(), Some("3".into()));
+        other.set("c".into(), Some(b"3".to_vec()));
         let (ops, bytes) = b.merged_size(&other);
         b.merge(other);
         assert_eq!((ops, bytes), (b.len(), b.bytes));
@@ -92,7 +92,7 @@ mod tests {
                 Op::Delete { key: "b".into() },
                 Op::Put {
                     key: "c".into(),
-                    value: "3".into()
+                    value: b"3".to_vec()
                 }
             ]
         );

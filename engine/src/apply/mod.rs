@@ -17,13 +17,14 @@ mod commit;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use etcd_sync_api::{Change, Driver, DriverError, Position, StreamEvent, TableSchema};
+use etcd_sync_api::{Change, Driver, DriverError, Position, StreamEvent, TableSchema, Value};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{EngineError, Settings};
-use crate::encode::{encode_row, has_unchanged, row_key, table_prefix};
+use crate::encode::{has_unchanged, table_prefix};
+use crate::shape::Shapes;
 use crate::metrics::ChangeLabels;
 use crate::sink::Phase;
 use crate::sink::{Sink, SinkScan};
@@ -154,6 +155,8 @@ struct Applier<'a, S: Sink> {
     /// The last group commit filled half its txn or more, or its transactions were
     /// `BACKLOG_LAG` old: the source is ahead of etcd.
     backlog: bool,
+    /// Each table's options applied to its rows.
+    shapes: Shapes,
     /// A group waits for more transactions (in a backlog) until the linger timer fires.
     lingering: bool,
     stats: Stats,
@@ -188,6 +191,7 @@ impl<'a, S: Sink> Applier<'a, S> {
             current: Batch::default(),
             max_ops: settings.max_txn_ops - 1,
             backlog: false,
+            shapes: Shapes::new(Arc::clone(&settings.options)),
             lingering: false,
             stats: Stats {
                 idle: true,
@@ -290,14 +294,26 @@ impl<'a, S: Sink> Applier<'a, S> {
         let prefix = &self.settings.prefix;
         match change {
             Change::Insert { table, row } => {
-                let key = row_key(prefix, &table, &row)?;
-                let value = encode_row(&table, &row, None)?;
-                self.set(&table, key, Some(value)).await
+                let shape = self.shapes.get(&table)?;
+                let key = shape.key(prefix, &row)?;
+                // A row the filter leaves out has no key: deleting it is a no-op, unless an
+                // earlier row of that key is still there.
+                let value = shape.value(&row, None)?;
+                self.set(&table, key, value).await
             }
-            Change::Update { table, old, row } => {
-                let key = row_key(prefix, &table, &row)?;
+            Change::Update { table, old, mut row } => {
+                let shape = self.shapes.get(&table)?;
+                if let Some(old) = &old {
+                    // A full old row (REPLICA IDENTITY FULL) has what the new one left out.
+                    for (new, old) in row.iter_mut().zip(old) {
+                        if matches!(new, Value::Unchanged) && !matches!(old, Value::Unchanged) {
+                            *new = old.clone();
+                        }
+                    }
+                }
+                let key = shape.key(prefix, &row)?;
                 let old_key = match &old {
-                    Some(old) => Some(row_key(prefix, &table, old)?),
+                    Some(old) => Some(shape.key(prefix, old)?),
                     None => None,
                 };
                 let value = if has_unchanged(&row) {
@@ -305,17 +321,19 @@ impl<'a, S: Sink> Applier<'a, S> {
                     let base = self
                         .current_value(old_key.as_deref().unwrap_or(&key))
                         .await?;
-                    encode_row(&table, &row, base.as_deref())?
+                    shape.value(&row, base.as_deref())?
                 } else {
-                    encode_row(&table, &row, None)?
+                    shape.value(&row, None)?
                 };
                 if let Some(old_key) = old_key.filter(|k| *k != key) {
                     self.set(&table, old_key, None).await?;
                 }
-                self.set(&table, key, Some(value)).await
+                // A row the update took out of the filter has its key deleted; one it brought
+                // in is put.
+                self.set(&table, key, value).await
             }
             Change::Delete { table, old } => {
-                let key = row_key(prefix, &table, &old)?;
+                let key = self.shapes.get(&table)?.key(prefix, &old)?;
                 self.set(&table, key, None).await
             }
             Change::Truncate { tables } => {
@@ -359,13 +377,13 @@ impl<'a, S: Sink> Applier<'a, S> {
     }
 
     /// The value a key has once everything seen so far is applied.
-    async fn current_value(&mut self, key: &str) -> Result<Option<String>, EngineError> {
+    async fn current_value(&mut self, key: &str) -> Result<Option<Vec<u8>>, EngineError> {
         if let Some(pending) = self
             .current
             .lookup(key)
             .or_else(|| self.committed.lookup(key))
         {
-            return Ok(pending.map(str::to_owned));
+            return Ok(pending.map(<[u8]>::to_vec));
         }
         Ok(self.store().await?.get(key).await?)
     }
@@ -376,10 +394,10 @@ impl<'a, S: Sink> Applier<'a, S> {
         &mut self,
         table: &TableSchema,
         key: String,
-        value: Option<String>,
+        value: Option<Vec<u8>>,
     ) -> Result<(), EngineError> {
         let mut value = value;
-        let mut size = key.len() + value.as_ref().map_or(0, String::len) + 16;
+        let mut size = key.len() + value.as_ref().map_or(0, Vec::len) + 16;
         if size > self.settings.max_txn_bytes && self.settings.skip_oversized {
             // Left out of etcd: delete any older version so etcd does not hold a stale one.
             warn!(table = %table.id, %key, size, limit = self.settings.max_txn_bytes, "row left out: larger than etcd.max_txn_bytes");

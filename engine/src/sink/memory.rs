@@ -16,13 +16,13 @@ use super::{
 
 #[derive(Debug, Clone)]
 struct Kv {
-    value: String,
+    value: Vec<u8>,
     create_revision: i64,
     mod_revision: i64,
 }
 
 /// One applied txn: its revision and its writes (`None`: a delete).
-pub type Revision = (i64, Vec<(String, Option<String>)>);
+pub type Revision = (i64, Vec<(String, Option<Vec<u8>>)>);
 
 #[derive(Debug)]
 struct Inner {
@@ -79,7 +79,7 @@ impl MemoryEtcd {
             .kvs
             .iter()
             .filter(|(k, _)| k.starts_with(prefix))
-            .map(|(k, kv)| (k.clone(), kv.value.clone()))
+            .map(|(k, kv)| (k.clone(), String::from_utf8_lossy(&kv.value).into_owned()))
             .collect()
     }
 
@@ -91,7 +91,7 @@ impl MemoryEtcd {
     /// Writes a key outside any fence, as another client would.
     pub fn put(&self, key: &str, value: &str) {
         let mut inner = self.lock();
-        inner.apply(vec![(key.to_owned(), Some(value.to_owned()))]);
+        inner.apply(vec![(key.to_owned(), Some(value.as_bytes().to_vec()))]);
     }
 
     /// Deletes a key outside any fence (a lease that expired, an operator).
@@ -127,7 +127,7 @@ impl MemoryEtcd {
 }
 
 impl Inner {
-    fn apply(&mut self, writes: Vec<(String, Option<String>)>) -> i64 {
+    fn apply(&mut self, writes: Vec<(String, Option<Vec<u8>>)>) -> i64 {
         self.revision += 1;
         let revision = self.revision;
         for (key, value) in &writes {
@@ -180,7 +180,7 @@ impl Connector for MemoryConnector {
             lock_key: format!("{}/lock", self.state_prefix),
             agent: self.agent.clone(),
             fence: 0,
-            tables: Vec::new(),
+            selected: Default::default(),
             leadership: None,
         })
     }
@@ -194,14 +194,14 @@ pub struct MemorySink {
     lock_key: String,
     agent: String,
     fence: i64,
-    tables: Vec<String>,
+    selected: super::Selected,
     leadership: Option<Leadership>,
 }
 
 impl MemorySink {
     /// A fenced txn: the state key's mod revision must be `fence`, the leadership key's create
     /// revision the one acquired; etcd's limits apply.
-    fn txn(&self, ops: Vec<(String, Option<String>)>) -> Result<i64, SinkError> {
+    fn txn(&self, ops: Vec<(String, Option<Vec<u8>>)>) -> Result<i64, SinkError> {
         let mut inner = self.etcd.lock();
         if ops.len() > inner.max_txn_ops {
             return Err(SinkError::TooManyOps);
@@ -241,7 +241,7 @@ impl MemorySink {
     }
 }
 
-fn writes(ops: Vec<Op>) -> Vec<(String, Option<String>)> {
+fn writes(ops: Vec<Op>) -> Vec<(String, Option<Vec<u8>>)> {
     ops.into_iter()
         .map(|op| match op {
             Op::Put { key, value } => (key, Some(value)),
@@ -261,7 +261,7 @@ impl Sink for MemorySink {
             return Ok(None);
         };
         self.fence = kv.mod_revision;
-        serde_json::from_str(&kv.value)
+        serde_json::from_slice(&kv.value)
             .map(Some)
             .map_err(|e| SinkError::BadState {
                 key: self.state_key.clone(),
@@ -275,13 +275,15 @@ impl Sink for MemorySink {
             position,
             updated_at: "2026-01-01T00:00:00Z".into(),
             agent: self.agent.clone(),
-            tables: self.tables.clone(),
+            tables: self.selected.tables.clone(),
+            options: self.selected.options.clone(),
+            snapshotting: self.selected.snapshotting.clone(),
             format: super::FORMAT,
         }
     }
 
-    fn set_tables(&mut self, tables: Vec<String>) {
-        self.tables = tables;
+    fn set_tables(&mut self, selected: super::Selected) {
+        self.selected = selected;
     }
 
     async fn commit(&mut self, ops: Vec<Op>, state: Option<&State>) -> Result<i64, SinkError> {
@@ -291,7 +293,7 @@ impl Sink for MemorySink {
                 key: self.state_key.clone(),
                 reason: e.to_string(),
             })?;
-            writes.push((self.state_key.clone(), Some(value)));
+            writes.push((self.state_key.clone(), Some(value.into_bytes())));
         }
         let latency = {
             let mut inner = self.etcd.lock();
@@ -329,7 +331,7 @@ impl Sink for MemorySink {
         Ok(self.etcd.data(prefix).len() as i64)
     }
 
-    async fn get(&self, key: &str) -> Result<Option<String>, SinkError> {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, SinkError> {
         Ok(self.etcd.lock().kvs.get(key).map(|kv| kv.value.clone()))
     }
 
@@ -343,14 +345,14 @@ impl Sink for MemorySink {
     async fn lock(&mut self, _ttl: Duration) -> Result<(), SinkError> {
         let mut inner = self.etcd.lock();
         if let Some(kv) = inner.kvs.get(&self.lock_key) {
-            if kv.value != self.agent {
+            if kv.value != self.agent.as_bytes() {
                 return Err(SinkError::Locked {
                     key: self.lock_key.clone(),
-                    holder: kv.value.clone(),
+                    holder: String::from_utf8_lossy(&kv.value).into_owned(),
                 });
             }
         }
-        inner.apply(vec![(self.lock_key.clone(), Some(self.agent.clone()))]);
+        inner.apply(vec![(self.lock_key.clone(), Some(self.agent.clone().into_bytes()))]);
         self.leadership = Some(Leadership {
             key: self.lock_key.clone(),
             revision: inner.create_revision(&self.lock_key),
@@ -437,12 +439,12 @@ pub struct MemoryScan {
 const PAGE: usize = 7;
 
 impl SinkScan for MemoryScan {
-    async fn next(&mut self) -> Result<Vec<(ListedKey, Option<String>)>, SinkError> {
+    async fn next(&mut self) -> Result<Vec<(ListedKey, Option<Vec<u8>>)>, SinkError> {
         if self.done {
             return Ok(Vec::new());
         }
         let inner = self.etcd.lock();
-        let page: Vec<(ListedKey, Option<String>)> = inner
+        let page: Vec<(ListedKey, Option<Vec<u8>>)> = inner
             .kvs
             .range(self.after.clone().unwrap_or_else(|| self.prefix.clone())..)
             .filter(|(k, _)| Some(*k) != self.after.as_ref())

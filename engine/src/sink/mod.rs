@@ -27,7 +27,7 @@ mod state;
 mod types;
 
 pub use error::{is_too_many_ops, SinkError};
-pub use state::{Phase, State, FORMAT};
+pub use state::{Phase, Selected, State, FORMAT};
 pub use types::{Leadership, ListedKey, Op, ScanStats};
 
 /// Opens a sink: once per engine session (a retry opens a new one).
@@ -48,7 +48,7 @@ pub trait Sink: Clone + Send + Sync + 'static {
     /// A state to write, stamped with this agent and the selected tables.
     fn state(&self, phase: Phase, position: Option<Position>) -> State;
     /// The selection the next states record.
-    fn set_tables(&mut self, tables: Vec<String>);
+    fn set_tables(&mut self, selected: Selected);
     /// Applies `ops` (distinct keys) in one fenced txn, with the state when given; returns
     /// the txn's revision.
     fn commit(
@@ -61,7 +61,7 @@ pub trait Sink: Clone + Send + Sync + 'static {
     /// Every key under `prefix` in key order, a page at a time, in time linear in their number.
     fn scan(&self, prefix: &str, with_values: bool) -> Self::Scan<'_>;
     fn count(&self, prefix: &str) -> impl Future<Output = Result<i64, SinkError>> + Send;
-    fn get(&self, key: &str) -> impl Future<Output = Result<Option<String>, SinkError>> + Send;
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Vec<u8>>, SinkError>> + Send;
     /// Checks that a txn of `max_ops` operations is accepted.
     fn probe_max_txn_ops(
         &self,
@@ -93,6 +93,6 @@ pub trait SinkWriter: Clone + Send + Sync + 'static {
 pub trait SinkScan: Send {
     fn next(
         &mut self,
-    ) -> impl Future<Output = Result<Vec<(ListedKey, Option<String>)>, SinkError>> + Send;
+    ) -> impl Future<Output = Result<Vec<(ListedKey, Option<Vec<u8>>)>, SinkError>> + Send;
     fn stats(&self) -> ScanStats;
 }

@@ -1,5 +1,7 @@
 //! The agent's state as stored under `<state_prefix>/state`.
 
+use std::collections::BTreeMap;
+
 use etcd_sync_api::Position;
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +37,14 @@ pub struct State {
     /// The tables the snapshot covers; a different selection at start-up means a new dump.
     #[serde(default)]
     pub tables: Vec<String>,
+    /// Tables with options, and the options' fingerprints: a table whose options changed is
+    /// written again.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
+    /// Tables whose own snapshot (a table added, or its options changed) has not finished: a
+    /// restart takes it again, and only it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshotting: Vec<String>,
     /// The key/value format the snapshot was written in ([`FORMAT`]); an older one at start-up
     /// means a new dump, so that no key of the old form lingers beside its new form.
     #[serde(default)]
@@ -45,3 +55,22 @@ pub struct State {
 /// segments without JSON quotes, MySQL zero dates in keys, dates and timestamps outside years
 /// 0-9999 in ISO 8601 expanded form, MariaDB JSON numbers as written.
 pub const FORMAT: u32 = 1;
+
+/// What a state records of the selection: set on the sink, stamped on every state it writes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selected {
+    pub tables: Vec<String>,
+    pub options: BTreeMap<String, String>,
+    pub snapshotting: Vec<String>,
+}
+
+impl State {
+    /// The selection this state records.
+    pub fn selected(&self) -> Selected {
+        Selected {
+            tables: self.tables.clone(),
+            options: self.options.clone(),
+            snapshotting: self.snapshotting.clone(),
+        }
+    }
+}

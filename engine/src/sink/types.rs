@@ -3,7 +3,7 @@
 /// A write the engine hands to the sink.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    Put { key: String, value: String },
+    Put { key: String, value: Vec<u8> },
     Delete { key: String },
 }
 
