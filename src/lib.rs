@@ -10,6 +10,7 @@ pub mod check;
 pub mod config;
 pub mod etcd;
 pub mod logging;
+pub mod preview;
 pub mod status;
 pub mod verify;
 

@@ -50,7 +50,7 @@ enum LogFormat {
     Json,
 }
 
-#[derive(Subcommand, Clone, Copy)]
+#[derive(Subcommand, Clone)]
 enum Command {
     /// Dump, then follow the change stream until SIGINT/SIGTERM (the default).
     Run,
@@ -64,6 +64,16 @@ enum Command {
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
+    },
+    /// Show, for each selected table, the key columns, the columns kept, the filter and a few
+    /// keys and values exactly as they would be written; reads the database only.
+    Preview {
+        /// Only this table (as `tables.include` names it).
+        #[arg(long)]
+        table: Option<String>,
+        /// Rows shown per table.
+        #[arg(long, default_value_t = 5)]
+        limit: usize,
     },
 }
 
@@ -195,6 +205,18 @@ async fn run_command<D: Driver>(
             } else {
                 say(status.to_string().trim_end());
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Preview { table, limit } => {
+            let previews =
+                etcd_sync::preview::preview(&driver, &settings, table.as_deref(), limit)
+                    .await
+                    .map_err(|e| anyhow::anyhow!(etcd_sync::error_chain(&e)))
+                    .context("preview")?;
+            for preview in &previews {
+                say(preview.to_string().trim_end());
+            }
+            driver.close().await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check => {

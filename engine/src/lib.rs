@@ -79,6 +79,12 @@ pub enum EngineError {
         "no table to sync: every table was excluded or lacks a primary key (see `sync check`)"
     )]
     NothingSelected,
+    #[error(
+        "table {0} joins the stream and a change of it needs a row its snapshot has not \
+         written yet (a value PostgreSQL sent as unchanged); starting again, to snapshot the \
+         table before the stream resumes"
+    )]
+    JoinNeedsSnapshotFirst(TableId),
     #[error("stopped")]
     Stopped,
 }
@@ -117,6 +123,7 @@ impl EngineError {
         "etcd",
         "encode",
         "row_too_large",
+        "join_restart",
     ];
 
     pub fn kind(&self) -> &'static str {
@@ -135,6 +142,7 @@ impl EngineError {
             EngineError::Encode(_) => "encode",
             EngineError::Shape(_) | EngineError::Options(_) => "misconfigured",
             EngineError::RowTooLarge { .. } => "row_too_large",
+            EngineError::JoinNeedsSnapshotFirst(_) => "join_restart",
             EngineError::MaxTxnOpsTooHigh(_) | EngineError::NothingSelected => "misconfigured",
         }
     }
@@ -154,7 +162,8 @@ impl EngineError {
 
     fn action(&self) -> Action {
         match self {
-            EngineError::Driver(DriverError::Transient { .. }) => Action::Retry,
+            EngineError::Driver(DriverError::Transient { .. })
+            | EngineError::JoinNeedsSnapshotFirst(_) => Action::Retry,
             EngineError::Driver(DriverError::PositionLost(_) | DriverError::Resnapshot(_)) => {
                 Action::Redump
             }
@@ -339,6 +348,7 @@ async fn lead<D: Driver, S: Sink>(
     store.set_tables(selected.clone());
 
     let had_state = state.is_some();
+    let mut joining = None;
     let mut position = match state {
         Some(state) if state.phase == Phase::Sync && state.format < crate::sink::FORMAT => {
             warn!(
@@ -353,7 +363,7 @@ async fn lead<D: Driver, S: Sink>(
             Some(position) => {
                 let changes = SelectionChanges::between(&state.selected(), &selected);
                 if !changes.is_empty() {
-                    apply_selection_changes(
+                    joining = apply_selection_changes(
                         driver, store, tables, &changes, &position, settings, cancel,
                     )
                     .await?;
@@ -387,7 +397,14 @@ async fn lead<D: Driver, S: Sink>(
     *progressed = true;
     loop {
         let result = apply::sync(
-            driver, store, tables, position, settings, cancel, progressed,
+            driver,
+            store,
+            tables,
+            position,
+            settings,
+            cancel,
+            progressed,
+            joining.take(),
         )
         .await;
         match result {
@@ -481,8 +498,9 @@ impl SelectionChanges {
 }
 
 /// Brings etcd to the new selection without a full dump: the keys of removed tables are
-/// deleted (or kept, `on_remove: keep`), added tables and tables whose options changed are
-/// snapshotted alone; the stream then resumes from `position` for all of them.
+/// deleted (or kept, `on_remove: keep`); added tables and tables whose options changed are
+/// snapshotted alone, while the stream runs (the plan returned), or before it when an earlier
+/// such snapshot was interrupted.
 async fn apply_selection_changes<D: Driver, S: Sink>(
     driver: &Arc<D>,
     store: &mut S,
@@ -491,7 +509,7 @@ async fn apply_selection_changes<D: Driver, S: Sink>(
     position: &Position,
     settings: &Settings,
     cancel: &CancellationToken,
-) -> Result<(), EngineError> {
+) -> Result<Option<apply::JoinPlan<D::Table>>, EngineError> {
     info!(
         added = ?changes.added,
         removed = ?changes.removed,
@@ -519,9 +537,23 @@ async fn apply_selection_changes<D: Driver, S: Sink>(
     if joining.is_empty() {
         let state = store.state(Phase::Sync, Some(position.clone()));
         store.commit(vec![], Some(&state)).await?;
-        return Ok(());
+        return Ok(None);
     }
-    dump::snapshot_tables(driver, store, &joining, position, settings, cancel).await
+    if !changes.unfinished.is_empty() {
+        // A join that a crash (or a change it could not apply) interrupted: the tables are
+        // snapshotted before the stream resumes, which needs no row of theirs in etcd.
+        dump::snapshot_tables(driver, store, &joining, position, settings, cancel).await?;
+        return Ok(None);
+    }
+    let mut selected = store.state(Phase::Sync, None).selected();
+    selected.snapshotting = joining.iter().map(|t| t.schema().id.to_string()).collect();
+    store.set_tables(selected);
+    let state = store.state(Phase::Sync, Some(position.clone()));
+    let start_revision = store.commit(vec![], Some(&state)).await?;
+    Ok(Some(apply::JoinPlan {
+        tables: joining,
+        start_revision,
+    }))
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{run, EngineError, Settings};
-use crate::encode::{encode_row, row_key};
+use crate::shape::{OnRemove, Options, RowShape, TableOptions};
 use crate::metrics::Metrics;
 use crate::sink::memory::MemoryEtcd;
 use crate::sink::SinkError;
@@ -100,18 +100,19 @@ impl Script {
         rows
     }
 
-    /// What etcd must hold once everything is applied.
-    fn expected(&self) -> BTreeMap<String, String> {
-        let table = users();
+    /// What etcd must hold once everything is applied, under the table's options.
+    fn expected_with(&self, options: Option<&TableOptions>) -> BTreeMap<String, String> {
+        let shape = RowShape::new(&users(), options, true).unwrap();
         let k = self.txns.lock().unwrap().len();
         self.rows_after(k)
             .into_iter()
-            .map(|(id, name)| {
+            .filter_map(|(id, name)| {
                 let r = row(id, &name);
-                (
-                    row_key(PREFIX, &table, &r).unwrap(),
-                    encode_row(&table, &r, None).unwrap(),
-                )
+                let value = shape.value(&r, None).unwrap()?;
+                Some((
+                    shape.key(PREFIX, &r).unwrap(),
+                    String::from_utf8(value).unwrap(),
+                ))
             })
             .collect()
     }
@@ -125,25 +126,12 @@ fn position(n: usize) -> Position {
     Position(serde_json::json!({ "n": n }))
 }
 
-impl Driver for ScriptedDriver {
-    type Table = Arc<TableSchema>;
-
-    async fn check(&self) -> Vec<CheckItem> {
-        Vec::new()
-    }
-
-    async fn select_tables(&self) -> Result<Selection, DriverError> {
-        Ok(Selection {
-            tables: vec![users()],
-            skipped: Vec::new(),
-        })
-    }
-
-    async fn dump(
+impl ScriptedDriver {
+    /// Every row as of now, and the position after the transactions they include.
+    async fn snapshot(
         &self,
         tables: &[Arc<TableSchema>],
         out: mpsc::Sender<DumpEvent>,
-        _cancel: CancellationToken,
     ) -> Result<Position, DriverError> {
         let k = self.0.txns.lock().unwrap().len();
         let table = Arc::clone(&tables[0]);
@@ -173,6 +161,30 @@ impl Driver for ScriptedDriver {
             .await
             .map_err(|_| DriverError::Stopped)?;
         Ok(position(k))
+    }
+}
+
+impl Driver for ScriptedDriver {
+    type Table = Arc<TableSchema>;
+
+    async fn check(&self) -> Vec<CheckItem> {
+        Vec::new()
+    }
+
+    async fn select_tables(&self) -> Result<Selection, DriverError> {
+        Ok(Selection {
+            tables: vec![users()],
+            skipped: Vec::new(),
+        })
+    }
+
+    async fn dump(
+        &self,
+        tables: &[Arc<TableSchema>],
+        out: mpsc::Sender<DumpEvent>,
+        _cancel: CancellationToken,
+    ) -> Result<Position, DriverError> {
+        self.snapshot(tables, out).await
     }
 
     async fn stream(
@@ -235,10 +247,10 @@ impl Driver for ScriptedDriver {
 
     async fn read_snapshot(
         &self,
-        _tables: &[Arc<TableSchema>],
-        _out: mpsc::Sender<DumpEvent>,
+        tables: &[Arc<TableSchema>],
+        out: mpsc::Sender<DumpEvent>,
     ) -> Result<(), DriverError> {
-        Ok(())
+        self.snapshot(tables, out).await.map(|_| ())
     }
 }
 
@@ -266,11 +278,15 @@ struct Running {
 }
 
 fn start(script: &Arc<Script>, etcd: &MemoryEtcd, max_txn_ops: usize) -> Running {
+    start_with(script, etcd, settings(max_txn_ops))
+}
+
+fn start_with(script: &Arc<Script>, etcd: &MemoryEtcd, settings: Settings) -> Running {
     let cancel = CancellationToken::new();
     let task = tokio::spawn(run(
         ScriptedDriver(Arc::clone(script)),
         etcd.connector(STATE_PREFIX, "agent-1"),
-        settings(max_txn_ops),
+        settings,
         cancel.clone(),
     ));
     Running { cancel, task }
@@ -292,10 +308,18 @@ fn synced_to(etcd: &MemoryEtcd) -> Option<u64> {
 
 /// Waits until the state says everything in the script is applied, then checks convergence.
 async fn converges(script: &Script, etcd: &MemoryEtcd) {
+    converges_with(script, etcd, None).await
+}
+
+/// [`converges`] to the table under `options`, once no table is being snapshotted.
+async fn converges_with(script: &Script, etcd: &MemoryEtcd, options: Option<&TableOptions>) {
     let want = script.txns.lock().unwrap().len() as u64;
     for _ in 0..2000 {
-        if synced_to(etcd) == Some(want) {
-            assert_eq!(etcd.data(&format!("{PREFIX}/")), script.expected());
+        if synced_to(etcd) == Some(want) && snapshotting(etcd).is_empty() {
+            assert_eq!(
+                etcd.data(&format!("{PREFIX}/")),
+                script.expected_with(options)
+            );
             return;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -305,6 +329,26 @@ async fn converges(script: &Script, etcd: &MemoryEtcd) {
         synced_to(etcd),
         etcd.data("")
     );
+}
+
+/// The tables the state lists as snapshotting.
+fn snapshotting(etcd: &MemoryEtcd) -> Vec<String> {
+    let state = etcd.data(STATE_PREFIX).remove("/s/state").unwrap_or_default();
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap_or_default();
+    serde_json::from_value(state["snapshotting"].clone()).unwrap_or_default()
+}
+
+/// How many times the state said a dump began.
+fn dumps_begun(etcd: &MemoryEtcd) -> usize {
+    etcd.history()
+        .iter()
+        .flat_map(|(_, writes)| writes)
+        .filter(|(k, v)| {
+            k == "/s/state"
+                && v.as_deref()
+                    .is_some_and(|v| String::from_utf8_lossy(v).contains(r#""phase":"dump""#))
+        })
+        .count()
 }
 
 /// A script of `rows` rows and an engine that has dumped it (txns of at most `max_txn_ops`).
@@ -490,5 +534,40 @@ async fn an_older_key_format_is_dumped_again() {
     }
     converges(&script, &etcd).await;
     assert!(!etcd.data(PREFIX).contains_key("/p/users/\"AP8=\""));
+    engine.stop().await.unwrap();
+}
+
+/// New options for a table: its keys are rewritten by a snapshot of that table alone, taken
+/// while the stream runs; rows updated out of the filter lose their key, rows updated into it
+/// gain one, and no full dump happens.
+#[tokio::test]
+async fn changed_options_rewrite_the_table_while_the_stream_goes_on() {
+    let (script, etcd, engine) = dumped(23, 8).await;
+    engine.stop().await.unwrap();
+    script.push(vec![insert(5, "five"), insert(30, "thirty")]);
+    let options: TableOptions = serde_json::from_str(
+        r#"{"where": "id > 10 AND name <> 'hidden'", "columns": {"exclude": ["name"]}}"#,
+    )
+    .unwrap();
+    let mut with_options = settings(8);
+    with_options.options = Arc::new(Options {
+        tables: [("users".to_string(), options.clone())].into(),
+        on_remove: OnRemove::Delete,
+    });
+    let engine = start_with(&script, &etcd, with_options);
+    for i in 0..60 {
+        // Ids 0..40 move in and out of the filter while the table's snapshot runs.
+        let name = if i % 3 == 0 { "hidden" } else { "shown" };
+        script.push(vec![insert(i % 40, name)]);
+        if i % 10 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    script.push(vec![etcd_sync_api::Change::Delete {
+        table: users(),
+        old: row(20, ""),
+    }]);
+    converges_with(&script, &etcd, Some(&options)).await;
+    assert_eq!(dumps_begun(&etcd), 1, "a full dump ran again");
     engine.stop().await.unwrap();
 }

@@ -13,21 +13,27 @@
 
 mod batch;
 mod commit;
+mod join;
+
+pub use join::Join;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use etcd_sync_api::{Change, Driver, DriverError, Position, StreamEvent, TableSchema, Value};
+use etcd_sync_api::{
+    Change, Driver, DriverError, Position, SourceTable, StreamEvent, TableSchema, Value,
+};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{EngineError, Settings};
-use crate::encode::{has_unchanged, table_prefix};
+use crate::encode::{has_unchanged, table_prefix, EncodeError};
 use crate::shape::Shapes;
 use crate::metrics::ChangeLabels;
 use crate::sink::Phase;
 use crate::sink::{Sink, SinkScan};
+use etcd_sync_api::DumpEvent;
 use batch::Batch;
 use commit::{wait_landed, InFlight};
 
@@ -43,6 +49,14 @@ const BACKLOG_LINGER: Duration = Duration::from_millis(2);
 /// Transactions this old when written mean the applier is behind the source.
 const BACKLOG_LAG: Duration = Duration::from_millis(100);
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// Row batches of joining tables buffered between their snapshot and the applier.
+const JOIN_CHANNEL_BATCHES: usize = 4;
+
+/// Tables to snapshot while the stream runs, and the revision their snapshot started at.
+pub struct JoinPlan<T> {
+    pub tables: Vec<T>,
+    pub start_revision: i64,
+}
 const LAG_BYTES_EVERY: Duration = Duration::from_secs(10);
 
 pub async fn sync<D: Driver, S: Sink>(
@@ -53,7 +67,32 @@ pub async fn sync<D: Driver, S: Sink>(
     settings: &Settings,
     cancel: &CancellationToken,
     progressed: &mut bool,
+    joining: Option<JoinPlan<D::Table>>,
 ) -> Result<(), EngineError> {
+    let mut first_join_event = None;
+    let join = match joining {
+        None => None,
+        Some(plan) => {
+            let (join_tx, mut join_rx) = mpsc::channel(JOIN_CHANNEL_BATCHES);
+            let task = tokio::spawn({
+                let driver = Arc::clone(driver);
+                let tables = plan.tables.clone();
+                async move { driver.snapshot_joining(&tables, join_tx).await }
+            });
+            // The stream starts once the snapshot has begun: by then the driver has made the
+            // tables part of what the stream carries (PostgreSQL's publication).
+            first_join_event = tokio::select! {
+                _ = cancel.cancelled() => {
+                    task.abort();
+                    return Err(EngineError::Stopped);
+                }
+                first = join_rx.recv() => Some(first),
+            };
+            let schemas: Vec<Arc<TableSchema>> =
+                plan.tables.iter().map(|t| Arc::clone(t.schema())).collect();
+            Some(Join::new(&schemas, plan.start_revision, join_rx, task))
+        }
+    };
     let (tx, rx) = mpsc::channel(STREAM_CHANNEL_EVENTS);
     let (ack_tx, ack_rx) = watch::channel(position.clone());
     let stream_cancel = cancel.child_token();
@@ -74,8 +113,8 @@ pub async fn sync<D: Driver, S: Sink>(
         settings.clone(),
         stream_cancel.clone(),
     ));
-    let applied = Applier::new(store, settings, ack_tx, progressed)
-        .run(rx)
+    let applied = Applier::new(store, settings, ack_tx, progressed, join)
+        .run(rx, first_join_event)
         .await;
     gauges.abort();
     if applied.is_err() {
@@ -98,6 +137,14 @@ pub async fn sync<D: Driver, S: Sink>(
         (Err(e), _) => Err(e),
         (Ok(()), Ok(())) | (Ok(()), Err(DriverError::Stopped)) => Ok(()),
         (Ok(()), Err(e)) => Err(e.into()),
+    }
+}
+
+/// The next event of the joining tables' snapshot (never, without a join: a `select!` branch).
+async fn next_join_event(join: &mut Option<Join>) -> Option<DumpEvent> {
+    match join {
+        Some(join) => join.rows.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -157,6 +204,10 @@ struct Applier<'a, S: Sink> {
     backlog: bool,
     /// Each table's options applied to its rows.
     shapes: Shapes,
+    /// Tables joining the stream, while their snapshot runs.
+    join: Option<Join>,
+    /// Reads beside the txn in flight (the joining tables' stale-key pass).
+    reader: S,
     /// A group waits for more transactions (in a backlog) until the linger timer fires.
     lingering: bool,
     stats: Stats,
@@ -178,8 +229,11 @@ impl<'a, S: Sink> Applier<'a, S> {
         settings: &'a Settings,
         ack: watch::Sender<Position>,
         progressed: &'a mut bool,
+        join: Option<Join>,
     ) -> Self {
         Self {
+            reader: store.clone(),
+            join,
             store: Some(store),
             in_flight: None,
             settings,
@@ -202,7 +256,14 @@ impl<'a, S: Sink> Applier<'a, S> {
 
     /// Applies events until the stream ends; complete transactions are written before
     /// returning, an incomplete one is dropped (the stream replays it on the next start).
-    async fn run(mut self, mut rx: mpsc::Receiver<StreamEvent>) -> Result<(), EngineError> {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<StreamEvent>,
+        first_join_event: Option<Option<DumpEvent>>,
+    ) -> Result<(), EngineError> {
+        if let Some(event) = first_join_event {
+            self.join_event(event).await?;
+        }
         let mut progress = tokio::time::interval(PROGRESS_EVERY);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         progress.tick().await;
@@ -223,6 +284,9 @@ impl<'a, S: Sink> Applier<'a, S> {
                     }
                 }
                 () = &mut linger, if self.lingering => self.send_committed().await?,
+                event = next_join_event(&mut self.join), if self.join.is_some() => {
+                    self.join_event(event).await?;
+                }
                 _ = progress.tick() => self.log_progress(),
             }
             // Group commit. Under a light load, write as soon as the stream has nothing more
@@ -321,7 +385,16 @@ impl<'a, S: Sink> Applier<'a, S> {
                     let base = self
                         .current_value(old_key.as_deref().unwrap_or(&key))
                         .await?;
-                    shape.value(&row, base.as_deref())?
+                    match shape.value(&row, base.as_deref()) {
+                        Err(EncodeError::UnchangedWithoutBase { .. })
+                            if self.join.as_ref().is_some_and(|j| j.has(&table.id)) =>
+                        {
+                            // Its snapshot row is not written yet: take the table's snapshot
+                            // before the stream instead (a new session does).
+                            return Err(EngineError::JoinNeedsSnapshotFirst(table.id.clone()));
+                        }
+                        other => other?,
+                    }
                 } else {
                     shape.value(&row, None)?
                 };
@@ -348,6 +421,9 @@ impl<'a, S: Sink> Applier<'a, S> {
     /// A truncate becomes deletes of every key of the table: etcd refuses a delete-range and a
     /// put of a key inside it in one txn, and a truncate is often followed by inserts.
     async fn truncate(&mut self, table: &Arc<TableSchema>) -> Result<(), EngineError> {
+        if let Some(join) = &mut self.join {
+            join.truncate(&table.id);
+        }
         let prefix = table_prefix(&self.settings.prefix, &table.id);
         let pending: Vec<String> = self
             .current
@@ -411,6 +487,9 @@ impl<'a, S: Sink> Applier<'a, S> {
                 size,
                 limit: self.settings.max_txn_bytes,
             });
+        }
+        if let Some(join) = &mut self.join {
+            join.touch(&table.id, &key);
         }
         let is_new = self.current.lookup(&key).is_none();
         let full = (is_new && self.current.len() >= self.max_ops)
