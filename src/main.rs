@@ -208,11 +208,10 @@ async fn run_command<D: Driver>(
             Ok(ExitCode::SUCCESS)
         }
         Command::Preview { table, limit } => {
-            let previews =
-                etcd_sync::preview::preview(&driver, &settings, table.as_deref(), limit)
-                    .await
-                    .map_err(|e| anyhow::anyhow!(etcd_sync::error_chain(&e)))
-                    .context("preview")?;
+            let previews = etcd_sync::preview::preview(&driver, &settings, table.as_deref(), limit)
+                .await
+                .map_err(|e| anyhow::anyhow!(etcd_sync::error_chain(&e)))
+                .context("preview")?;
             for preview in &previews {
                 say(preview.to_string().trim_end());
             }

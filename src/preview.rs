@@ -33,7 +33,11 @@ pub async fn preview<D: Driver>(
     limit: usize,
 ) -> Result<Vec<TablePreview>, EngineError> {
     let selection = driver.select_tables().await?;
-    let schemas: Vec<_> = selection.tables.iter().map(|t| Arc::clone(t.schema())).collect();
+    let schemas: Vec<_> = selection
+        .tables
+        .iter()
+        .map(|t| Arc::clone(t.schema()))
+        .collect();
     let unknown = settings.options.unknown_tables(&schemas);
     if !unknown.is_empty() {
         return Err(EngineError::Options(unknown));
@@ -72,7 +76,9 @@ pub async fn preview<D: Driver>(
                 .map(|i| schema.columns[i].name.clone())
                 .collect(),
             filter: options.and_then(|o| o.filter.clone()),
-            raw_value: options.and_then(|o| o.value.as_ref()).map(|v| v.column.clone()),
+            raw_value: options
+                .and_then(|o| o.value.as_ref())
+                .map(|v| v.column.clone()),
             samples: Vec::new(),
             rows_read: 0,
         };

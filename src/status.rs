@@ -25,6 +25,11 @@ pub struct Status {
     /// Which agent holds the leadership (with `ha`) or the lock; `None` when none runs.
     pub leader: Option<String>,
     pub keys: BTreeMap<String, i64>,
+    /// Each table's status: `snapshotting` (its own snapshot, for a table added or whose
+    /// options changed, is under way or was interrupted) or `streaming`.
+    pub tables: BTreeMap<String, &'static str>,
+    /// Tables whose values are shaped by `tables.options`, with the options set.
+    pub options: BTreeMap<String, Vec<&'static str>>,
 }
 
 pub async fn status<D: Driver>(
@@ -44,6 +49,8 @@ pub async fn status<D: Driver>(
         behind_bytes: None,
         leader: None,
         keys: BTreeMap::new(),
+        tables: BTreeMap::new(),
+        options: BTreeMap::new(),
     };
     status.leader = store.holder().await?;
     let Some(state) = state else {
@@ -57,6 +64,34 @@ pub async fn status<D: Driver>(
             .count(&table_name_prefix(&settings.prefix, table))
             .await?;
         status.keys.insert(table.clone(), count);
+        let streaming = state.phase == Phase::Sync && !state.snapshotting.contains(table);
+        status.tables.insert(
+            table.clone(),
+            if streaming {
+                "streaming"
+            } else {
+                "snapshotting"
+            },
+        );
+        if let Some(options) = state.options.contains_key(table).then(|| {
+            settings
+                .options
+                .tables
+                .get(table)
+                .map(|o| {
+                    [
+                        ("columns", o.columns.is_some()),
+                        ("where", o.filter.is_some()),
+                        ("value", o.value.is_some()),
+                    ]
+                    .into_iter()
+                    .filter_map(|(name, set)| set.then_some(name))
+                    .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        }) {
+            status.options.insert(table.clone(), options);
+        }
     }
     status.updated_seconds_ago = humantime::parse_rfc3339(&state.updated_at)
         .ok()
@@ -116,7 +151,12 @@ impl std::fmt::Display for Status {
             }
         )?;
         for (table, keys) in &self.keys {
-            writeln!(f, "table {table}: {keys} keys")?;
+            let status = self.tables.get(table).copied().unwrap_or("streaming");
+            let options = match self.options.get(table) {
+                Some(set) if !set.is_empty() => format!(", options: {}", set.join(", ")),
+                _ => String::new(),
+            };
+            writeln!(f, "table {table}: {keys} keys, {status}{options}")?;
         }
         Ok(())
     }

@@ -15,8 +15,8 @@ use tracing::{info, warn};
 
 use super::{EngineError, Settings};
 use crate::encode::table_prefix;
-use crate::shape::Shapes;
 use crate::metrics::TableLabels;
+use crate::shape::Shapes;
 use crate::sink::{Op, Phase, ScanStats, SinkError};
 use crate::sink::{Sink, SinkScan, SinkWriter};
 
@@ -31,6 +31,10 @@ pub async fn dump<D: Driver, S: Sink>(
     settings: &Settings,
     cancel: &CancellationToken,
 ) -> Result<Position, EngineError> {
+    // A full dump covers every table: none is left half-snapshotted.
+    let mut selected = store.state(Phase::Dump, None).selected();
+    selected.snapshotting.clear();
+    store.set_tables(selected);
     // Every key this dump writes gets a later revision than this one; what is older afterwards
     // belongs to rows that no longer exist.
     let state = store.state(Phase::Dump, None);

@@ -20,9 +20,9 @@ mod apply;
 mod dump;
 pub mod encode;
 pub mod metrics;
-pub mod shape;
 #[cfg(test)]
 mod scenarios;
+pub mod shape;
 pub mod sink;
 
 /// What the engine needs from the config.
@@ -396,17 +396,11 @@ async fn lead<D: Driver, S: Sink>(
     }
     *progressed = true;
     loop {
-        let result = apply::sync(
-            driver,
-            store,
-            tables,
+        let start = apply::Start {
             position,
-            settings,
-            cancel,
-            progressed,
-            joining.take(),
-        )
-        .await;
+            joining: joining.take(),
+        };
+        let result = apply::sync(driver, store, tables, start, settings, cancel, progressed).await;
         match result {
             Err(e) if e.action() == Action::Redump => {
                 error!(
@@ -437,7 +431,9 @@ fn selection_record<T: SourceTable>(
         if let Err(e) = shape::RowShape::new(schema, table_options, true) {
             problems.push(e.to_string());
         }
-        let fingerprint = table_options.map(shape::TableOptions::fingerprint).unwrap_or_default();
+        let fingerprint = table_options
+            .map(shape::TableOptions::fingerprint)
+            .unwrap_or_default();
         if !fingerprint.is_empty() {
             options.insert(schema.id.to_string(), fingerprint);
         }
@@ -469,8 +465,18 @@ impl SelectionChanges {
     fn between(stored: &Selected, now: &Selected) -> Self {
         let fingerprint = |s: &Selected, t: &str| s.options.get(t).cloned().unwrap_or_default();
         Self {
-            added: now.tables.iter().filter(|t| !stored.tables.contains(t)).cloned().collect(),
-            removed: stored.tables.iter().filter(|t| !now.tables.contains(t)).cloned().collect(),
+            added: now
+                .tables
+                .iter()
+                .filter(|t| !stored.tables.contains(t))
+                .cloned()
+                .collect(),
+            removed: stored
+                .tables
+                .iter()
+                .filter(|t| !now.tables.contains(t))
+                .cloned()
+                .collect(),
             options_changed: now
                 .tables
                 .iter()
@@ -493,7 +499,11 @@ impl SelectionChanges {
 
     /// Tables that need a snapshot of their own.
     fn to_snapshot(&self) -> Vec<&String> {
-        self.added.iter().chain(&self.options_changed).chain(&self.unfinished).collect()
+        self.added
+            .iter()
+            .chain(&self.options_changed)
+            .chain(&self.unfinished)
+            .collect()
     }
 }
 

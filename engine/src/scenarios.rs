@@ -15,8 +15,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{run, EngineError, Settings};
-use crate::shape::{OnRemove, Options, RowShape, TableOptions};
 use crate::metrics::Metrics;
+use crate::shape::{OnRemove, Options, RowShape, TableOptions};
 use crate::sink::memory::MemoryEtcd;
 use crate::sink::SinkError;
 
@@ -333,7 +333,10 @@ async fn converges_with(script: &Script, etcd: &MemoryEtcd, options: Option<&Tab
 
 /// The tables the state lists as snapshotting.
 fn snapshotting(etcd: &MemoryEtcd) -> Vec<String> {
-    let state = etcd.data(STATE_PREFIX).remove("/s/state").unwrap_or_default();
+    let state = etcd
+        .data(STATE_PREFIX)
+        .remove("/s/state")
+        .unwrap_or_default();
     let state: serde_json::Value = serde_json::from_str(&state).unwrap_or_default();
     serde_json::from_value(state["snapshotting"].clone()).unwrap_or_default()
 }

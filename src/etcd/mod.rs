@@ -34,7 +34,8 @@ pub use txn::Writer;
 
 // The engine's types, which this module speaks in.
 pub use crate::sink::{
-    is_too_many_ops, Leadership, ListedKey, Op, Phase, ScanStats, Selected, SinkError, State, FORMAT,
+    is_too_many_ops, Leadership, ListedKey, Op, Phase, ScanStats, Selected, SinkError, State,
+    FORMAT,
 };
 
 #[derive(Clone)]
@@ -193,10 +194,7 @@ impl Store {
                 async move { kv.get(key, None).await }
             })
             .await?;
-        Ok(response
-            .kvs()
-            .first()
-            .map(|kv| kv.value().to_vec()))
+        Ok(response.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
     /// How many keys there are under `prefix`.

@@ -78,7 +78,7 @@ impl Store {
 
 impl Scan<'_> {
     /// The next keys in order (never empty before the end); empty at the end.
-    pub async fn next(&mut self) -> Result<Vec<(ListedKey, Option<Vec<u8>>)>, SinkError> {
+    pub async fn next(&mut self) -> Result<crate::sink::Page, SinkError> {
         while !self.done {
             let range_end = self.planner.range_end(&self.start, &self.end);
             let mut options = GetOptions::new()
@@ -130,8 +130,7 @@ impl Scan<'_> {
                                 key: String::from_utf8_lossy(kv.key()).into_owned(),
                                 mod_revision: kv.mod_revision(),
                             },
-                            self.with_values
-                                .then(|| kv.value().to_vec()),
+                            self.with_values.then(|| kv.value().to_vec()),
                         )
                     })
                     .collect());

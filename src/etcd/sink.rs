@@ -6,7 +6,9 @@ use std::time::Duration;
 use etcd_sync_api::Position;
 use tokio_util::sync::CancellationToken;
 
-use super::{Connection, Leadership, ListedKey, Op, Phase, Scan, ScanStats, Selected, SinkError, State};
+use super::{
+    Connection, Leadership, ListedKey, Op, Phase, Scan, ScanStats, Selected, SinkError, State,
+};
 use super::{Store, Writer};
 use crate::metrics::Metrics;
 use crate::sink::{Connector, Sink, SinkScan, SinkWriter};
@@ -101,7 +103,7 @@ impl SinkWriter for Writer {
 }
 
 impl SinkScan for Scan<'_> {
-    async fn next(&mut self) -> Result<Vec<(ListedKey, Option<Vec<u8>>)>, SinkError> {
+    async fn next(&mut self) -> Result<crate::sink::Page, SinkError> {
         Scan::next(self).await
     }
 

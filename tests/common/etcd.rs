@@ -59,6 +59,17 @@ impl World {
             .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
     }
 
+    /// The value's bytes as they are.
+    pub async fn etcd_raw(&self, key_suffix: &str) -> Option<Vec<u8>> {
+        let key = format!("{}/{key_suffix}", self.prefix());
+        let response = read(&self.etcd, &key, |mut kv| {
+            let key = key.clone();
+            async move { kv.get(key, None).await }
+        })
+        .await;
+        response.kvs().first().map(|kv| kv.value().to_vec())
+    }
+
     pub async fn etcd_key_count(&self, prefix: &str) -> i64 {
         let response = read(&self.etcd, prefix, |mut kv| async move {
             kv.get(

@@ -71,6 +71,7 @@ impl<'a, S: Sink> Applier<'a, S> {
             position,
             committed_at: self.committed_at.take(),
         });
+        self.join_turn = true;
         Ok(())
     }
 
@@ -81,6 +82,8 @@ impl<'a, S: Sink> Applier<'a, S> {
     }
 
     pub(super) async fn take_store(&mut self) -> Result<&'a mut S, EngineError> {
+        // A joining table's txns land first: they are fenced by the state this store writes.
+        self.drain_join().await?;
         if let Some(store) = self.store.take() {
             return Ok(store);
         }

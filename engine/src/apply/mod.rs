@@ -16,6 +16,7 @@ mod commit;
 mod join;
 
 pub use join::Join;
+use join::{next_join_event, JoinEvent, JoinInput};
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -29,13 +30,13 @@ use tracing::{info, warn};
 
 use super::{EngineError, Settings};
 use crate::encode::{has_unchanged, table_prefix, EncodeError};
-use crate::shape::Shapes;
 use crate::metrics::ChangeLabels;
+use crate::shape::Shapes;
 use crate::sink::Phase;
 use crate::sink::{Sink, SinkScan};
-use etcd_sync_api::DumpEvent;
 use batch::Batch;
 use commit::{wait_landed, InFlight};
+use etcd_sync_api::DumpEvent;
 
 /// Stream events buffered between the driver and the applier: deep enough that, while one
 /// etcd txn is in flight, a full group of single-row transactions (Changes + Commit each)
@@ -52,6 +53,12 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// Row batches of joining tables buffered between their snapshot and the applier.
 const JOIN_CHANNEL_BATCHES: usize = 4;
 
+/// Where the stream starts, and the tables that join it there.
+pub struct Start<T> {
+    pub position: Position,
+    pub joining: Option<JoinPlan<T>>,
+}
+
 /// Tables to snapshot while the stream runs, and the revision their snapshot started at.
 pub struct JoinPlan<T> {
     pub tables: Vec<T>,
@@ -63,12 +70,12 @@ pub async fn sync<D: Driver, S: Sink>(
     driver: &Arc<D>,
     store: &mut S,
     tables: &[D::Table],
-    position: Position,
+    start: Start<D::Table>,
     settings: &Settings,
     cancel: &CancellationToken,
     progressed: &mut bool,
-    joining: Option<JoinPlan<D::Table>>,
 ) -> Result<(), EngineError> {
+    let Start { position, joining } = start;
     let mut first_join_event = None;
     let join = match joining {
         None => None,
@@ -90,7 +97,13 @@ pub async fn sync<D: Driver, S: Sink>(
             };
             let schemas: Vec<Arc<TableSchema>> =
                 plan.tables.iter().map(|t| Arc::clone(t.schema())).collect();
-            Some(Join::new(&schemas, plan.start_revision, join_rx, task))
+            Some(Join::new(
+                &schemas,
+                plan.start_revision,
+                join_rx,
+                task,
+                settings.dump_txns_in_flight,
+            ))
         }
     };
     let (tx, rx) = mpsc::channel(STREAM_CHANNEL_EVENTS);
@@ -137,14 +150,6 @@ pub async fn sync<D: Driver, S: Sink>(
         (Err(e), _) => Err(e),
         (Ok(()), Ok(())) | (Ok(()), Err(DriverError::Stopped)) => Ok(()),
         (Ok(()), Err(e)) => Err(e.into()),
-    }
-}
-
-/// The next event of the joining tables' snapshot (never, without a join: a `select!` branch).
-async fn next_join_event(join: &mut Option<Join>) -> Option<DumpEvent> {
-    match join {
-        Some(join) => join.rows.recv().await,
-        None => std::future::pending().await,
     }
 }
 
@@ -206,6 +211,8 @@ struct Applier<'a, S: Sink> {
     shapes: Shapes,
     /// Tables joining the stream, while their snapshot runs.
     join: Option<Join>,
+    /// The joining tables' next txn goes before the stream's next group.
+    join_turn: bool,
     /// Reads beside the txn in flight (the joining tables' stale-key pass).
     reader: S,
     /// A group waits for more transactions (in a backlog) until the linger timer fires.
@@ -234,6 +241,7 @@ impl<'a, S: Sink> Applier<'a, S> {
         Self {
             reader: store.clone(),
             join,
+            join_turn: false,
             store: Some(store),
             in_flight: None,
             settings,
@@ -262,7 +270,7 @@ impl<'a, S: Sink> Applier<'a, S> {
         first_join_event: Option<Option<DumpEvent>>,
     ) -> Result<(), EngineError> {
         if let Some(event) = first_join_event {
-            self.join_event(event).await?;
+            self.join_input(JoinInput::Rows(event)).await?;
         }
         let mut progress = tokio::time::interval(PROGRESS_EVERY);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -284,9 +292,10 @@ impl<'a, S: Sink> Applier<'a, S> {
                     }
                 }
                 () = &mut linger, if self.lingering => self.send_committed().await?,
-                event = next_join_event(&mut self.join), if self.join.is_some() => {
-                    self.join_event(event).await?;
-                }
+                event = next_join_event(&mut self.join, self.max_ops) => match event {
+                    JoinEvent::Landed(result) => result?,
+                    JoinEvent::Input(input) => self.join_input(input).await?,
+                },
                 _ = progress.tick() => self.log_progress(),
             }
             // Group commit. Under a light load, write as soon as the stream has nothing more
@@ -296,6 +305,16 @@ impl<'a, S: Sink> Applier<'a, S> {
             // is idle: wait up to BACKLOG_LINGER for the group to fill, as a txn of a few
             // transactions costs etcd nearly what a full one does (and more, smaller groups
             // leave the source less CPU to catch up with).
+            // A joining table's txn takes its turn: after a group of the stream, or when the
+            // stream has none ready.
+            let stream_ready = self.committed_position.is_some() && !self.lingering;
+            if self.in_flight.is_none()
+                && self.join.as_ref().is_some_and(Join::has_writes)
+                && (self.join_turn || !stream_ready)
+            {
+                self.send_join();
+                self.join_turn = false;
+            }
             if self.in_flight.is_none() && self.committed_position.is_some() && !self.lingering {
                 if !self.backlog {
                     if rx.is_empty() {
@@ -307,6 +326,9 @@ impl<'a, S: Sink> Applier<'a, S> {
                         .reset(tokio::time::Instant::now() + BACKLOG_LINGER);
                     self.lingering = true;
                 }
+            }
+            if self.join.is_some() {
+                self.advance_join().await?;
             }
         }
         self.write_committed().await
@@ -365,7 +387,11 @@ impl<'a, S: Sink> Applier<'a, S> {
                 let value = shape.value(&row, None)?;
                 self.set(&table, key, value).await
             }
-            Change::Update { table, old, mut row } => {
+            Change::Update {
+                table,
+                old,
+                mut row,
+            } => {
                 let shape = self.shapes.get(&table)?;
                 if let Some(old) = &old {
                     // A full old row (REPLICA IDENTITY FULL) has what the new one left out.

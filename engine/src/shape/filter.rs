@@ -113,7 +113,10 @@ fn tokenize(text: &str) -> Result<Vec<(usize, Token)>, FilterError> {
     let chars: Vec<char> = text.chars().collect();
     let mut tokens = Vec::new();
     let mut i = 0;
-    let fail = |at: usize, message: String| FilterError { message, at: at + 1 };
+    let fail = |at: usize, message: String| FilterError {
+        message,
+        at: at + 1,
+    };
     while i < chars.len() {
         let c = chars[i];
         let start = i;
@@ -212,7 +215,9 @@ fn tokenize(text: &str) -> Result<Vec<(usize, Token)>, FilterError> {
             }
             c if c.is_ascii_digit()
                 || ((c == '-' || c == '+' || c == '.')
-                    && chars.get(i + 1).is_some_and(|n| n.is_ascii_digit() || *n == '.')) =>
+                    && chars
+                        .get(i + 1)
+                        .is_some_and(|n| n.is_ascii_digit() || *n == '.')) =>
             {
                 let mut s = String::new();
                 if c == '+' {
@@ -424,7 +429,9 @@ impl Parser {
             Some(Token::Keyword(k)) if k == "NULL" => Operand::Literal(Literal::Null),
             Some(Token::Keyword(k)) if k == "TRUE" => Operand::Literal(Literal::Bool(true)),
             Some(Token::Keyword(k)) if k == "FALSE" => Operand::Literal(Literal::Bool(false)),
-            Some(found) => return Err(self.error(format!("expected a column or a literal, found {found}"))),
+            Some(found) => {
+                return Err(self.error(format!("expected a column or a literal, found {found}")))
+            }
             None => return Err(self.error("expected a column or a literal at the end".into())),
         };
         self.next += 1;
@@ -447,7 +454,9 @@ impl<C> Expr<C> {
                 operand(a, f);
                 operand(b, f);
             }
-            Expr::In { operand: o, list, .. } => {
+            Expr::In {
+                operand: o, list, ..
+            } => {
                 operand(o, f);
                 list.iter().for_each(|item| operand(item, f));
             }
@@ -465,24 +474,54 @@ impl Expr<String> {
     }
 
     /// The same filter with column names replaced by what `resolve` makes of them.
-    pub fn resolve<C, E>(&self, resolve: &mut impl FnMut(&str) -> Result<C, E>) -> Result<Expr<C>, E> {
-        let operand = |o: &Operand<String>, r: &mut dyn FnMut(&str) -> Result<C, E>| -> Result<Operand<C>, E> {
+    pub fn resolve<C, E>(
+        &self,
+        resolve: &mut impl FnMut(&str) -> Result<C, E>,
+    ) -> Result<Expr<C>, E> {
+        let operand = |o: &Operand<String>,
+                       r: &mut dyn FnMut(&str) -> Result<C, E>|
+         -> Result<Operand<C>, E> {
             Ok(match o {
                 Operand::Column(c) => Operand::Column(r(c)?),
                 Operand::Literal(l) => Operand::Literal(l.clone()),
             })
         };
         Ok(match self {
-            Expr::Or(terms) => Expr::Or(terms.iter().map(|t| t.resolve(resolve)).collect::<Result<_, _>>()?),
-            Expr::And(terms) => Expr::And(terms.iter().map(|t| t.resolve(resolve)).collect::<Result<_, _>>()?),
+            Expr::Or(terms) => Expr::Or(
+                terms
+                    .iter()
+                    .map(|t| t.resolve(resolve))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Expr::And(terms) => Expr::And(
+                terms
+                    .iter()
+                    .map(|t| t.resolve(resolve))
+                    .collect::<Result<_, _>>()?,
+            ),
             Expr::Not(inner) => Expr::Not(Box::new(inner.resolve(resolve)?)),
-            Expr::Compare(a, op, b) => Expr::Compare(operand(a, resolve)?, *op, operand(b, resolve)?),
-            Expr::In { operand: o, list, negated } => Expr::In {
+            Expr::Compare(a, op, b) => {
+                Expr::Compare(operand(a, resolve)?, *op, operand(b, resolve)?)
+            }
+            Expr::In {
+                operand: o,
+                list,
+                negated,
+            } => Expr::In {
                 operand: operand(o, resolve)?,
-                list: list.iter().map(|item| operand(item, resolve)).collect::<Result<_, _>>()?,
+                list: list
+                    .iter()
+                    .map(|item| operand(item, resolve))
+                    .collect::<Result<_, _>>()?,
                 negated: *negated,
             },
-            Expr::IsNull { operand: o, negated } => Expr::IsNull { operand: operand(o, resolve)?, negated: *negated },
+            Expr::IsNull {
+                operand: o,
+                negated,
+            } => Expr::IsNull {
+                operand: operand(o, resolve)?,
+                negated: *negated,
+            },
             Expr::Truth(o) => Expr::Truth(operand(o, resolve)?),
         })
     }
@@ -510,7 +549,10 @@ fn parse_number(text: &str) -> Option<Num> {
     if let Ok(i) = text.parse::<i128>() {
         return Some(Num::Int(i));
     }
-    text.parse::<f64>().ok().filter(|f| f.is_finite() || text.contains("inf") || text.contains("Inf")).map(Num::Float)
+    text.parse::<f64>()
+        .ok()
+        .filter(|f| f.is_finite() || text.contains("inf") || text.contains("Inf"))
+        .map(Num::Float)
 }
 
 fn compare_numbers(a: Num, b: Num) -> Option<Ordering> {
@@ -562,7 +604,11 @@ fn compare(a: &Scalar<'_>, b: &Scalar<'_>) -> Option<Ordering> {
             if parse_bool(t).is_some() =>
         {
             let t = parse_bool(t)?;
-            Some(if matches!(a, Scalar::Bool(_)) { x.cmp(&t) } else { t.cmp(x) })
+            Some(if matches!(a, Scalar::Bool(_)) {
+                x.cmp(&t)
+            } else {
+                t.cmp(x)
+            })
         }
         _ => compare_numbers(as_number(a)?, as_number(b)?),
     }
@@ -693,10 +739,18 @@ mod tests {
         assert!(!keeps(f, &cols, &row(Value::Bool(false), Value::Int(7))));
         assert!(!keeps(f, &cols, &row(Value::Bool(true), Value::Int(8))));
         // MySQL's BOOLEAN is an integer; PostgreSQL numerics arrive as numbers.
-        assert!(keeps(f, &cols, &row(Value::Int(1), Value::Number("7".into()))));
+        assert!(keeps(
+            f,
+            &cols,
+            &row(Value::Int(1), Value::Number("7".into()))
+        ));
         // NULL is unknown, and unknown is not kept.
         assert!(!keeps(f, &cols, &row(Value::Null, Value::Int(7))));
-        assert!(!keeps("NOT (tenant_id = 7)", &cols, &row(Value::Null, Value::Null)));
+        assert!(!keeps(
+            "NOT (tenant_id = 7)",
+            &cols,
+            &row(Value::Null, Value::Null)
+        ));
     }
 
     #[test]
@@ -728,7 +782,11 @@ mod tests {
         assert!(keeps("price != 12", &cols, &row));
         assert!(keeps("code = 18446744073709551615", &cols, &row));
         assert!(keeps("code > 18446744073709551614", &cols, &row));
-        assert!(keeps("\"Quoted Col\" = 'x' AND `Quoted Col` >= 'x'", &cols, &row));
+        assert!(keeps(
+            "\"Quoted Col\" = 'x' AND `Quoted Col` >= 'x'",
+            &cols,
+            &row
+        ));
         assert!(keeps("-1 < price", &cols, &row));
         assert!(keeps("price < 1e3", &cols, &row));
         assert!(!keeps("name < 'a'", &cols, &row));

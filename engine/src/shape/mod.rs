@@ -13,12 +13,14 @@ use serde::{Deserialize, Serialize};
 use crate::encode::{encode_columns, raw_value, row_key, EncodeError};
 use filter::Expr;
 
-/// Which columns a table's values hold (key columns always).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "lowercase")]
-pub enum Columns {
-    Include(Vec<String>),
-    Exclude(Vec<String>),
+/// Which columns a table's values hold (key columns always): `include` or `exclude`, one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Columns {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude: Option<Vec<String>>,
 }
 
 /// What a key's value is.
@@ -53,7 +55,20 @@ impl TableOptions {
             }
         }
         match &self.columns {
-            Some(Columns::Include(names)) if names.is_empty() => problems.push(format!(
+            Some(Columns {
+                include: Some(_),
+                exclude: Some(_),
+            }) => problems.push(format!(
+                "{field}.columns: give include or exclude, not both"
+            )),
+            Some(Columns {
+                include: None,
+                exclude: None,
+            }) => problems.push(format!("{field}.columns: give include or exclude")),
+            Some(Columns {
+                include: Some(names),
+                ..
+            }) if names.is_empty() => problems.push(format!(
                 "{field}.columns.include: empty (list the columns to keep; key columns are always kept)"
             )),
             _ => {}
@@ -98,7 +113,7 @@ impl Options {
     }
 
     /// Options naming a table that is not selected: a typo, most likely.
-    pub fn unknown_tables<'a>(&'a self, selected: &[Arc<TableSchema>]) -> Vec<String> {
+    pub fn unknown_tables(&self, selected: &[Arc<TableSchema>]) -> Vec<String> {
         let names: Vec<String> = selected.iter().map(|t| t.id.to_string()).collect();
         self.tables
             .keys()
@@ -159,16 +174,17 @@ impl RowShape {
                     hint: did_you_mean(column, names.iter().copied()),
                 })
         };
-        let kept: Vec<usize> = match &options.columns {
-            None => (0..names.len()).collect(),
-            Some(Columns::Include(include)) => {
+        let columns = options.columns.clone().unwrap_or_default();
+        let kept: Vec<usize> = match (&columns.include, &columns.exclude) {
+            (None, None) => (0..names.len()).collect(),
+            (Some(include), _) => {
                 let mut wanted: Vec<usize> = schema.key.clone();
                 for column in include {
                     wanted.push(find("columns.include", column)?);
                 }
                 (0..names.len()).filter(|i| wanted.contains(i)).collect()
             }
-            Some(Columns::Exclude(exclude)) => {
+            (None, Some(exclude)) => {
                 let mut dropped = Vec::new();
                 for column in exclude {
                     match find("columns.exclude", column) {
@@ -224,7 +240,11 @@ impl RowShape {
     /// The value the row's key holds, or `None` when the key must not exist (the filter does
     /// not keep the row, or a raw value is NULL). `base` is the key's current value, for
     /// columns the source sent as unchanged.
-    pub fn value(&self, row: &[Value], base: Option<&[u8]>) -> Result<Option<Vec<u8>>, EncodeError> {
+    pub fn value(
+        &self,
+        row: &[Value],
+        base: Option<&[u8]>,
+    ) -> Result<Option<Vec<u8>>, EncodeError> {
         if let Some(filter) = &self.filter {
             if let Some(&column) = self
                 .filter_columns()
@@ -331,7 +351,10 @@ mod tests {
         let o = options(r#"{"columns": {"include": ["tenant_id"]}}"#);
         let shape = RowShape::new(&users(), Some(&o), true).unwrap();
         let value = shape.value(&row(true, 7), None).unwrap().unwrap();
-        assert_eq!(String::from_utf8(value).unwrap(), r#"{"id":1,"tenant_id":7}"#);
+        assert_eq!(
+            String::from_utf8(value).unwrap(),
+            r#"{"id":1,"tenant_id":7}"#
+        );
     }
 
     #[test]
@@ -377,12 +400,18 @@ mod tests {
         assert!(RowShape::new(&users(), Some(&o), false).is_ok());
         let o = options(r#"{"where": "tenant = 1"}"#);
         let err = RowShape::new(&users(), Some(&o), true).unwrap_err();
-        assert!(err.to_string().starts_with("tables.options.users.where: table users has no column tenant"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("tables.options.users.where: table users has no column tenant"),
+            "{err}"
+        );
     }
 
     #[test]
     fn config_problems_are_all_reported() {
-        let o = options(r#"{"columns": {"include": []}, "where": "a LIKE 'b'", "value": {"column": "v"}}"#);
+        let o = options(
+            r#"{"columns": {"include": []}, "where": "a LIKE 'b'", "value": {"column": "v"}}"#,
+        );
         let problems = o.problems("tables.options.t");
         assert_eq!(problems.len(), 3, "{problems:?}");
         assert!(problems[0].starts_with("tables.options.t.where: LIKE is not supported"));

@@ -352,7 +352,10 @@ impl Sink for MemorySink {
                 });
             }
         }
-        inner.apply(vec![(self.lock_key.clone(), Some(self.agent.clone().into_bytes()))]);
+        inner.apply(vec![(
+            self.lock_key.clone(),
+            Some(self.agent.clone().into_bytes()),
+        )]);
         self.leadership = Some(Leadership {
             key: self.lock_key.clone(),
             revision: inner.create_revision(&self.lock_key),
@@ -439,12 +442,12 @@ pub struct MemoryScan {
 const PAGE: usize = 7;
 
 impl SinkScan for MemoryScan {
-    async fn next(&mut self) -> Result<Vec<(ListedKey, Option<Vec<u8>>)>, SinkError> {
+    async fn next(&mut self) -> Result<crate::sink::Page, SinkError> {
         if self.done {
             return Ok(Vec::new());
         }
         let inner = self.etcd.lock();
-        let page: Vec<(ListedKey, Option<Vec<u8>>)> = inner
+        let page: crate::sink::Page = inner
             .kvs
             .range(self.after.clone().unwrap_or_else(|| self.prefix.clone())..)
             .filter(|(k, _)| Some(*k) != self.after.as_ref())

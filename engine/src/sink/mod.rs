@@ -28,7 +28,7 @@ mod types;
 
 pub use error::{is_too_many_ops, SinkError};
 pub use state::{Phase, Selected, State, FORMAT};
-pub use types::{Leadership, ListedKey, Op, ScanStats};
+pub use types::{Leadership, ListedKey, Op, Page, ScanStats};
 
 /// Opens a sink: once per engine session (a retry opens a new one).
 pub trait Connector: Send + Sync + 'static {
@@ -91,8 +91,6 @@ pub trait SinkWriter: Clone + Send + Sync + 'static {
 
 /// A read of a prefix, a page at a time (an empty page: the end).
 pub trait SinkScan: Send {
-    fn next(
-        &mut self,
-    ) -> impl Future<Output = Result<Vec<(ListedKey, Option<Vec<u8>>)>, SinkError>> + Send;
+    fn next(&mut self) -> impl Future<Output = Result<Page, SinkError>> + Send;
     fn stats(&self) -> ScanStats;
 }

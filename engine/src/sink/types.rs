@@ -23,6 +23,9 @@ impl Op {
     }
 }
 
+/// A page of a scan: keys in order, with their values when the scan reads them.
+pub type Page = Vec<(ListedKey, Option<Vec<u8>>)>;
+
 /// A listed key with the revision of its last write.
 #[derive(Debug, Clone)]
 pub struct ListedKey {
