@@ -6,9 +6,7 @@ use std::time::Duration;
 use etcd_sync_api::Position;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    Connection, Leadership, ListedKey, Op, Phase, Scan, ScanStats, Selected, SinkError, State,
-};
+use super::{Connection, Leadership, Op, Phase, Scan, ScanStats, Selected, SinkError, State};
 use super::{Store, Writer};
 use crate::metrics::Metrics;
 use crate::sink::{Connector, Sink, SinkScan, SinkWriter};
