@@ -147,6 +147,12 @@ pub fn postgres_driver(config: &Config) -> PostgresDriver {
         publication: db.postgres.publication.clone(),
         filter: table_filter(config),
         dump_connections: db.postgres.dump_connections,
+        pushdown: config
+            .tables
+            .options
+            .iter()
+            .filter_map(|(table, options)| Some((table.clone(), options.pushdown()?)))
+            .collect(),
     })
 }
 

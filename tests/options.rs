@@ -26,8 +26,10 @@ fn bytes_literal(world: &World, hex: &str) -> String {
 }
 
 const SHAPED: &str = "tables:
-  include: [users, settings, blobs]
+  include: [users, settings, blobs, accounts]
   options:
+    accounts:
+      where: \"balance > 0\"
     users:
       columns: {exclude: [password_hash, email]}
       where: \"active AND tenant_id = 7\"
@@ -52,10 +54,19 @@ async fn columns_rows_and_raw_values(mut world: World) {
              INSERT INTO users VALUES (1, 'a@x', 'hash1', true, 7, 'ann'), (2, 'b@x', 'hash2', false, 7, 'bob'),
                                       (3, 'c@x', 'hash3', true, 8, 'cid'), (4, 'd@x', 'hash4', NULL, 7, 'dan');
              INSERT INTO settings VALUES ('greeting', 'hello \"world\" ünï'), ('empty', ''), ('unset', NULL);
-             INSERT INTO blobs VALUES (1, {}), (2, NULL);",
+             INSERT INTO blobs VALUES (1, {}), (2, NULL);
+             CREATE TABLE accounts (id int PRIMARY KEY, balance int, note text);
+             INSERT INTO accounts VALUES (1, 5, 'a'), (2, 0, 'b'), (3, NULL, 'c');",
             bytes_literal(&world, "00ff0a")
         ))
         .await;
+    if is_postgres(&world) {
+        // Covered by the replica identity, the filter is PostgreSQL's too (publication row
+        // filter): an UPDATE out of it arrives as a DELETE, one into it as an INSERT.
+        world
+            .sql("ALTER TABLE accounts REPLICA IDENTITY FULL")
+            .await;
+    }
     world.extra_config = SHAPED.into();
     let config = world.config();
 
@@ -72,13 +83,36 @@ async fn columns_rows_and_raw_values(mut world: World) {
         "{preview}"
     );
     let previewed = sample_lines(&world, &preview);
-    assert_eq!(previewed.len(), 1 + 2 + 1, "{preview}");
+    assert_eq!(previewed.len(), 1 + 2 + 1 + 1, "{preview}");
     let one = world.run_command(&config, &["preview", "--table", "users", "--limit", "1"]);
     let one = String::from_utf8_lossy(&one.stdout).into_owned();
     assert!(
         one.starts_with("table users\n") && !one.contains("table settings"),
         "{one}"
     );
+
+    if is_postgres(&world) {
+        // `check` says what PostgreSQL applies, and how to have it filter `users` too.
+        let check = world.run_command(&config, &["check"]);
+        let check = String::from_utf8_lossy(&check.stdout).into_owned();
+        let users = check
+            .lines()
+            .find(|l| l.contains("table users options"))
+            .unwrap_or_else(|| panic!("{check}"));
+        assert!(
+            users.contains("neither dumped nor published")
+                && users.contains("REPLICA IDENTITY FULL"),
+            "{users}"
+        );
+        let accounts = check
+            .lines()
+            .find(|l| l.contains("table accounts options"))
+            .unwrap_or_else(|| panic!("{check}"));
+        assert!(
+            accounts.contains("PostgreSQL filters the rows (dump and publication)"),
+            "{accounts}"
+        );
+    }
 
     let mut agent = world.start_agent();
     world.wait_for_sync_phase(&mut agent, SYNC_TIMEOUT).await;
@@ -137,7 +171,18 @@ async fn columns_rows_and_raw_values(mut world: World) {
             bytes_literal(&world, "")
         ))
         .await;
+    world
+        .sql(
+            "UPDATE accounts SET balance = -1 WHERE id = 1;
+             UPDATE accounts SET balance = 9 WHERE id = 2;
+             UPDATE accounts SET note = 'still out' WHERE id = 3;",
+        )
+        .await;
     world.wait_for_value("blobs/3", Some("")).await;
+    world.wait_for_value("accounts/1", None).await;
+    world
+        .sql("UPDATE accounts SET balance = 2 WHERE id = 1")
+        .await;
     world.wait_converged(Some(&agent), CONVERGE_TIMEOUT).await;
     assert_only_users(&world, &[1, 3, 5]).await;
     assert!(world
@@ -157,6 +202,23 @@ async fn columns_rows_and_raw_values(mut world: World) {
         world.etcd_raw("blobs/1").await.as_deref(),
         Some(&[0u8, 1, 0xfe][..])
     );
+    assert!(world
+        .etcd_value("accounts/1")
+        .await
+        .is_some_and(|v| v.contains("\"balance\":2")));
+    assert!(world.etcd_value("accounts/2").await.is_some());
+    assert_eq!(world.etcd_value("accounts/3").await, None);
+    if is_postgres(&world) {
+        let log = agent.log();
+        assert!(
+            log.contains(r#"publish_filter: Some("(\"balance\" > 0)")"#),
+            "the filter was not left to PostgreSQL:\n{log}"
+        );
+        assert!(
+            log.contains(r#"publish_columns: Some(["id", "active", "tenant_id", "name"])"#),
+            "no column list for users:\n{log}"
+        );
+    }
     assert!(agent.terminate(Duration::from_secs(30)).success());
 
     // Options changed: `users` alone is written again (now with every column, no filter).

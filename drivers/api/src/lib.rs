@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 mod error;
+pub mod filter;
 pub mod json;
 mod tls;
 pub use error::{error_chain, with_hint, BoxError, DriverError, DATABASE_UNREACHABLE};
@@ -333,6 +334,32 @@ impl<T: SourceTable> Selection<T> {
             ));
         }
         items
+    }
+}
+
+/// What of a table's options a driver may leave to the server: the columns the engine needs
+/// (the others need never leave the database) and the row filter. The engine applies the
+/// options to every row whatever the server did, so a driver may use all of this or none.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Pushdown {
+    /// Columns whose values are kept; `None`: all but `exclude`.
+    pub include: Option<Vec<String>>,
+    pub exclude: Vec<String>,
+    /// Columns the engine reads besides those (the filter's).
+    pub needed: Vec<String>,
+    pub filter: Option<filter::Expr<String>>,
+}
+
+impl Pushdown {
+    /// Whether the engine needs `column` (key columns always).
+    pub fn reads(&self, column: &str, is_key: bool) -> bool {
+        let named = |list: &[String]| list.iter().any(|c| c == column);
+        is_key
+            || named(&self.needed)
+            || match &self.include {
+                Some(include) => named(include),
+                None => !named(&self.exclude),
+            }
     }
 }
 

@@ -55,6 +55,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             exclude: Vec::new(),
         },
         dump_connections: 1,
+        pushdown: Default::default(),
     });
     let tables: Vec<PgTable> = driver.select_tables().await?.tables;
     let cancel = CancellationToken::new();

@@ -37,6 +37,8 @@ pub struct PgTable {
     pub estimated_rows: Option<u64>,
     /// A partitioned table: its rows live in its partitions, read and streamed through it.
     pub partitioned: bool,
+    /// What of the table's options the server applies.
+    pub pushdown: Option<Arc<crate::pushdown::PgPushdown>>,
 }
 
 impl etcd_sync_api::SourceTable for PgTable {
@@ -145,7 +147,13 @@ pub async fn select_tables(
     client: &Client,
     types: &TypeCatalog,
     filter: &TableFilter,
+    pushdown: &std::collections::BTreeMap<String, etcd_sync_api::Pushdown>,
 ) -> Result<Selection<PgTable>, DriverError> {
+    let server_version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(|e| pg_error("reading the server version", e))?
+        .get(0);
     let rows = client
         .query(
             // Partitions are listed only to explain that their rows are synced under their
@@ -238,9 +246,19 @@ pub async fn select_tables(
             }
             continue;
         }
-        selection
-            .tables
-            .push(load_table(client, types, &candidate).await?);
+        let mut table = load_table(client, types, &candidate).await?;
+        if let Some(options) = pushdown.get(&candidate.id.to_string()) {
+            let plan = crate::pushdown::plan(
+                client,
+                &table,
+                candidate.replica_identity,
+                options,
+                server_version,
+            )
+            .await?;
+            table.pushdown = Some(Arc::new(plan));
+        }
+        selection.tables.push(table);
     }
     if !problems.is_empty() {
         return Err(DriverError::Misconfigured(problems.join("; ")));
@@ -340,5 +358,6 @@ pub fn build_table(
         types: columns.iter().map(|(_, oid)| types.resolve(*oid)).collect(),
         estimated_rows,
         partitioned: false,
+        pushdown: None,
     })
 }

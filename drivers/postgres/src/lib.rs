@@ -20,6 +20,7 @@ mod error;
 pub mod lsn;
 mod partitions;
 pub mod pgoutput;
+mod pushdown;
 mod server;
 mod snapshot;
 mod stream;
@@ -45,6 +46,8 @@ pub struct PostgresConfig {
     pub filter: TableFilter,
     /// Connections that COPY tables in parallel during the dump, sharing one snapshot.
     pub dump_connections: usize,
+    /// Table options the server may apply (columns read, row filters), by table name.
+    pub pushdown: std::collections::BTreeMap<String, etcd_sync_api::Pushdown>,
 }
 
 pub struct PostgresDriver {
@@ -183,7 +186,7 @@ impl PostgresDriver {
 
     async fn selected(&self, client: &Client) -> Result<Selection<PgTable>, DriverError> {
         let types = TypeCatalog::load(client).await?;
-        catalog::select_tables(client, &types, &self.config.filter).await
+        catalog::select_tables(client, &types, &self.config.filter, &self.config.pushdown).await
     }
 }
 
@@ -224,7 +227,11 @@ impl etcd_sync_api::Driver for PostgresDriver {
             Ok(more) => items.extend(more),
             Err(e) => items.push(CheckItem::fail("prerequisites", error_chain(&e))),
         }
-        items.extend(Selection::check_items(self.selected(&client).await));
+        let selection = self.selected(&client).await;
+        if let Ok(selection) = &selection {
+            items.extend(selection.tables.iter().filter_map(pushdown::check_item));
+        }
+        items.extend(Selection::check_items(selection));
         items
     }
 

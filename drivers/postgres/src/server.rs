@@ -139,9 +139,10 @@ impl PostgresDriver {
                 })?;
             }
         }
+        // Names with the column list and row filter each table's options leave to the server.
         let names = |ts: &[&PgTable]| {
             ts.iter()
-                .map(|t| catalog::qualified_name(&t.schema.id))
+                .map(|t| crate::pushdown::publication_entry(t))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -167,21 +168,66 @@ impl PostgresDriver {
             }
             Some(row) if row.get::<_, bool>(0) => {}
             Some(_) => {
+                let with_options = self.server_version(client).await?
+                    >= crate::pushdown::PUBLICATION_OPTIONS_VERSION;
+                let sql = if with_options {
+                    "SELECT schemaname::text, tablename::text, attnames::text[], rowfilter                        FROM pg_publication_tables WHERE pubname = $1"
+                } else {
+                    "SELECT schemaname::text, tablename::text, NULL::text[], NULL::text                        FROM pg_publication_tables WHERE pubname = $1"
+                };
                 let rows = client
-                    .query(
-                        "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
-                        &[publication],
-                    )
+                    .query(sql, &[publication])
                     .await
                     .map_err(|e| pg_error("reading the publication's tables", e))?;
                 let published: Vec<_> = rows
                     .iter()
-                    .map(|r| catalog::table_id(r.get(0), r.get(1)))
+                    .map(|r| {
+                        (
+                            catalog::table_id(r.get(0), r.get(1)),
+                            r.get::<_, Option<Vec<String>>>(2),
+                            r.get::<_, Option<String>>(3),
+                        )
+                    })
                     .collect();
+                // A table whose column list or row filter is not what its options want now
+                // is dropped and added again in one transaction: decoding sees the change at
+                // its commit, with no gap.
+                let changed: Vec<&PgTable> = tables
+                    .iter()
+                    .copied()
+                    .filter(|t| {
+                        published.iter().any(|(id, columns, filter)| {
+                            *id == t.schema.id
+                                && with_options
+                                && crate::pushdown::entry_differs(
+                                    t,
+                                    columns.clone(),
+                                    filter.clone(),
+                                )
+                        })
+                    })
+                    .collect();
+                if !changed.is_empty() {
+                    let sql = format!(
+                        "BEGIN; ALTER PUBLICATION {p} DROP TABLE {}; ALTER PUBLICATION {p} ADD TABLE {}; COMMIT",
+                        changed
+                            .iter()
+                            .map(|t| catalog::qualified_name(&t.schema.id))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        names(&changed),
+                        p = quote_ident(publication),
+                    );
+                    info!(%publication, tables = %names(&changed), "setting the tables' column lists and row filters in the publication");
+                    if let Err(e) = client.batch_execute(&sql).await {
+                        let _ = client.batch_execute("ROLLBACK").await;
+                        return Err(pg_error(&format!("altering publication {publication}"), e));
+                    }
+                }
                 let missing: Vec<&PgTable> = tables
                     .iter()
                     .copied()
-                    .filter(|t| !published.contains(&t.schema.id))
+                    .filter(|t| !published.iter().any(|(id, _, _)| *id == t.schema.id))
                     .collect();
                 if !missing.is_empty() {
                     let sql = format!(
@@ -198,6 +244,14 @@ impl PostgresDriver {
             }
         }
         Ok(())
+    }
+
+    async fn server_version(&self, client: &Client) -> Result<i32, DriverError> {
+        Ok(client
+            .query_one("SELECT current_setting('server_version_num')::int", &[])
+            .await
+            .map_err(|e| pg_error("reading the server version", e))?
+            .get(0))
     }
 
     /// Makes the slot free for this agent: the engine calls the driver only while it holds the

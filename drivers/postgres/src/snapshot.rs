@@ -115,7 +115,12 @@ async fn copy_table(
         .collect::<Vec<_>>()
         .join(", ");
     // COPY cannot read a partitioned table directly; a query over it reads every partition.
-    let sql = if table.partitioned {
+    let sql = if let Some(pushdown) = &table.pushdown {
+        format!(
+            "COPY ({}) TO STDOUT",
+            crate::pushdown::dump_query(table, pushdown)
+        )
+    } else if table.partitioned {
         format!(
             "COPY (SELECT {columns} FROM {}) TO STDOUT",
             catalog::qualified_name(&schema.id)

@@ -2,7 +2,7 @@
 //! the [`RowShape`] they make of a table's rows. Every write of a row, dumped or streamed, and
 //! `verify` and `preview`, go through [`RowShape::value`].
 
-pub mod filter;
+pub use etcd_sync_api::filter;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -79,6 +79,27 @@ impl TableOptions {
             ));
         }
         problems
+    }
+
+    /// What a driver may leave to the server (None: nothing to leave).
+    pub fn pushdown(&self) -> Option<etcd_sync_api::Pushdown> {
+        let filter = self.filter.as_deref().and_then(|f| filter::parse(f).ok());
+        let needed = filter
+            .as_ref()
+            .map(|f| f.columns().into_iter().map(str::to_owned).collect())
+            .unwrap_or_default();
+        let columns = self.columns.clone().unwrap_or_default();
+        let include = match &self.value {
+            Some(raw) => Some(vec![raw.column.clone()]),
+            None => columns.include,
+        };
+        let pushdown = etcd_sync_api::Pushdown {
+            include,
+            exclude: columns.exclude.unwrap_or_default(),
+            needed,
+            filter,
+        };
+        (pushdown != etcd_sync_api::Pushdown::default()).then_some(pushdown)
     }
 
     /// A stable text of the options: a different one at start-up means the table's keys must be
@@ -292,11 +313,12 @@ impl Shapes {
                 return Ok(Arc::clone(shape));
             }
         }
-        let strict = !self.by_table.contains_key(&schema.id);
+        // Names were checked against the catalog at start-up; a stream's schema may lack the
+        // columns a server-side column list leaves out.
         let shape = Arc::new(RowShape::new(
             schema,
             self.options.for_table(&schema.id),
-            strict,
+            false,
         )?);
         self.by_table.insert(schema.id.clone(), Arc::clone(&shape));
         Ok(shape)

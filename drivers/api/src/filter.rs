@@ -9,7 +9,7 @@
 use std::cmp::Ordering;
 use std::fmt;
 
-use etcd_sync_api::Value;
+use crate::Value;
 
 /// A filter that failed to parse: what, and where in the text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -466,6 +466,69 @@ impl<C> Expr<C> {
 }
 
 impl Expr<String> {
+    /// The filter as SQL for a server to evaluate (a dump's query, a publication's row
+    /// filter), with column names quoted by `quote`.
+    pub fn to_sql(&self, quote: &dyn Fn(&str) -> String) -> String {
+        let operand = |o: &Operand<String>| match o {
+            Operand::Column(c) => quote(c),
+            Operand::Literal(Literal::Null) => "NULL".into(),
+            Operand::Literal(Literal::Bool(b)) => if *b { "TRUE" } else { "FALSE" }.into(),
+            Operand::Literal(Literal::Number(n)) => n.clone(),
+            Operand::Literal(Literal::Text(t)) => format!("'{}'", t.replace('\'', "''")),
+        };
+        let join = |terms: &[Expr<String>], word: &str| {
+            terms
+                .iter()
+                .map(|t| t.to_sql(quote))
+                .collect::<Vec<_>>()
+                .join(&format!(" {word} "))
+        };
+        match self {
+            Expr::Or(terms) => format!("({})", join(terms, "OR")),
+            Expr::And(terms) => format!("({})", join(terms, "AND")),
+            Expr::Not(inner) => format!("(NOT {})", inner.to_sql(quote)),
+            Expr::Compare(a, op, b) => {
+                format!("({} {} {})", operand(a), Token::Op(*op), operand(b))
+            }
+            Expr::In {
+                operand: o,
+                list,
+                negated,
+            } => format!(
+                "({} {}IN ({}))",
+                operand(o),
+                if *negated { "NOT " } else { "" },
+                list.iter().map(operand).collect::<Vec<_>>().join(", ")
+            ),
+            Expr::IsNull {
+                operand: o,
+                negated,
+            } => format!(
+                "({} IS {}NULL)",
+                operand(o),
+                if *negated { "NOT " } else { "" }
+            ),
+            Expr::Truth(o) => operand(o),
+        }
+    }
+
+    /// Whether the filter orders values that may be text (`<`, `>`... with a text literal or
+    /// between two columns): a server compares text by its collation, the agent by code point,
+    /// so such a filter is left to the agent alone.
+    pub fn orders_text(&self) -> bool {
+        match self {
+            Expr::Or(terms) | Expr::And(terms) => terms.iter().any(Expr::orders_text),
+            Expr::Not(inner) => inner.orders_text(),
+            Expr::Compare(a, op, b) => {
+                let ordering = !matches!(op, CmpOp::Eq | CmpOp::Ne);
+                let texty = |o: &Operand<String>| matches!(o, Operand::Literal(Literal::Text(_)));
+                let columns = matches!((a, b), (Operand::Column(_), Operand::Column(_)));
+                ordering && (texty(a) || texty(b) || columns)
+            }
+            _ => false,
+        }
+    }
+
     /// Every column name the filter uses, in order of appearance.
     pub fn columns(&self) -> Vec<&str> {
         let mut out = Vec::new();
@@ -810,6 +873,21 @@ mod tests {
         assert!(parse("   ").is_err());
         let err = parse("a = 1 b").unwrap_err();
         assert!(err.message.contains("unexpected b"), "{err}");
+    }
+
+    #[test]
+    fn filters_render_as_sql() {
+        let expr = parse("active AND tenant_id IN (7, 8) OR NOT name = 'it''s' AND x IS NOT NULL")
+            .unwrap();
+        let quote = |c: &str| format!("\"{c}\"");
+        assert_eq!(
+            expr.to_sql(&quote),
+            r#"(("active" AND ("tenant_id" IN (7, 8))) OR ((NOT ("name" = 'it''s')) AND ("x" IS NOT NULL)))"#
+        );
+        assert!(!expr.orders_text());
+        assert!(parse("name < 'b'").unwrap().orders_text());
+        assert!(parse("a < b").unwrap().orders_text());
+        assert!(!parse("a < 3").unwrap().orders_text());
     }
 
     #[test]
