@@ -121,6 +121,33 @@ async fn postgres_bad_inputs() {
             expect: &["tables.include names ghost, which does not exist"],
         },
         Case {
+            name: "table options: every problem of the config at once",
+            config: with(
+                "etcd:\n",
+                "tables:\n  include: [ok_table]\n  options:\n    ok_table:\n      where: \"id LIKE 'a%'\"\n      columns: {include: [id], exclude: [id]}\n      value: {column: id, format: raw}\netcd:\n",
+            ),
+            expect: &["tables.options.ok_table.value.format: unknown field `format`"],
+        },
+        Case {
+            name: "table options: a filter outside the subset, both columns lists",
+            config: with(
+                "etcd:\n",
+                "tables:\n  include: [ok_table]\n  options:\n    ok_table:\n      where: \"id LIKE 'a%'\"\n      columns: {include: [id], exclude: [id]}\netcd:\n",
+            ),
+            expect: &["has 2 problems"],
+        },
+        Case {
+            name: "table options: a table not selected, a column the table lacks",
+            config: with(
+                "etcd:\n",
+                "tables:\n  include: [ok_table]\n  options:\n    ok_tabel:\n      where: \"id = 1\"\n    ok_table:\n      columns: {exclude: [idd]}\netcd:\n",
+            ),
+            expect: &[
+                "tables.options.ok_tabel: no such table is selected; did you mean ok_table?",
+                "tables.options.ok_table.columns.exclude: table ok_table has no column idd",
+            ],
+        },
+        Case {
             name: "included table misspelt",
             config: with("etcd:\n", "tables:\n  include: [nokye]\netcd:\n"),
             expect: &["tables.include names nokye", "did you mean nokey?"],
