@@ -70,7 +70,7 @@ async fn first_dump_then_redump_over_stale_keys(mut world: World, version: &str)
     // The empty table had no keys at the dump's start: it was not listed at all.
     let with_keys: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("keys from an earlier dump exist"))
+        .filter(|l| l.contains("keys from an earlier snapshot exist"))
         .collect();
     assert_eq!(with_keys.len(), 1, "{with_keys:?}");
     assert!(with_keys[0].contains("table=items"), "{with_keys:?}");

@@ -357,6 +357,7 @@ async fn lead<D: Driver, S: Sink>(
                 "the key/value format changed since the last dump (see the README's contract); \
                  dumping again, which also deletes keys of the old form"
             );
+            delete_removed(store, &state.selected(), &selected, settings).await?;
             dump::dump(driver, store, tables, settings, cancel).await?
         }
         Some(state) if state.phase == Phase::Sync => match state.position.clone() {
@@ -373,8 +374,9 @@ async fn lead<D: Driver, S: Sink>(
             }
             None => dump::dump(driver, store, tables, settings, cancel).await?,
         },
-        Some(_) => {
+        Some(state) => {
             info!("the previous dump did not finish; dumping again");
+            delete_removed(store, &state.selected(), &selected, settings).await?;
             dump::dump(driver, store, tables, settings, cancel).await?
         }
         None => match &settings.start {
@@ -507,6 +509,43 @@ impl SelectionChanges {
     }
 }
 
+/// Deletes the keys of tables no longer selected (or leaves them, `on_remove: keep`).
+async fn remove_tables<S: Sink>(
+    store: &S,
+    removed: &[String],
+    settings: &Settings,
+) -> Result<(), EngineError> {
+    if removed.is_empty() {
+        return Ok(());
+    }
+    match settings.options.on_remove {
+        shape::OnRemove::Delete => {
+            let deleted = dump::delete_tables(store, removed, settings).await?;
+            info!(tables = ?removed, keys_deleted = deleted, "keys of tables no longer selected deleted (tables.on_remove: delete)");
+        }
+        shape::OnRemove::Keep => {
+            info!(tables = ?removed, "keys of tables no longer selected left in etcd (tables.on_remove: keep)");
+        }
+    }
+    Ok(())
+}
+
+/// Before a full dump over an earlier state: the tables that state covered and this selection
+/// does not are removed as they would be without the dump.
+async fn delete_removed<S: Sink>(
+    store: &S,
+    stored: &Selected,
+    now: &Selected,
+    settings: &Settings,
+) -> Result<(), EngineError> {
+    remove_tables(
+        store,
+        &SelectionChanges::between(stored, now).removed,
+        settings,
+    )
+    .await
+}
+
 /// Brings etcd to the new selection without a full dump: the keys of removed tables are
 /// deleted (or kept, `on_remove: keep`); added tables and tables whose options changed are
 /// snapshotted alone, while the stream runs (the plan returned), or before it when an earlier
@@ -527,17 +566,7 @@ async fn apply_selection_changes<D: Driver, S: Sink>(
         unfinished_snapshots = ?changes.unfinished,
         "the table selection changed since the last run; only the tables concerned are written"
     );
-    if !changes.removed.is_empty() {
-        match settings.options.on_remove {
-            shape::OnRemove::Delete => {
-                let deleted = dump::delete_tables(store, &changes.removed, settings).await?;
-                info!(tables = ?changes.removed, keys_deleted = deleted, "keys of tables no longer selected deleted (tables.on_remove: delete)");
-            }
-            shape::OnRemove::Keep => {
-                info!(tables = ?changes.removed, "keys of tables no longer selected left in etcd (tables.on_remove: keep)");
-            }
-        }
-    }
+    remove_tables(store, &changes.removed, settings).await?;
     let wanted = changes.to_snapshot();
     let joining: Vec<D::Table> = tables
         .iter()

@@ -298,15 +298,8 @@ impl<'a, S: Sink> Applier<'a, S> {
                 },
                 _ = progress.tick() => self.log_progress(),
             }
-            // Group commit. Under a light load, write as soon as the stream has nothing more
-            // ready and nothing is in flight; what arrives meanwhile joins the next txn. In a
-            // backlog (the last group filled half a txn or more, or its transactions were
-            // BACKLOG_LAG old), a stream that runs dry for a moment does not mean the source
-            // is idle: wait up to BACKLOG_LINGER for the group to fill, as a txn of a few
-            // transactions costs etcd nearly what a full one does (and more, smaller groups
-            // leave the source less CPU to catch up with).
-            // A joining table's txn takes its turn: after a group of the stream, or when the
-            // stream has none ready.
+            // A joining table's txns take their turn: after a group of the stream, or when
+            // the stream has none ready (the stream's next txn waits for them to land).
             let stream_ready = self.committed_position.is_some() && !self.lingering;
             if self.in_flight.is_none()
                 && self.join.as_ref().is_some_and(Join::has_writes)
@@ -315,6 +308,13 @@ impl<'a, S: Sink> Applier<'a, S> {
                 self.send_join();
                 self.join_turn = false;
             }
+            // Group commit. Under a light load, write as soon as the stream has nothing more
+            // ready and nothing is in flight; what arrives meanwhile joins the next txn. In a
+            // backlog (the last group filled half a txn or more, or its transactions were
+            // BACKLOG_LAG old), a stream that runs dry for a moment does not mean the source
+            // is idle: wait up to BACKLOG_LINGER for the group to fill, as a txn of a few
+            // transactions costs etcd nearly what a full one does (and more, smaller groups
+            // leave the source less CPU to catch up with).
             if self.in_flight.is_none() && self.committed_position.is_some() && !self.lingering {
                 if !self.backlog {
                     if rx.is_empty() {
