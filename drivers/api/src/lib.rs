@@ -151,8 +151,10 @@ pub enum Change {
     },
     Update {
         table: Arc<TableSchema>,
-        /// The old row (at least its key columns) when the source sent it; the engine compares
-        /// its key with the new one to catch primary-key changes.
+        /// The old row when the source sent it: a full row image, or its key columns with
+        /// every other column [`Value::Unchanged`] (not sent). The engine compares its key with
+        /// the new one to catch primary-key changes, and takes from a full image the values
+        /// the new row left out.
         old: Option<Row>,
         row: Row,
     },

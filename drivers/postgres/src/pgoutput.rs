@@ -87,6 +87,8 @@ pub enum LogicalMessage {
         relation: u32,
         /// The old key ('K') or old full row ('O') when the server sent one.
         old: Option<Vec<TupleValue>>,
+        /// `old` is the key alone ('K'): its other columns are NULL placeholders, not values.
+        old_is_key: bool,
         new: Vec<TupleValue>,
     },
     Delete {
@@ -260,6 +262,7 @@ pub fn decode_logical_message(data: Bytes) -> Result<LogicalMessage> {
             let relation = r.u32("Update relation")?;
             let mut old = None;
             let mut tag = r.u8("Update tuple kind")?;
+            let old_is_key = tag == b'K';
             if tag == b'K' || tag == b'O' {
                 old = Some(r.tuple()?);
                 tag = r.u8("Update tuple kind")?;
@@ -270,6 +273,7 @@ pub fn decode_logical_message(data: Bytes) -> Result<LogicalMessage> {
             LogicalMessage::Update {
                 relation,
                 old,
+                old_is_key,
                 new: r.tuple()?,
             }
         }

@@ -299,11 +299,25 @@ impl Decoder {
                     self.push(change).await?;
                 }
             }
-            LogicalMessage::Update { relation, old, new } => {
+            LogicalMessage::Update {
+                relation,
+                old,
+                old_is_key,
+                new,
+            } => {
                 if let Some(rel) = self.selected(relation)? {
+                    let mut old = old.map(|old| to_row(rel, old)).transpose()?;
+                    if let (Some(old), true) = (&mut old, old_is_key) {
+                        // A key tuple's other columns were not sent: say so, rather than NULL.
+                        for (i, value) in old.iter_mut().enumerate() {
+                            if !rel.schema.key.contains(&i) {
+                                *value = Value::Unchanged;
+                            }
+                        }
+                    }
                     let change = Change::Update {
                         table: Arc::clone(&rel.schema),
-                        old: old.map(|old| to_row(rel, old)).transpose()?,
+                        old,
                         row: to_row(rel, new)?,
                     };
                     self.push(change).await?;
