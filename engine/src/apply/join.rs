@@ -202,6 +202,19 @@ fn landed(
     }
 }
 
+/// The outcome of a join's task that has ended (its channel closed).
+async fn ended<E: Into<EngineError>>(
+    task: JoinHandle<Result<(), E>>,
+    what: &str,
+) -> Result<(), EngineError> {
+    match task.await {
+        Ok(result) => result.map_err(Into::into),
+        Err(e) => Err(EngineError::Driver(DriverError::Protocol(format!(
+            "{what} failed: {e}"
+        )))),
+    }
+}
+
 async fn next_input(
     rows: &mut Option<mpsc::Receiver<DumpEvent>>,
     listed: &mut Option<mpsc::Receiver<Listed>>,
@@ -220,6 +233,14 @@ impl<'a, S: Sink> Applier<'a, S> {
     pub(super) async fn join_input(&mut self, input: JoinInput) -> Result<(), EngineError> {
         match input {
             JoinInput::Rows(Some(DumpEvent::Rows { table, rows })) => {
+                let labels = crate::metrics::TableLabels {
+                    table: table.id.to_string(),
+                };
+                self.settings
+                    .metrics
+                    .rows_dumped
+                    .get_or_create(&labels)
+                    .inc_by(rows.len() as u64);
                 let shape = self.shapes.get(&table)?;
                 let Some(join) = &mut self.join else {
                     return Ok(());
@@ -259,14 +280,7 @@ impl<'a, S: Sink> Applier<'a, S> {
                 };
                 join.rows = None;
                 if let Some(task) = join.snapshot.take() {
-                    match task.await {
-                        Ok(result) => result?,
-                        Err(e) => {
-                            return Err(EngineError::Driver(DriverError::Protocol(format!(
-                                "the joining tables' snapshot task failed: {e}"
-                            ))))
-                        }
-                    }
+                    ended(task, "the joining tables' snapshot").await?;
                 }
             }
             JoinInput::Listed(Some((table, keys))) => {
@@ -289,14 +303,7 @@ impl<'a, S: Sink> Applier<'a, S> {
                 join.listed = None;
                 join.listing_done = true;
                 if let Some(task) = join.lister.take() {
-                    match task.await {
-                        Ok(result) => result?,
-                        Err(e) => {
-                            return Err(EngineError::Driver(DriverError::Protocol(format!(
-                                "the joining tables' stale-key pass failed: {e}"
-                            ))))
-                        }
-                    }
+                    ended(task, "the joining tables' stale-key pass").await?;
                 }
             }
         }
