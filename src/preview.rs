@@ -33,6 +33,9 @@ pub async fn preview<D: Driver>(
     limit: usize,
 ) -> Result<Vec<TablePreview>, EngineError> {
     let selection = driver.select_tables().await?;
+    if selection.tables.is_empty() {
+        return Err(EngineError::NothingSelected);
+    }
     let schemas: Vec<_> = selection
         .tables
         .iter()
