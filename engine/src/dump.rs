@@ -32,9 +32,7 @@ pub async fn dump<D: Driver, S: Sink>(
     cancel: &CancellationToken,
 ) -> Result<Position, EngineError> {
     // A full dump covers every table: none is left half-snapshotted.
-    let mut selected = store.state(Phase::Dump, None).selected();
-    selected.snapshotting.clear();
-    store.set_tables(selected);
+    store.update_snapshotting(Vec::clear);
     // Every key this dump writes gets a later revision than this one; what is older afterwards
     // belongs to rows that no longer exist.
     let state = store.state(Phase::Dump, None);
@@ -91,9 +89,7 @@ pub async fn snapshot_tables<D: Driver, S: Sink>(
     cancel: &CancellationToken,
 ) -> Result<(), EngineError> {
     let names: Vec<String> = tables.iter().map(|t| t.schema().id.to_string()).collect();
-    let mut selected = store.state(Phase::Sync, None).selected();
-    selected.snapshotting = names.clone();
-    store.set_tables(selected.clone());
+    store.update_snapshotting(|snapshotting| *snapshotting = names.clone());
     let state = store.state(Phase::Sync, Some(position.clone()));
     let start_revision = store.commit(vec![], Some(&state)).await?;
     let schemas: Vec<Arc<TableSchema>> = tables.iter().map(|t| Arc::clone(t.schema())).collect();
@@ -111,8 +107,7 @@ pub async fn snapshot_tables<D: Driver, S: Sink>(
     })
     .await?;
     let deleted = stale_key_pass(store, &tables_with_keys, settings, start_revision).await?;
-    selected.snapshotting.clear();
-    store.set_tables(selected);
+    store.update_snapshotting(Vec::clear);
     let state = store.state(Phase::Sync, Some(position.clone()));
     store.commit(vec![], Some(&state)).await?;
     info!(

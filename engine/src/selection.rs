@@ -178,9 +178,9 @@ pub(crate) async fn apply_selection_changes<D: Driver, S: Sink>(
         dump::snapshot_tables(driver, store, &joining, position, settings, cancel).await?;
         return Ok(None);
     }
-    let mut selected = store.state(Phase::Sync, None).selected();
-    selected.snapshotting = joining.iter().map(|t| t.schema().id.to_string()).collect();
-    store.set_tables(selected);
+    store.update_snapshotting(|snapshotting| {
+        *snapshotting = joining.iter().map(|t| t.schema().id.to_string()).collect();
+    });
     let state = store.state(Phase::Sync, Some(position.clone()));
     let start_revision = store.commit(vec![], Some(&state)).await?;
     Ok(Some(apply::JoinPlan {

@@ -352,9 +352,7 @@ impl<'a, S: Sink> Applier<'a, S> {
         let store = self.take_store().await?;
         let position = self.ack.borrow().clone();
         let store = self.store.insert(store);
-        let mut selected = store.state(Phase::Sync, None).selected();
-        selected.snapshotting.retain(|t| !join.tables.contains(t));
-        store.set_tables(selected);
+        store.update_snapshotting(|snapshotting| snapshotting.retain(|t| !join.tables.contains(t)));
         let state = store.state(Phase::Sync, Some(position));
         store.commit(vec![], Some(&state)).await?;
         info!(

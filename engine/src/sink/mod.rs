@@ -49,6 +49,12 @@ pub trait Sink: Clone + Send + Sync + 'static {
     fn state(&self, phase: Phase, position: Option<Position>) -> State;
     /// The selection the next states record.
     fn set_tables(&mut self, selected: Selected);
+    /// Changes which tables the next states list as snapshotting.
+    fn update_snapshotting(&mut self, update: impl FnOnce(&mut Vec<String>)) {
+        let mut selected = self.state(Phase::Sync, None).selected();
+        update(&mut selected.snapshotting);
+        self.set_tables(selected);
+    }
     /// Applies `ops` (distinct keys) in one fenced txn, with the state when given; returns
     /// the txn's revision.
     fn commit(
