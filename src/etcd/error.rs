@@ -65,16 +65,24 @@ pub(super) fn client_error(context: impl Into<String>, source: etcd_client::Erro
         ));
     }
     if text.contains("received fatal alert") {
-        return refused(format!(
-            "TLS: etcd refused the connection ({text}); check etcd.tls.cert_file and \
-                 etcd.tls.key_file (etcd's --client-cert-auth needs a client certificate)"
-        ));
+        return alert_refusal(context, &text);
     }
     SinkError::Client {
         context,
         detail: describe(&source),
         transient: is_transient(&source),
         hint: unreachable(&source).then_some(ETCD_UNREACHABLE),
+    }
+}
+
+/// etcd's TLS alert: it refused the client, most often for want of a client certificate.
+pub(super) fn alert_refusal(context: String, text: &str) -> SinkError {
+    SinkError::Refused {
+        context,
+        reason: format!(
+            "TLS: etcd refused the connection ({text}); check etcd.tls.cert_file and \
+             etcd.tls.key_file (etcd's --client-cert-auth needs a client certificate)"
+        ),
     }
 }
 

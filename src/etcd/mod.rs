@@ -17,6 +17,7 @@ use etcd_client::{Client, ConnectOptions, GetOptions, KvClient};
 use etcd_sync_api::Position;
 use tracing::warn;
 
+mod client_cert;
 mod conn;
 mod error;
 mod leadership;
@@ -27,7 +28,7 @@ mod txn;
 
 use conn::MAX_DECODE_BYTES;
 pub use conn::{Connection, TlsFiles};
-use error::client_error;
+use error::{alert_refusal, client_error};
 pub use scan::Scan;
 pub use sink::EtcdConnector;
 pub use txn::Writer;
@@ -81,6 +82,26 @@ impl Store {
     pub async fn connect(connection: &Connection, state_prefix: &str) -> Result<Self, SinkError> {
         let options = connection.options()?;
         let endpoints = connection.endpoints.clone();
+        if connection.tls.cert_file.is_none() {
+            let https: Vec<String> = endpoints
+                .iter()
+                .filter(|e| e.starts_with("https://"))
+                .cloned()
+                .collect();
+            let probes = async move {
+                let probes = https
+                    .iter()
+                    .map(|e| client_cert::refusal_without_certificate(e));
+                futures_util::future::join_all(probes).await
+            };
+            let refusals = io_runtime()?.spawn(probes).await.unwrap_or_default();
+            if let Some(alert) = refusals.into_iter().flatten().next() {
+                return Err(alert_refusal(
+                    format!("connecting to {}", endpoints.join(",")),
+                    &alert,
+                ));
+            }
+        }
         let connect = {
             let endpoints = endpoints.clone();
             async move {

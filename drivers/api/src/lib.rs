@@ -35,7 +35,7 @@ pub mod filter;
 pub mod json;
 mod tls;
 pub use error::{error_chain, with_hint, BoxError, DriverError, DATABASE_UNREACHABLE};
-pub use tls::{tls_failure, TlsMode, TlsSettings};
+pub use tls::{tls_failure, Lenient, TlsMode, TlsSettings};
 
 /// One column value as the source delivered it, already in the shape it takes in JSON.
 #[derive(Debug, Clone, PartialEq)]

@@ -6,13 +6,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use etcd_sync_api::{TlsMode, TlsSettings};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use etcd_sync_api::{Lenient, TlsMode, TlsSettings};
+use rustls::client::danger::ServerCertVerifier;
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
 
@@ -31,10 +31,7 @@ pub fn client_config(settings: &TlsSettings) -> Result<Option<Arc<ClientConfig>>
     let verifier: Arc<dyn ServerCertVerifier> = match settings.mode {
         TlsMode::Disable => return Ok(None),
         // As libpq: without verify-*, TLS protects against eavesdropping, not impersonation.
-        TlsMode::Prefer | TlsMode::Require => Arc::new(Lenient {
-            chain: None,
-            provider: Arc::clone(&provider),
-        }),
+        TlsMode::Prefer | TlsMode::Require => Arc::new(Lenient::new(None, Arc::clone(&provider))),
         TlsMode::VerifyCa | TlsMode::VerifyFull => {
             let ca_file = settings
                 .ca_file
@@ -51,10 +48,7 @@ pub fn client_config(settings: &TlsSettings) -> Result<Option<Arc<ClientConfig>>
                     .build()
                     .map_err(|e| TlsConfigError(format!("ca_file {ca_file}: {e}")))?;
             if settings.mode == TlsMode::VerifyCa {
-                Arc::new(Lenient {
-                    chain: Some(webpki),
-                    provider: Arc::clone(&provider),
-                })
+                Arc::new(Lenient::new(Some(webpki), Arc::clone(&provider)))
             } else {
                 webpki
             }
@@ -93,72 +87,6 @@ fn read_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, TlsConfigError
 pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsConfigError> {
     ServerName::try_from(host.to_owned())
         .map_err(|e| TlsConfigError(format!("host {host:?} is not a valid TLS server name: {e}")))
-}
-
-/// `prefer`/`require` (no `chain`): any certificate; `verify-ca`: the chain must lead to the CA,
-/// whatever name the certificate carries. Either way the handshake's signatures are checked, so
-/// the session keys belong to whoever holds the certificate's key.
-#[derive(Debug)]
-struct Lenient {
-    chain: Option<Arc<WebPkiServerVerifier>>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for Lenient {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        use rustls::{CertificateError, Error};
-        let Some(chain) = &self.chain else {
-            return Ok(ServerCertVerified::assertion());
-        };
-        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
-            // webpki checks the name last, so this error means everything else held.
-            Err(Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 /// tokio-postgres's TLS hook on tokio-rustls, so that the query connections and the
