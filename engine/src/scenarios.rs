@@ -402,8 +402,8 @@ async fn group_commit_keeps_transactions_whole() {
     engine.stop().await.unwrap();
 }
 
-/// A backlog (transactions arriving faster than etcd takes them) goes out in full txns, one
-/// in flight at a time, in source order, while the next group is built meanwhile.
+/// A backlog (transactions arriving faster than etcd takes them) goes out in full txns, two
+/// in flight at a time (each chained to the one before), in source order.
 #[tokio::test]
 async fn a_backlog_is_written_in_full_txns_in_source_order() {
     let (script, etcd, engine) = dumped(3, 128).await;
@@ -423,25 +423,79 @@ async fn a_backlog_is_written_in_full_txns_in_source_order() {
         "{} txns for {n} transactions ({full} full ones would do)",
         written.len()
     );
-    assert_eq!(etcd.max_commits_in_flight(), 1);
-    let positions: Vec<u64> = written
+    assert_eq!(etcd.max_commits_in_flight(), 2);
+    let positions = positions_written(written);
+    assert_eq!(
+        positions.len(),
+        written.len(),
+        "every txn carries the state"
+    );
+    assert_in_order(&positions);
+    engine.stop().await.unwrap();
+}
+
+/// The positions the txns of `written` stored with the state, in revision order.
+fn positions_written(written: &[crate::sink::memory::Revision]) -> Vec<u64> {
+    written
         .iter()
         .filter_map(|(_, writes)| {
             let (_, state) = writes.iter().find(|(k, _)| k == "/s/state")?;
             let state: serde_json::Value = serde_json::from_slice(state.as_deref()?).ok()?;
             state["position"]["n"].as_u64()
         })
-        .collect();
-    assert_eq!(
-        positions.len(),
-        written.len(),
-        "every txn carries the state"
-    );
+        .collect()
+}
+
+fn assert_in_order(positions: &[u64]) {
     assert!(
         positions.windows(2).all(|w| w[0] < w[1]),
         "positions out of order: {positions:?}"
     );
+}
+
+/// A chained commit that reaches etcd before the one before it has landed (every second one
+/// here) waits for it: the txns land in source order all the same.
+#[tokio::test]
+async fn a_chained_commit_that_arrives_first_lands_second() {
+    let (script, etcd, engine) = dumped(3, 128).await;
+    etcd.set_commit_latencies(&[Duration::from_millis(6), Duration::from_millis(1)]);
+    let before = etcd.history().len();
+    for i in 0..2000 {
+        script.push(vec![insert(10_000 + i, "x")]);
+    }
+    converges(&script, &etcd).await;
+    assert_eq!(etcd.max_commits_in_flight(), 2);
+    assert_in_order(&positions_written(&etcd.history()[before..]));
     engine.stop().await.unwrap();
+}
+
+/// A group commit that fails (applied or not: the client cannot tell) while the next is in
+/// flight behind it: the session ends, the next replays from the stored position, and etcd
+/// converges with every txn in source order.
+#[tokio::test]
+async fn a_failed_commit_with_another_chained_behind_it_is_replayed() {
+    for applied in [false, true] {
+        let (script, etcd, engine) = dumped(3, 128).await;
+        etcd.set_commit_latency(Duration::from_millis(3));
+        let before = etcd.history().len();
+        for i in 0..4000 {
+            script.push(vec![insert(10_000 + i, "x")]);
+        }
+        // Into the backlog, with two in flight.
+        while etcd.history().len() < before + 3 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        etcd.fail_next_txn(
+            SinkError::NoSpace {
+                context: "injected".into(),
+            },
+            applied,
+        );
+        converges(&script, &etcd).await;
+        assert_eq!(etcd.max_commits_in_flight(), 2);
+        assert_in_order(&positions_written(&etcd.history()[before..]));
+        engine.stop().await.unwrap();
+    }
 }
 
 /// A transaction larger than one txn is written in chunks, the state only with the last; a

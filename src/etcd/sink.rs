@@ -48,6 +48,23 @@ impl Sink for Store {
         Store::commit(self, ops, state).await
     }
 
+    fn encode_state(&self, state: &State) -> Result<Arc<[u8]>, SinkError> {
+        Store::encode_state(self, state)
+    }
+
+    fn commit_chained(
+        &self,
+        ops: Vec<Op>,
+        state: Arc<[u8]>,
+        previous: Option<Arc<[u8]>>,
+    ) -> impl std::future::Future<Output = Result<i64, SinkError>> + Send + 'static {
+        Store::commit_chained(self, ops, state, previous)
+    }
+
+    fn chained_landed(&mut self, revision: i64) {
+        self.fence = revision;
+    }
+
     fn writer(&self) -> Writer {
         Store::writer(self)
     }

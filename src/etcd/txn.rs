@@ -1,7 +1,8 @@
 //! Fenced writes: every txn compares the leadership key's create revision (and, with the
 //! state, the state key's mod revision), so a deposed agent's writes never land.
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 
@@ -22,20 +23,45 @@ impl Store {
         let mut txn_ops: Vec<TxnOp> = ops.into_iter().map(txn_op).collect();
         let state_value = match state {
             Some(state) => {
-                let value = serde_json::to_string(state).map_err(|e| SinkError::BadState {
-                    key: self.state_key.clone(),
-                    reason: e.to_string(),
-                })?;
-                txn_ops.push(TxnOp::put(self.state_key.as_str(), value.as_str(), None));
+                let value = self.encode_state(state)?;
+                txn_ops.push(TxnOp::put(self.state_key.as_str(), value.to_vec(), None));
                 Some(value)
             }
             None => None,
         };
-        let revision = self.fenced_txn(txn_ops, state_value.as_deref()).await?;
+        let revision = self.fenced_txn(txn_ops, state_value.as_deref(), None).await?;
         if state.is_some() {
             self.fence = revision;
         }
         Ok(revision)
+    }
+
+    /// The state as the txns store it.
+    pub fn encode_state(&self, state: &State) -> Result<Arc<[u8]>, SinkError> {
+        serde_json::to_vec(state)
+            .map(Arc::from)
+            .map_err(|e| SinkError::BadState {
+                key: self.state_key.clone(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// A txn of `ops` and the state that lands right after `previous` (see
+    /// `Sink::commit_chained`): several may be in flight, in order.
+    pub fn commit_chained(
+        &self,
+        ops: Vec<Op>,
+        state: Arc<[u8]>,
+        previous: Option<Arc<[u8]>>,
+    ) -> impl std::future::Future<Output = Result<i64, SinkError>> + Send + 'static {
+        let store = self.clone();
+        async move {
+            let mut txn_ops: Vec<TxnOp> = ops.into_iter().map(txn_op).collect();
+            txn_ops.push(TxnOp::put(store.state_key.as_str(), state.to_vec(), None));
+            store
+                .fenced_txn(txn_ops, Some(&state), previous.as_deref())
+                .await
+        }
     }
 
     /// A fenced txn that does not write the state, usable from many tasks at once.
@@ -50,17 +76,21 @@ impl Store {
     /// (the answer was lost, not the request): then the retry's compare fails on the state's
     /// new mod revision, and finding our own state there means it was that attempt that wrote
     /// it, not another agent.
+    ///
+    /// With `previous`, the txn compares the state's value with it instead of the state's mod
+    /// revision: it is sent while the txn that writes `previous` may still be in flight, and
+    /// while the state is still the one before that (the fence), it is sent again.
     pub(super) async fn fenced_txn(
         &self,
         ops: Vec<TxnOp>,
-        state_value: Option<&str>,
+        state_value: Option<&[u8]>,
+        previous: Option<&[u8]>,
     ) -> Result<i64, SinkError> {
         let count = ops.len();
-        let mut compares = vec![Compare::mod_revision(
-            self.state_key.as_str(),
-            CompareOp::Equal,
-            self.fence,
-        )];
+        let mut compares = vec![match previous {
+            Some(previous) => Compare::value(self.state_key.as_str(), CompareOp::Equal, previous),
+            None => Compare::mod_revision(self.state_key.as_str(), CompareOp::Equal, self.fence),
+        }];
         if let Some(leadership) = &self.leadership {
             compares.push(Compare::create_revision(
                 leadership.key.as_str(),
@@ -72,33 +102,49 @@ impl Store {
             .when(compares)
             .and_then(ops)
             .or_else([TxnOp::get(self.state_key.as_str(), None)]);
-        let started = Instant::now();
-        let mut retried = false;
-        let response = self
-            .retrying(&format!("txn of {count} operations"), |attempt| {
-                retried = attempt > 0;
-                let mut kv = self.kv();
-                let txn = txn.clone();
-                async move { kv.txn(txn).await }
-            })
-            .await?;
-        if let Some(metrics) = &self.metrics {
-            metrics.etcd_txn(started.elapsed());
+        let mut early = 0u32;
+        let (retried, found) = loop {
+            let started = Instant::now();
+            let mut retried = false;
+            let response = self
+                .retrying(&format!("txn of {count} operations"), |attempt| {
+                    retried = attempt > 0;
+                    let mut kv = self.kv();
+                    let txn = txn.clone();
+                    async move { kv.txn(txn).await }
+                })
+                .await?;
+            if let Some(metrics) = &self.metrics {
+                metrics.etcd_txn(started.elapsed());
+            }
+            let revision = response.header().map_or(0, |h| h.revision());
+            if response.succeeded() {
+                return Ok(revision);
+            }
+            let found = response.op_responses().into_iter().find_map(|r| match r {
+                TxnOpResponse::Get(get) => get
+                    .kvs()
+                    .first()
+                    .map(|kv| (kv.mod_revision(), kv.value().to_vec())),
+                _ => None,
+            });
+            let found_revision = found.as_ref().map_or(0, |f| f.0);
+            if previous.is_none() || found_revision != self.fence {
+                break (retried, found);
+            }
+            // Arrived before its predecessor landed: ask again, at once the first times (the
+            // predecessor is a round trip away at most), then backing off while it is retried.
+            early += 1;
+            if early > 2 {
+                tokio::time::sleep(Duration::from_millis(1 << (early - 3).min(7))).await;
+            }
+        };
+        if early > 0 {
+            tracing::debug!(times = early, "a chained txn arrived before the one before it");
         }
-        let revision = response.header().map_or(0, |h| h.revision());
-        if response.succeeded() {
-            return Ok(revision);
-        }
-        let found = response.op_responses().into_iter().find_map(|r| match r {
-            TxnOpResponse::Get(get) => get
-                .kvs()
-                .first()
-                .map(|kv| (kv.mod_revision(), kv.value().to_vec())),
-            _ => None,
-        });
         let found_revision = found.as_ref().map_or(0, |f| f.0);
         if let (true, Some(ours), Some((at, value))) = (retried, state_value, &found) {
-            if value.as_slice() == ours.as_bytes() {
+            if value.as_slice() == ours {
                 tracing::info!(
                     revision = at,
                     "an earlier attempt of this txn was applied (its answer was lost)"
@@ -122,7 +168,8 @@ impl Store {
                 hint: None,
             });
         }
-        if found_revision == self.fence {
+        let previous_found = matches!((previous, &found), (Some(p), Some((_, v))) if v == p);
+        if found_revision == self.fence || previous_found {
             // The state is ours: it was the leadership key that is gone.
             return Err(SinkError::LostLeadership {
                 key: self
@@ -173,7 +220,7 @@ pub struct Writer {
 impl Writer {
     pub async fn commit(&self, ops: Vec<Op>) -> Result<i64, SinkError> {
         self.store
-            .fenced_txn(ops.into_iter().map(txn_op).collect(), None)
+            .fenced_txn(ops.into_iter().map(txn_op).collect(), None, None)
             .await
     }
 }

@@ -1,35 +1,62 @@
-//! The group commit in flight: one at a time, holding the store until etcd answers, while the
-//! applier builds the next group.
+//! Group commits in flight: up to [`PIPELINE_DEPTH`] at once in a backlog, each chained to the
+//! one before it (it compares the state's value with its predecessor's), so they land in
+//! order while the next is already on its way: one txn in flight leaves etcd idle for a round
+//! trip and the agent's turn between every two groups.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use etcd_sync_api::Position;
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use tracing::info;
 
 use super::Applier;
 use crate::sink::{Phase, Sink, SinkError};
 use crate::EngineError;
 
-/// A commit under way: it hands the store back with its outcome.
-pub(super) type Landing<'a, S> =
-    Pin<Box<dyn Future<Output = (&'a mut S, Result<i64, SinkError>)> + Send + 'a>>;
+/// Group commits in flight at once in a backlog (one otherwise, so that a light load does not
+/// spread over more, smaller txns).
+pub(super) const PIPELINE_DEPTH: usize = 2;
 
-/// The group commit etcd has not answered yet; it holds the store until it lands.
-pub(super) struct InFlight<'a, S> {
-    txn: Landing<'a, S>,
+/// What a group commit acknowledges once it landed.
+pub(super) struct Landing {
     position: Position,
     committed_at: Option<SystemTime>,
 }
 
-/// Waits for the txn in flight (forever when there is none: a `select!` branch).
-pub(super) async fn wait_landed<'a, S>(
-    in_flight: &mut Option<InFlight<'a, S>>,
-) -> (&'a mut S, Result<i64, SinkError>) {
-    match in_flight {
-        Some(flight) => (&mut flight.txn).await,
-        None => std::future::pending().await,
+type Flight = Pin<Box<dyn Future<Output = (Landing, Result<i64, SinkError>)> + Send>>;
+
+/// The group commits etcd has not answered yet, oldest first.
+#[derive(Default)]
+pub(super) struct InFlight {
+    txns: FuturesOrdered<Flight>,
+    /// The state the newest of them writes: the next one lands after it.
+    last_state: Option<Arc<[u8]>>,
+}
+
+impl InFlight {
+    pub(super) fn len(&self) -> usize {
+        self.txns.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.txns.is_empty()
+    }
+
+    /// The oldest commit's outcome, once it landed (forever when there is none: a `select!`
+    /// branch).
+    pub(super) async fn next(&mut self) -> (Landing, Result<i64, SinkError>) {
+        match self.txns.next().await {
+            Some(landed) => {
+                if self.txns.is_empty() {
+                    self.last_state = None;
+                }
+                landed
+            }
+            None => std::future::pending().await,
+        }
     }
 }
 
@@ -41,15 +68,28 @@ impl<'a, S: Sink> Applier<'a, S> {
         Ok(())
     }
 
-    /// Sends the complete transactions with their position as the txn in flight, once the one
-    /// before it landed.
+    /// Whether a group may be sent now: into a free slot in a backlog, when nothing is in
+    /// flight otherwise.
+    pub(super) fn may_send(&self) -> bool {
+        if self.backlog {
+            self.in_flight.len() < PIPELINE_DEPTH
+        } else {
+            self.in_flight.is_empty()
+        }
+    }
+
+    /// Sends the complete transactions with their position, once a slot is free.
     pub(super) async fn send_committed(&mut self) -> Result<(), EngineError> {
         if self.committed_position.is_none() {
             return Ok(());
         }
-        let store = self.take_store().await?;
+        // A joining table's txns land first: they are fenced by the state's mod revision.
+        self.drain_join().await?;
+        while self.in_flight.len() >= PIPELINE_DEPTH {
+            let (landing, result) = self.in_flight.next().await;
+            self.landed(landing, result)?;
+        }
         let Some(position) = self.committed_position.take() else {
-            self.store = Some(store);
             return Ok(());
         };
         self.lingering = false;
@@ -62,63 +102,52 @@ impl<'a, S: Sink> Applier<'a, S> {
                 .is_ok_and(|lag| lag >= super::BACKLOG_LAG)
         });
         self.backlog = behind || ops.len() >= self.max_ops / 2;
-        let state = store.state(Phase::Sync, Some(position.clone()));
-        self.in_flight = Some(InFlight {
-            txn: Box::pin(async move {
-                let result = store.commit(ops, Some(&state)).await;
-                (store, result)
-            }),
+        let state = self.store.state(Phase::Sync, Some(position.clone()));
+        let value = self.store.encode_state(&state)?;
+        let previous = self.in_flight.last_state.replace(Arc::clone(&value));
+        let txn = self.store.commit_chained(ops, value, previous);
+        let landing = Landing {
             position,
             committed_at: self.committed_at.take(),
-        });
+        };
+        self.in_flight
+            .txns
+            .push_back(Box::pin(async move { (landing, txn.await) }));
         self.join_turn = true;
         Ok(())
     }
 
-    /// The store, once the txn in flight landed.
+    /// The store, once every txn in flight (the join's too) landed: nothing reads or writes
+    /// etcd ahead of them.
     pub(super) async fn store(&mut self) -> Result<&mut S, EngineError> {
-        let store = self.take_store().await?;
-        Ok(self.store.insert(store))
-    }
-
-    pub(super) async fn take_store(&mut self) -> Result<&'a mut S, EngineError> {
-        // A joining table's txns land first: they are fenced by the state this store writes.
         self.drain_join().await?;
-        if let Some(store) = self.store.take() {
-            return Ok(store);
+        while !self.in_flight.is_empty() {
+            let (landing, result) = self.in_flight.next().await;
+            self.landed(landing, result)?;
         }
-        let (store, result) = wait_landed(&mut self.in_flight).await;
-        self.landed(store, result)
+        Ok(&mut *self.store)
     }
 
-    /// Acknowledges the position of the txn that landed; hands its store back.
+    /// Acknowledges the position of the group commit that landed.
     pub(super) fn landed(
         &mut self,
-        store: &'a mut S,
+        landing: Landing,
         result: Result<i64, SinkError>,
-    ) -> Result<&'a mut S, EngineError> {
-        let flight = self.in_flight.take();
-        result?;
-        let Some(InFlight {
-            position,
-            committed_at,
-            ..
-        }) = flight
-        else {
-            return Ok(store);
-        };
+    ) -> Result<(), EngineError> {
+        let revision = result?;
+        self.store.chained_landed(revision);
         self.stats.txns += 1;
         if std::mem::take(&mut self.stats.idle) {
-            info!(position = %position.0, "sync: changes arrive again; the first is applied");
+            info!(position = %landing.position.0, "sync: changes arrive again; the first is applied");
         }
         *self.progressed = true;
-        if let Some(at) = committed_at {
+        if let Some(at) = landing.committed_at {
             self.settings
                 .metrics
                 .set_lag(SystemTime::now().duration_since(at).unwrap_or_default());
         }
         // The driver may be gone already (shutdown); the position is durable either way.
-        let _ = self.ack.send(position);
-        Ok(store)
+        let _ = self.ack.send(landing.position);
+        Ok(())
     }
 }

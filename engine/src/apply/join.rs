@@ -349,9 +349,9 @@ impl<'a, S: Sink> Applier<'a, S> {
             return Ok(());
         };
         // The last durable position: the txn in flight has landed once the store is back.
-        let store = self.take_store().await?;
+        self.store().await?;
         let position = self.ack.borrow().clone();
-        let store = self.store.insert(store);
+        let store = &mut *self.store;
         store.update_snapshotting(|snapshotting| snapshotting.retain(|t| !join.tables.contains(t)));
         let state = store.state(Phase::Sync, Some(position));
         store.commit(vec![], Some(&state)).await?;
@@ -383,7 +383,8 @@ impl<'a, S: Sink> Applier<'a, S> {
     pub(super) fn send_join(&mut self) {
         let max_ops = self.max_ops;
         let max_bytes = self.settings.max_txn_bytes;
-        let (Some(join), Some(store)) = (&mut self.join, &self.store) else {
+        let store = &*self.store;
+        let Some(join) = &mut self.join else {
             return;
         };
         while join.has_writes() {

@@ -35,7 +35,7 @@ use crate::shape::Shapes;
 use crate::sink::Phase;
 use crate::sink::{Sink, SinkScan};
 use batch::Batch;
-use commit::{wait_landed, InFlight};
+use commit::InFlight;
 use etcd_sync_api::DumpEvent;
 
 /// Stream events buffered between the driver and the applier: deep enough that, while one
@@ -188,10 +188,10 @@ async fn watch_position<D: Driver>(
 }
 
 struct Applier<'a, S: Sink> {
-    /// The store when no txn is in flight (the txn holds it otherwise): [`Applier::store`]
-    /// waits for the txn, so nothing reads or writes etcd ahead of it.
-    store: Option<&'a mut S>,
-    in_flight: Option<InFlight<'a, S>>,
+    /// Reads and writes go through [`Applier::store`], which waits for the txns in flight, so
+    /// that nothing reads or writes etcd ahead of them.
+    store: &'a mut S,
+    in_flight: InFlight,
     settings: &'a Settings,
     ack: watch::Sender<Position>,
     progressed: &'a mut bool,
@@ -242,8 +242,8 @@ impl<'a, S: Sink> Applier<'a, S> {
             reader: store.clone(),
             join,
             join_turn: false,
-            store: Some(store),
-            in_flight: None,
+            store,
+            in_flight: InFlight::default(),
             settings,
             ack,
             progressed,
@@ -280,8 +280,8 @@ impl<'a, S: Sink> Applier<'a, S> {
         tokio::pin!(linger);
         loop {
             tokio::select! {
-                (store, result) = wait_landed(&mut self.in_flight), if self.in_flight.is_some() => {
-                    self.store = Some(self.landed(store, result)?);
+                (landing, result) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    self.landed(landing, result)?;
                 }
                 received = rx.recv_many(&mut events, EVENTS_PER_RECEIVE) => {
                     if received == 0 {
@@ -301,7 +301,7 @@ impl<'a, S: Sink> Applier<'a, S> {
             // A joining table's txns take their turn: after a group of the stream, or when
             // the stream has none ready (the stream's next txn waits for them to land).
             let stream_ready = self.committed_position.is_some() && !self.lingering;
-            if self.in_flight.is_none()
+            if self.in_flight.is_empty()
                 && self.join.as_ref().is_some_and(Join::has_writes)
                 && (self.join_turn || !stream_ready)
             {
@@ -315,7 +315,7 @@ impl<'a, S: Sink> Applier<'a, S> {
             // is idle: wait up to BACKLOG_LINGER for the group to fill, as a txn of a few
             // transactions costs etcd nearly what a full one does (and more, smaller groups
             // leave the source less CPU to catch up with).
-            if self.in_flight.is_none() && self.committed_position.is_some() && !self.lingering {
+            if self.may_send() && self.committed_position.is_some() && !self.lingering {
                 if !self.backlog {
                     if rx.is_empty() {
                         self.send_committed().await?;

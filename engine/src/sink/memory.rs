@@ -32,8 +32,10 @@ struct Inner {
     history: Vec<Revision>,
     /// Failures to inject into the next txns: `(apply it anyway, error)`.
     failures: Vec<(bool, SinkError)>,
-    /// How long a state-carrying txn takes, as a round trip to a real server would.
-    commit_latency: Duration,
+    /// How long state-carrying txns take, as round trips to a real server would: one after
+    /// the other, in turn.
+    commit_latencies: Vec<Duration>,
+    commits: usize,
     /// Most txns seen in flight at once, and in flight now.
     max_in_flight: usize,
     in_flight: usize,
@@ -61,7 +63,8 @@ impl MemoryEtcd {
                 max_txn_ops,
                 history: Vec::new(),
                 failures: Vec::new(),
-                commit_latency: Duration::ZERO,
+                commit_latencies: Vec::new(),
+                commits: 0,
                 max_in_flight: 0,
                 in_flight: 0,
             })),
@@ -108,7 +111,13 @@ impl MemoryEtcd {
 
     /// Makes every commit with the state take `latency` before it applies.
     pub fn set_commit_latency(&self, latency: Duration) {
-        self.lock().commit_latency = latency;
+        self.set_commit_latencies(&[latency]);
+    }
+
+    /// Makes the commits with the state take these latencies in turn: a short one after a
+    /// long one arrives before its predecessor landed.
+    pub fn set_commit_latencies(&self, latencies: &[Duration]) {
+        self.lock().commit_latencies = latencies.to_vec();
     }
 
     /// The most commits with the state that were in flight at once.
@@ -151,6 +160,15 @@ impl Inner {
         }
         self.history.push((revision, writes));
         revision
+    }
+
+    fn next_latency(&mut self) -> Duration {
+        let latency = match self.commit_latencies.len() {
+            0 => Duration::ZERO,
+            n => self.commit_latencies[self.commits % n],
+        };
+        self.commits += 1;
+        latency
     }
 
     fn mod_revision(&self, key: &str) -> i64 {
@@ -202,6 +220,15 @@ impl MemorySink {
     /// A fenced txn: the state key's mod revision must be `fence`, the leadership key's create
     /// revision the one acquired; etcd's limits apply.
     fn txn(&self, ops: Vec<(String, Option<Vec<u8>>)>) -> Result<i64, SinkError> {
+        self.txn_after(ops, None)
+    }
+
+    /// A txn that compares the state's value with `previous` instead of its mod revision.
+    fn txn_after(
+        &self,
+        ops: Vec<(String, Option<Vec<u8>>)>,
+        previous: Option<&[u8]>,
+    ) -> Result<i64, SinkError> {
         let mut inner = self.etcd.lock();
         if ops.len() > inner.max_txn_ops {
             return Err(SinkError::TooManyOps);
@@ -219,7 +246,14 @@ impl MemorySink {
             .leadership
             .as_ref()
             .is_none_or(|l| inner.create_revision(&l.key) == l.revision);
-        if found != self.fence {
+        let state_as_expected = match previous {
+            Some(previous) => inner
+                .kvs
+                .get(&self.state_key)
+                .is_some_and(|kv| kv.value == previous),
+            None => found == self.fence,
+        };
+        if !state_as_expected {
             return Err(SinkError::Fenced {
                 key: self.state_key.clone(),
                 expected: self.fence,
@@ -248,6 +282,26 @@ fn writes(ops: Vec<Op>) -> Vec<(String, Option<Vec<u8>>)> {
             Op::Delete { key } => (key, None),
         })
         .collect()
+}
+
+struct InFlightGuard(MemoryEtcd);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.lock().in_flight -= 1;
+    }
+}
+
+impl MemorySink {
+    /// The state is still the one before `previous`: that commit has not landed yet.
+    fn behind(&self, previous: &[u8]) -> bool {
+        let inner = self.etcd.lock();
+        inner.mod_revision(&self.state_key) == self.fence
+            && inner
+                .kvs
+                .get(&self.state_key)
+                .is_none_or(|kv| kv.value != previous)
+    }
 }
 
 impl Sink for MemorySink {
@@ -299,7 +353,7 @@ impl Sink for MemorySink {
             let mut inner = self.etcd.lock();
             inner.in_flight += 1;
             inner.max_in_flight = inner.max_in_flight.max(inner.in_flight);
-            inner.commit_latency
+            inner.next_latency()
         };
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
@@ -310,6 +364,48 @@ impl Sink for MemorySink {
             self.fence = revision;
         }
         Ok(revision)
+    }
+
+    fn encode_state(&self, state: &State) -> Result<Arc<[u8]>, SinkError> {
+        serde_json::to_vec(state)
+            .map(Arc::from)
+            .map_err(|e| SinkError::BadState {
+                key: self.state_key.clone(),
+                reason: e.to_string(),
+            })
+    }
+
+    fn commit_chained(
+        &self,
+        ops: Vec<Op>,
+        state: Arc<[u8]>,
+        previous: Option<Arc<[u8]>>,
+    ) -> impl std::future::Future<Output = Result<i64, SinkError>> + Send + 'static {
+        let sink = self.clone();
+        async move {
+            let mut writes = writes(ops);
+            writes.push((sink.state_key.clone(), Some(state.to_vec())));
+            let latency = {
+                let mut inner = sink.etcd.lock();
+                inner.in_flight += 1;
+                inner.max_in_flight = inner.max_in_flight.max(inner.in_flight);
+                inner.next_latency()
+            };
+            // Out of flight when it lands, or when the engine drops it (a session that ended).
+            let _in_flight = InFlightGuard(sink.etcd.clone());
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            // As etcd would answer a txn sent before its predecessor landed: asked again.
+            while previous.as_deref().is_some_and(|p| sink.behind(p)) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            sink.txn_after(writes, previous.as_deref())
+        }
+    }
+
+    fn chained_landed(&mut self, revision: i64) {
+        self.fence = revision;
     }
 
     fn writer(&self) -> MemoryWriter {

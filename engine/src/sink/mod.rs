@@ -6,7 +6,8 @@
 //! - **Atomic txns**: [`Sink::commit`] and [`SinkWriter::commit`] apply all their operations or
 //!   none, under one new revision; a watcher sees them together.
 //! - **Fencing**: every txn compares the state key's mod revision with the one this sink last
-//!   read or wrote, and the leadership key's create revision with the one it acquired. When
+//!   read or wrote (a chained commit: the state's value with the one its predecessor writes),
+//!   and the leadership key's create revision with the one it acquired. When
 //!   another agent wrote the state the txn fails with [`SinkError::Fenced`]; when the
 //!   leadership key is gone, with [`SinkError::LostLeadership`]. Nothing of a failed txn lands.
 //! - **Limits**: a txn with more operations than the server allows fails with
@@ -16,6 +17,7 @@
 //!   and every write it makes is idempotent.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_sync_api::Position;
@@ -62,6 +64,22 @@ pub trait Sink: Clone + Send + Sync + 'static {
         ops: Vec<Op>,
         state: Option<&State>,
     ) -> impl Future<Output = Result<i64, SinkError>> + Send;
+    /// The state as the txns store it (JSON).
+    fn encode_state(&self, state: &State) -> Result<Arc<[u8]>, SinkError>;
+    /// Starts a fenced txn of `ops` and the state `state` (from [`Sink::encode_state`]) that
+    /// lands right after `previous`, the state of this sink's chained commit sent before it,
+    /// which may still be in flight (`None`: after the state this sink last read or wrote).
+    /// It compares the state's value with `previous`, so it never lands first, and asks again
+    /// while `previous` has not landed. The engine keeps more than one in flight this way and
+    /// reports each that landed, in order, with [`Sink::chained_landed`].
+    fn commit_chained(
+        &self,
+        ops: Vec<Op>,
+        state: Arc<[u8]>,
+        previous: Option<Arc<[u8]>>,
+    ) -> impl Future<Output = Result<i64, SinkError>> + Send + 'static;
+    /// A chained commit landed at `revision`: the fence of the txns after it.
+    fn chained_landed(&mut self, revision: i64);
     /// Fenced txns without the state, for many tasks at once (the dump).
     fn writer(&self) -> Self::Writer;
     /// Every key under `prefix` in key order, a page at a time, in time linear in their number.
