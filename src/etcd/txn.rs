@@ -29,7 +29,9 @@ impl Store {
             }
             None => None,
         };
-        let revision = self.fenced_txn(txn_ops, state_value.as_deref(), None).await?;
+        let revision = self
+            .fenced_txn(txn_ops, state_value.as_deref(), None)
+            .await?;
         if state.is_some() {
             self.fence = revision;
         }
@@ -140,7 +142,10 @@ impl Store {
             }
         };
         if early > 0 {
-            tracing::debug!(times = early, "a chained txn arrived before the one before it");
+            tracing::debug!(
+                times = early,
+                "a chained txn arrived before the one before it"
+            );
         }
         let found_revision = found.as_ref().map_or(0, |f| f.0);
         if let (true, Some(ours), Some((at, value))) = (retried, state_value, &found) {

@@ -16,8 +16,10 @@ use super::Applier;
 use crate::sink::{Phase, Sink, SinkError};
 use crate::EngineError;
 
-/// Group commits in flight at once in a backlog (one otherwise, so that a light load does not
-/// spread over more, smaller txns).
+/// Group commits in flight at once. Only a full group goes beside another (a partial one waits
+/// for the txn in flight, filling meanwhile), so a pipeline does not mean more, smaller txns.
+/// Two, because the sink tells a txn that arrived before its predecessor by the state being
+/// still at its fence, the revision of the last one landed when it was sent.
 pub(super) const PIPELINE_DEPTH: usize = 2;
 
 /// What a group commit acknowledges once it landed.
@@ -66,16 +68,6 @@ impl<'a, S: Sink> Applier<'a, S> {
         self.send_committed().await?;
         self.store().await?;
         Ok(())
-    }
-
-    /// Whether a group may be sent now: into a free slot in a backlog, when nothing is in
-    /// flight otherwise.
-    pub(super) fn may_send(&self) -> bool {
-        if self.backlog {
-            self.in_flight.len() < PIPELINE_DEPTH
-        } else {
-            self.in_flight.is_empty()
-        }
     }
 
     /// Sends the complete transactions with their position, once a slot is free.

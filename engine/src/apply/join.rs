@@ -348,7 +348,7 @@ impl<'a, S: Sink> Applier<'a, S> {
         let Some(join) = self.join.take() else {
             return Ok(());
         };
-        // The last durable position: the txn in flight has landed once the store is back.
+        // The last durable position: the txns in flight have landed once the store is back.
         self.store().await?;
         let position = self.ack.borrow().clone();
         let store = &mut *self.store;

@@ -4,12 +4,12 @@
 //! fit `max_txn_ops` and `max_txn_bytes`; a transaction too big for one txn is written in
 //! chunks and only its last chunk carries the position, so a crash replays it (idempotently).
 //!
-//! One txn is in flight at a time, so that watchers see transactions in source order; while it
-//! is, the next group is built from the stream, so that etcd's round trip and the agent's
-//! decoding and encoding overlap instead of adding up.
+//! While a txn is in flight the next group is built from the stream, so that etcd's round trip
+//! and the agent's decoding and encoding overlap instead of adding up; a full group goes out
+//! beside it, chained so that watchers still see transactions in source order.
 //!
 //! Here the applier's loop and what it does with each change; [`batch`] holds the coalescing,
-//! [`commit`] the txn in flight.
+//! [`commit`] the txns in flight.
 
 mod batch;
 mod commit;
@@ -314,8 +314,9 @@ impl<'a, S: Sink> Applier<'a, S> {
             // BACKLOG_LAG old), a stream that runs dry for a moment does not mean the source
             // is idle: wait up to BACKLOG_LINGER for the group to fill, as a txn of a few
             // transactions costs etcd nearly what a full one does (and more, smaller groups
-            // leave the source less CPU to catch up with).
-            if self.may_send() && self.committed_position.is_some() && !self.lingering {
+            // leave the source less CPU to catch up with). A full group does not wait: it goes
+            // beside the txn in flight, chained to it (`commit`).
+            if self.in_flight.is_empty() && self.committed_position.is_some() && !self.lingering {
                 if !self.backlog {
                     if rx.is_empty() {
                         self.send_committed().await?;

@@ -20,7 +20,11 @@ impl Agent {
         let child = Command::new(binary)
             .arg("--config-file")
             .arg(config)
-            .env("RUST_LOG", "info")
+            // BENCH_AGENT_LOG: the agent's RUST_LOG, for a closer look at one run.
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)

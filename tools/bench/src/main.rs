@@ -19,6 +19,7 @@ mod ceiling;
 mod db;
 mod measure;
 mod plot;
+mod proxy;
 mod scenarios;
 mod server;
 mod stream;

@@ -12,6 +12,7 @@ use crate::agent::Agent;
 use crate::ceiling;
 use crate::db::{Db, Source, TestEnv};
 use crate::measure::Measure;
+use crate::proxy::DelayProxy;
 use crate::server::{
     context_switches, find_process, http_get, metric, txn_handling, EtcdServer, EtcdVersion,
 };
@@ -96,9 +97,19 @@ impl Bench {
     ) -> Result<f64> {
         // A port of its own: the scenario's etcd may be up already.
         let etcd = EtcdServer::start(&self.dir, version, ETCD_PORT + 10).await?;
+        // etcd at a distance: the ceiling's client goes through the same delay as the agent.
+        let (client, _proxy) = match etcd_delay() {
+            Some(delay) if in_flight == 1 => {
+                let proxy = DelayProxy::start(ETCD_PORT + 31, &etcd.url, delay).await?;
+                let client =
+                    Box::pin(etcd_client::Client::connect([proxy.url.as_str()], None)).await?;
+                (client, Some(proxy))
+            }
+            _ => (etcd.client.clone(), None),
+        };
         let cpu = etcd.pid().map_or(0.0, crate::server::cpu_seconds_tree);
         let rate = ceiling::measure(
-            &etcd.client,
+            &client,
             "/bench-ceiling/items/",
             keys,
             in_flight,
@@ -176,14 +187,13 @@ impl Bench {
             loaded = rows;
             db.drop_slot("accounts").await?;
             self.settle(db, source).await?;
-            let ceiling = self
-                .ceiling(
-                    version,
-                    rows,
-                    16,
-                    &format!("{} dump of {rows}", source.name()),
-                )
-                .await?;
+            let ceiling = Box::pin(self.ceiling(
+                version,
+                rows,
+                16,
+                &format!("{} dump of {rows}", source.name()),
+            ))
+            .await?;
             if first_ceiling == 0.0 {
                 first_ceiling = ceiling;
             }
@@ -361,10 +371,17 @@ impl Bench {
         db.drop_slot("catchup").await?;
         let config = self.config(db, &etcd, "catchup", &["bench_catchup"])?;
         let metrics = format!("127.0.0.1:{}", ETCD_PORT + 20);
-        std::fs::write(
-            &config,
-            std::fs::read_to_string(&config)? + &format!("metrics:\n  listen: {metrics}\n"),
-        )?;
+        let mut text =
+            std::fs::read_to_string(&config)? + &format!("metrics:\n  listen: {metrics}\n");
+        let _proxy = match etcd_delay() {
+            Some(delay) => {
+                let proxy = DelayProxy::start(ETCD_PORT + 30, &etcd.url, delay).await?;
+                text = text.replace(&etcd.url, &proxy.url);
+                Some(proxy)
+            }
+            None => None,
+        };
+        std::fs::write(&config, text)?;
         let name = source.name();
         let mut agent = Agent::start(
             &self.agent_bin,
@@ -385,14 +402,13 @@ impl Bench {
             started.elapsed().as_secs_f64()
         );
         self.settle(db, source).await?;
-        let sequential = self
-            .ceiling(
-                version,
-                scaled(SEQUENTIAL_CEILING_KEYS),
-                1,
-                &format!("{name} catch-up"),
-            )
-            .await?;
+        let sequential = Box::pin(self.ceiling(
+            version,
+            scaled(SEQUENTIAL_CEILING_KEYS),
+            1,
+            &format!("{name} catch-up"),
+        ))
+        .await?;
         let db_pid = self.db_pid(source);
         let before = cpu_before_agent(&etcd, db_pid);
         let mut agent = Agent::start(
@@ -457,7 +473,17 @@ impl Bench {
                 (after.1 - before.1) / seconds,
                 (after.2 - before.2) / seconds,
             )),
-            ..self.base(version, name, "catch-up, 200k single-row txns")
+            ..self.base(
+                version,
+                name,
+                &match etcd_delay() {
+                    Some(delay) => format!(
+                        "catch-up, 200k single-row txns, etcd {:.1} ms away",
+                        delay.as_secs_f64() * 1000.0
+                    ),
+                    None => "catch-up, 200k single-row txns".into(),
+                },
+            )
         });
         if let Some(m) = self.results.last() {
             println!("  {:?}", m.counts);
@@ -601,4 +627,11 @@ pub fn checks(results: &[Measure]) -> Vec<(String, f64, String, bool)> {
         }
     }
     out
+}
+
+/// `BENCH_ETCD_DELAY_MS`: etcd as far away as this, each way, for the catch-ups and their
+/// sequential ceilings (a proxy on loopback adds it).
+fn etcd_delay() -> Option<std::time::Duration> {
+    let ms: f64 = std::env::var("BENCH_ETCD_DELAY_MS").ok()?.parse().ok()?;
+    (ms > 0.0).then(|| std::time::Duration::from_secs_f64(ms / 1000.0))
 }
