@@ -230,15 +230,63 @@ fn write_value(value: &Value, out: &mut String) {
     }
 }
 
+/// A JSON string, escaped exactly as serde_json escapes it (a test checks every ASCII
+/// character), without the String serde_json allocates per call (one per column name and one
+/// per text value, in every row).
 fn write_string(s: &str, out: &mut String) {
-    // serde_json's escaping, so every string in a value is escaped the same way.
-    out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push('"');
+    let mut start = 0;
+    for (i, byte) in s.bytes().enumerate() {
+        let escape = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        // `byte` is ASCII, so `i` is a character boundary.
+        out.push_str(&s[start..i]);
+        if escape.is_empty() {
+            out.push_str("\\u00");
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 0xf)]));
+        } else {
+            out.push_str(escape);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use etcd_sync_api::Column;
+
+    #[test]
+    fn strings_are_escaped_as_serde_json_escapes_them() {
+        let mut samples: Vec<String> = (0u8..0x80).map(|b| char::from(b).to_string()).collect();
+        samples.extend(
+            [
+                "",
+                "plain",
+                "a\"b\\c\u{1}\u{7f}é\u{2028}😀\n",
+                "\u{1f}x\u{0}",
+            ]
+            .map(String::from),
+        );
+        for sample in samples {
+            let mut ours = String::new();
+            write_string(&sample, &mut ours);
+            assert_eq!(ours, serde_json::to_string(&sample).unwrap(), "{sample:?}");
+        }
+    }
 
     fn table(columns: &[&str], key: Vec<usize>) -> TableSchema {
         TableSchema {

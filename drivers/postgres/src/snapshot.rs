@@ -138,7 +138,6 @@ async fn copy_table(
         .map_err(|e| pg_error(&context, e))?;
     futures_util::pin_mut!(stream);
     let mut pending = BytesMut::new();
-    let mut fields = Vec::new();
     let mut batch: Vec<Row> = Vec::with_capacity(DUMP_BATCH_ROWS);
     let mut total = 0u64;
     loop {
@@ -150,9 +149,12 @@ async fn copy_table(
         pending.extend_from_slice(&chunk);
         while let Some(newline) = pending.iter().position(|&b| b == b'\n') {
             let line = pending.split_to(newline + 1);
-            types::split_copy_line(&line[..newline], &mut fields)
-                .map_err(|e| DriverError::Protocol(format!("{context}: {e}")))?;
-            batch.push(text_row(&fields, &table.types, &schema.id)?);
+            batch.push(text_row(
+                &line[..newline],
+                &table.types,
+                &schema.id,
+                &context,
+            )?);
             if batch.len() == DUMP_BATCH_ROWS {
                 total += batch.len() as u64;
                 let rows = std::mem::replace(&mut batch, Vec::with_capacity(DUMP_BATCH_ROWS));
@@ -198,25 +200,32 @@ async fn send<T>(out: &mpsc::Sender<T>, event: T) -> Result<(), DriverError> {
 }
 
 fn text_row(
-    fields: &[Option<String>],
+    line: &[u8],
     types: &[types::PgType],
     table: &etcd_sync_api::TableId,
+    context: &str,
 ) -> Result<Row, DriverError> {
-    if fields.len() != types.len() {
+    let mut row = Vec::with_capacity(types.len());
+    let mut columns = 0;
+    types::copy_fields(line, |field| {
+        columns += 1;
+        let Some(ty) = types.get(columns - 1) else {
+            return Ok(());
+        };
+        row.push(match field {
+            None => etcd_sync_api::Value::Null,
+            Some(text) => ty
+                .to_value(text)
+                .map_err(|e| format!("table {table}: {e}"))?,
+        });
+        Ok(())
+    })
+    .map_err(|e| DriverError::Protocol(format!("{context}: {e}")))?;
+    if columns != types.len() {
         return Err(DriverError::Protocol(format!(
-            "table {table}: a row has {} columns, expected {}",
-            fields.len(),
+            "table {table}: a row has {columns} columns, expected {}",
             types.len()
         )));
     }
-    fields
-        .iter()
-        .zip(types)
-        .map(|(field, ty)| match field {
-            None => Ok(etcd_sync_api::Value::Null),
-            Some(text) => ty
-                .to_value(text)
-                .map_err(|e| DriverError::Protocol(format!("table {table}: {e}"))),
-        })
-        .collect()
+    Ok(row)
 }

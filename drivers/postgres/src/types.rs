@@ -300,23 +300,24 @@ impl ArrayParser<'_> {
     }
 }
 
-/// Splits one line of COPY's text format into its fields (`None` for `\N`), undoing its
-/// backslash escapes. `line` excludes the newline.
-pub fn split_copy_line(line: &[u8], fields: &mut Vec<Option<String>>) -> Result<(), String> {
-    fields.clear();
+/// Calls `each` with the fields of one line of COPY's text format (`None` for `\N`), its
+/// backslash escapes undone. `line` excludes the newline.
+pub fn copy_fields(
+    line: &[u8],
+    mut each: impl FnMut(Option<&str>) -> Result<(), String>,
+) -> Result<(), String> {
+    // Borrowed from the line unless escaped: a String per field was a fifth of the dump's
+    // allocations.
     for raw in line.split(|&b| b == b'\t') {
         if raw == b"\\N" {
-            fields.push(None);
-            continue;
-        }
-        let text = if raw.contains(&b'\\') {
-            unescape_copy(raw)?
+            each(None)?;
+        } else if raw.contains(&b'\\') {
+            each(Some(&unescape_copy(raw)?))?;
         } else {
-            std::str::from_utf8(raw)
-                .map_err(|_| "COPY field is not UTF-8".to_string())?
-                .to_owned()
-        };
-        fields.push(Some(text));
+            each(Some(
+                std::str::from_utf8(raw).map_err(|_| "COPY field is not UTF-8".to_string())?,
+            ))?;
+        }
     }
     Ok(())
 }
@@ -488,10 +489,17 @@ mod tests {
 
     #[test]
     fn copy_lines() {
-        let mut fields = Vec::new();
-        split_copy_line(b"1\t\\N\ta\\tb\\nc\\\\d\t\\101\\x41", &mut fields).unwrap();
+        let fields = |line: &[u8]| {
+            let mut fields: Vec<Option<String>> = Vec::new();
+            copy_fields(line, |field| {
+                fields.push(field.map(str::to_owned));
+                Ok(())
+            })
+            .map(|()| fields)
+        };
+        let fields_of_line = fields(b"1\t\\N\ta\\tb\\nc\\\\d\t\\101\\x41").unwrap();
         assert_eq!(
-            fields,
+            fields_of_line,
             vec![
                 Some("1".into()),
                 None,
@@ -499,9 +507,8 @@ mod tests {
                 Some("AA".into())
             ]
         );
-        split_copy_line(b"", &mut fields).unwrap();
-        assert_eq!(fields, vec![Some(String::new())]);
-        assert!(split_copy_line(b"a\\", &mut fields).is_err());
+        assert_eq!(fields(b"").unwrap(), vec![Some(String::new())]);
+        assert!(fields(b"a\\").is_err());
     }
 
     #[test]
