@@ -643,3 +643,72 @@ async fn verify_is_exact_while_changes_flow() {
     drop(agent);
     world.cleanup().await;
 }
+
+/// A backlog goes out with two txns in flight, each chained to the state its predecessor
+/// writes: replayed from etcd's history, the state's positions only grow, revision after
+/// revision, so no txn landed before one sent ahead of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_lands_in_source_order() {
+    let world = World::new("backlog_order").await;
+    world
+        .sql("CREATE TABLE items (id int PRIMARY KEY, v int);")
+        .await;
+    let mut agent = world.start_agent();
+    world.wait_for_sync_phase(&mut agent, SYNC_TIMEOUT).await;
+    assert!(agent.terminate(Duration::from_secs(10)).success());
+    let state_key = format!("{}/state", world.state_prefix());
+    let mut kv = world.etcd.kv_client();
+    let from = kv
+        .get(state_key.as_str(), None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    world
+        .sql(
+            "DO $$ BEGIN FOR i IN 1..20000 LOOP
+                 INSERT INTO items VALUES (i, i); COMMIT;
+             END LOOP; END $$;",
+        )
+        .await;
+    let agent = world.start_agent();
+    world.wait_converged(Some(&agent), CONVERGE_TIMEOUT).await;
+    drop(agent);
+    let last = kv.get(state_key.as_str(), None).await.unwrap().kvs()[0].mod_revision();
+    let mut stream = world
+        .etcd
+        .watch_client()
+        .watch(
+            state_key.as_str(),
+            Some(etcd_client::WatchOptions::new().with_start_revision(from + 1)),
+        )
+        .await
+        .unwrap();
+    let mut positions = Vec::new();
+    'replay: while let Some(response) = stream.message().await.unwrap() {
+        for event in response.events() {
+            let kv = event.kv().unwrap();
+            let state: serde_json::Value = serde_json::from_slice(kv.value()).unwrap();
+            if let Some(lsn) = state["position"]["lsn"].as_str() {
+                let (high, low) = lsn.split_once('/').unwrap();
+                let high = u64::from_str_radix(high, 16).unwrap();
+                positions.push((high << 32) | u64::from_str_radix(low, 16).unwrap());
+            }
+            if kv.mod_revision() >= last {
+                break 'replay;
+            }
+        }
+    }
+    // 20,000 transactions in txns of at most 127: a backlog, not one txn per transaction.
+    assert!(
+        (158..2000).contains(&positions.len()),
+        "{} state writes",
+        positions.len()
+    );
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "the state's positions went back: {positions:?}"
+    );
+    world.cleanup().await;
+}
