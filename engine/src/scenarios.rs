@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{run, EngineError, Settings};
+use crate::apply::PIPELINE_DEPTH;
 use crate::metrics::Metrics;
 use crate::shape::{OnRemove, Options, RowShape, TableOptions};
 use crate::sink::memory::MemoryEtcd;
@@ -402,8 +403,8 @@ async fn group_commit_keeps_transactions_whole() {
     engine.stop().await.unwrap();
 }
 
-/// A backlog (transactions arriving faster than etcd takes them) goes out in full txns, two
-/// in flight at a time (each chained to the one before), in source order.
+/// A backlog (transactions arriving faster than etcd takes them) goes out in full txns,
+/// several in flight at a time (each chained to the one before), in source order.
 #[tokio::test]
 async fn a_backlog_is_written_in_full_txns_in_source_order() {
     let (script, etcd, engine) = dumped(3, 128).await;
@@ -423,7 +424,7 @@ async fn a_backlog_is_written_in_full_txns_in_source_order() {
         "{} txns for {n} transactions ({full} full ones would do)",
         written.len()
     );
-    assert_eq!(etcd.max_commits_in_flight(), 2);
+    assert_eq!(etcd.max_commits_in_flight(), PIPELINE_DEPTH);
     let positions = positions_written(written);
     assert_eq!(
         positions.len(),
@@ -464,7 +465,7 @@ async fn a_chained_commit_that_arrives_first_lands_second() {
         script.push(vec![insert(10_000 + i, "x")]);
     }
     converges(&script, &etcd).await;
-    assert_eq!(etcd.max_commits_in_flight(), 2);
+    assert_eq!(etcd.max_commits_in_flight(), PIPELINE_DEPTH);
     assert_in_order(&positions_written(&etcd.history()[before..]));
     engine.stop().await.unwrap();
 }
@@ -492,7 +493,7 @@ async fn a_failed_commit_with_another_chained_behind_it_is_replayed() {
             applied,
         );
         converges(&script, &etcd).await;
-        assert_eq!(etcd.max_commits_in_flight(), 2);
+        assert_eq!(etcd.max_commits_in_flight(), PIPELINE_DEPTH);
         assert_in_order(&positions_written(&etcd.history()[before..]));
         engine.stop().await.unwrap();
     }

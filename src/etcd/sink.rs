@@ -56,9 +56,9 @@ impl Sink for Store {
         &self,
         ops: Vec<Op>,
         state: Arc<[u8]>,
-        previous: Option<Arc<[u8]>>,
+        ahead: Vec<Arc<[u8]>>,
     ) -> impl std::future::Future<Output = Result<i64, SinkError>> + Send + 'static {
-        Store::commit_chained(self, ops, state, previous)
+        Store::commit_chained(self, ops, state, ahead)
     }
 
     fn chained_landed(&mut self, revision: i64) {

@@ -30,7 +30,7 @@ impl Store {
             None => None,
         };
         let revision = self
-            .fenced_txn(txn_ops, state_value.as_deref(), None)
+            .fenced_txn(txn_ops, state_value.as_deref(), &[])
             .await?;
         if state.is_some() {
             self.fence = revision;
@@ -48,21 +48,19 @@ impl Store {
             })
     }
 
-    /// A txn of `ops` and the state that lands right after `previous` (see
+    /// A txn of `ops` and the state that lands right after the last of `ahead` (see
     /// `Sink::commit_chained`): several may be in flight, in order.
     pub fn commit_chained(
         &self,
         ops: Vec<Op>,
         state: Arc<[u8]>,
-        previous: Option<Arc<[u8]>>,
+        ahead: Vec<Arc<[u8]>>,
     ) -> impl std::future::Future<Output = Result<i64, SinkError>> + Send + 'static {
         let store = self.clone();
         async move {
             let mut txn_ops: Vec<TxnOp> = ops.into_iter().map(txn_op).collect();
             txn_ops.push(TxnOp::put(store.state_key.as_str(), state.to_vec(), None));
-            store
-                .fenced_txn(txn_ops, Some(&state), previous.as_deref())
-                .await
+            store.fenced_txn(txn_ops, Some(&state), &ahead).await
         }
     }
 
@@ -79,16 +77,18 @@ impl Store {
     /// new mod revision, and finding our own state there means it was that attempt that wrote
     /// it, not another agent.
     ///
-    /// With `previous`, the txn compares the state's value with it instead of the state's mod
-    /// revision: it is sent while the txn that writes `previous` may still be in flight, and
-    /// while the state is still the one before that (the fence), it is sent again.
+    /// With chained txns `ahead` (their states, oldest first), the txn compares the state's
+    /// value with the last one's instead of the state's mod revision: it is sent while they
+    /// may still be in flight, and while the state is still the one before them (the fence)
+    /// or one of theirs but the last, it is sent again.
     pub(super) async fn fenced_txn(
         &self,
         ops: Vec<TxnOp>,
         state_value: Option<&[u8]>,
-        previous: Option<&[u8]>,
+        ahead: &[Arc<[u8]>],
     ) -> Result<i64, SinkError> {
         let count = ops.len();
+        let previous = ahead.last().map(|p| &**p);
         let mut compares = vec![match previous {
             Some(previous) => Compare::value(self.state_key.as_str(), CompareOp::Equal, previous),
             None => Compare::mod_revision(self.state_key.as_str(), CompareOp::Equal, self.fence),
@@ -131,7 +131,13 @@ impl Store {
                 _ => None,
             });
             let found_revision = found.as_ref().map_or(0, |f| f.0);
-            if previous.is_none() || found_revision != self.fence {
+            let earlier = ahead.split_last().map_or(&[][..], |(_, e)| e);
+            let behind = !ahead.is_empty()
+                && (found_revision == self.fence
+                    || found
+                        .as_ref()
+                        .is_some_and(|(_, v)| earlier.iter().any(|e| **e == **v)));
+            if !behind {
                 break (retried, found);
             }
             // Arrived before its predecessor landed: ask again, at once the first times (the
@@ -225,7 +231,7 @@ pub struct Writer {
 impl Writer {
     pub async fn commit(&self, ops: Vec<Op>) -> Result<i64, SinkError> {
         self.store
-            .fenced_txn(ops.into_iter().map(txn_op).collect(), None, None)
+            .fenced_txn(ops.into_iter().map(txn_op).collect(), None, &[])
             .await
     }
 }

@@ -36,6 +36,7 @@ use crate::sink::Phase;
 use crate::sink::{Sink, SinkScan};
 use batch::Batch;
 use commit::InFlight;
+pub(crate) use commit::PIPELINE_DEPTH;
 use etcd_sync_api::DumpEvent;
 
 /// Stream events buffered between the driver and the applier: deep enough that, while one

@@ -293,14 +293,18 @@ impl Drop for InFlightGuard {
 }
 
 impl MemorySink {
-    /// The state is still the one before `previous`: that commit has not landed yet.
-    fn behind(&self, previous: &[u8]) -> bool {
+    /// The commits `ahead` have not all landed: the state is still the one before them or
+    /// one of theirs but the last.
+    fn behind(&self, ahead: &[Arc<[u8]>]) -> bool {
+        let Some((_, earlier)) = ahead.split_last() else {
+            return false;
+        };
         let inner = self.etcd.lock();
         inner.mod_revision(&self.state_key) == self.fence
-            && inner
+            || inner
                 .kvs
                 .get(&self.state_key)
-                .is_none_or(|kv| kv.value != previous)
+                .is_some_and(|kv| earlier.iter().any(|e| **e == *kv.value))
     }
 }
 
@@ -379,7 +383,7 @@ impl Sink for MemorySink {
         &self,
         ops: Vec<Op>,
         state: Arc<[u8]>,
-        previous: Option<Arc<[u8]>>,
+        ahead: Vec<Arc<[u8]>>,
     ) -> impl std::future::Future<Output = Result<i64, SinkError>> + Send + 'static {
         let sink = self.clone();
         async move {
@@ -397,10 +401,10 @@ impl Sink for MemorySink {
                 tokio::time::sleep(latency).await;
             }
             // As etcd would answer a txn sent before its predecessor landed: asked again.
-            while previous.as_deref().is_some_and(|p| sink.behind(p)) {
+            while sink.behind(&ahead) {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            sink.txn_after(writes, previous.as_deref())
+            sink.txn_after(writes, ahead.last().map(|a| &**a))
         }
     }
 

@@ -67,16 +67,17 @@ pub trait Sink: Clone + Send + Sync + 'static {
     /// The state as the txns store it (JSON).
     fn encode_state(&self, state: &State) -> Result<Arc<[u8]>, SinkError>;
     /// Starts a fenced txn of `ops` and the state `state` (from [`Sink::encode_state`]) that
-    /// lands right after `previous`, the state of this sink's chained commit sent before it,
-    /// which may still be in flight (`None`: after the state this sink last read or wrote).
-    /// It compares the state's value with `previous`, so it never lands first, and asks again
-    /// while `previous` has not landed. The engine keeps more than one in flight this way and
-    /// reports each that landed, in order, with [`Sink::chained_landed`].
+    /// lands right after the last of `ahead`: the states of this sink's chained commits sent
+    /// before it that may still be in flight, oldest first (none: after the state this sink
+    /// last read or wrote). It compares the state's value with that last one, so it never
+    /// lands first, and asks again while the state is still one of `ahead` or the one before
+    /// them. The engine keeps several in flight this way and reports each that landed, in
+    /// order, with [`Sink::chained_landed`].
     fn commit_chained(
         &self,
         ops: Vec<Op>,
         state: Arc<[u8]>,
-        previous: Option<Arc<[u8]>>,
+        ahead: Vec<Arc<[u8]>>,
     ) -> impl Future<Output = Result<i64, SinkError>> + Send + 'static;
     /// A chained commit landed at `revision`: the fence of the txns after it.
     fn chained_landed(&mut self, revision: i64);
