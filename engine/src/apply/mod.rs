@@ -36,6 +36,7 @@ use crate::sink::Phase;
 use crate::sink::{Sink, SinkScan};
 use batch::Batch;
 use commit::InFlight;
+#[cfg(test)]
 pub(crate) use commit::PIPELINE_DEPTH;
 use etcd_sync_api::DumpEvent;
 
