@@ -163,6 +163,20 @@ impl Store {
                 return Ok(*at);
             }
         }
+        if let (true, Some(_), Some((at, value))) = (retried, state_value, &found) {
+            // A txn chained after this one lands only on this one's state: a later state of
+            // this agent's means an attempt of this one landed and its successor on top.
+            let ours_later = *at > self.fence
+                && serde_json::from_slice::<State>(value).is_ok_and(|s| s.agent == self.agent);
+            if ours_later {
+                tracing::info!(
+                    revision = at,
+                    "an earlier attempt of this txn was applied (its answer was lost), and the \
+                     txn chained after it too"
+                );
+                return Ok(*at);
+            }
+        }
         if 0 < found_revision && found_revision < self.fence {
             // Revisions only grow: no agent can have written this. The member that answered
             // holds older or diverged data.
