@@ -20,15 +20,8 @@ impl Store {
     /// Applies `ops` in one fenced txn, with the state put when given; returns the txn's
     /// revision. Keys in `ops` must be distinct (etcd refuses two operations on one key).
     pub async fn commit(&mut self, ops: Vec<Op>, state: Option<&State>) -> Result<i64, SinkError> {
-        let mut txn_ops: Vec<TxnOp> = ops.into_iter().map(txn_op).collect();
-        let state_value = match state {
-            Some(state) => {
-                let value = self.encode_state(state)?;
-                txn_ops.push(TxnOp::put(self.state_key.as_str(), value.to_vec(), None));
-                Some(value)
-            }
-            None => None,
-        };
+        let state_value = state.map(|s| self.encode_state(s)).transpose()?;
+        let txn_ops = self.txn_ops(ops, state_value.as_deref());
         let revision = self
             .fenced_txn(txn_ops, state_value.as_deref(), &[])
             .await?;
@@ -40,12 +33,16 @@ impl Store {
 
     /// The state as the txns store it.
     pub fn encode_state(&self, state: &State) -> Result<Arc<[u8]>, SinkError> {
-        serde_json::to_vec(state)
-            .map(Arc::from)
-            .map_err(|e| SinkError::BadState {
-                key: self.state_key.clone(),
-                reason: e.to_string(),
-            })
+        state.encode(&self.state_key)
+    }
+
+    /// `ops` as txn operations, with the state put last when given.
+    fn txn_ops(&self, ops: Vec<Op>, state: Option<&[u8]>) -> Vec<TxnOp> {
+        let mut txn_ops: Vec<TxnOp> = ops.into_iter().map(txn_op).collect();
+        if let Some(state) = state {
+            txn_ops.push(TxnOp::put(self.state_key.as_str(), state.to_vec(), None));
+        }
+        txn_ops
     }
 
     /// A txn of `ops` and the state that lands right after the last of `ahead` (see
@@ -58,8 +55,7 @@ impl Store {
     ) -> impl std::future::Future<Output = Result<i64, SinkError>> + Send + 'static {
         let store = self.clone();
         async move {
-            let mut txn_ops: Vec<TxnOp> = ops.into_iter().map(txn_op).collect();
-            txn_ops.push(TxnOp::put(store.state_key.as_str(), state.to_vec(), None));
+            let txn_ops = store.txn_ops(ops, Some(&state));
             store.fenced_txn(txn_ops, Some(&state), &ahead).await
         }
     }

@@ -286,6 +286,23 @@ fn writes(ops: Vec<Op>) -> Vec<(String, Option<Vec<u8>>)> {
 
 struct InFlightGuard(MemoryEtcd);
 
+impl MemoryEtcd {
+    /// A commit with the state on its way: counted in flight, and its latency waited out.
+    async fn commit_in_flight(&self) -> InFlightGuard {
+        let latency = {
+            let mut inner = self.lock();
+            inner.in_flight += 1;
+            inner.max_in_flight = inner.max_in_flight.max(inner.in_flight);
+            inner.next_latency()
+        };
+        let guard = InFlightGuard(self.clone());
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        guard
+    }
+}
+
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         self.0.lock().in_flight -= 1;
@@ -347,22 +364,13 @@ impl Sink for MemorySink {
     async fn commit(&mut self, ops: Vec<Op>, state: Option<&State>) -> Result<i64, SinkError> {
         let mut writes = writes(ops);
         if let Some(state) = state {
-            let value = serde_json::to_string(state).map_err(|e| SinkError::BadState {
-                key: self.state_key.clone(),
-                reason: e.to_string(),
-            })?;
-            writes.push((self.state_key.clone(), Some(value.into_bytes())));
+            writes.push((
+                self.state_key.clone(),
+                Some(state.encode(&self.state_key)?.to_vec()),
+            ));
         }
-        let latency = {
-            let mut inner = self.etcd.lock();
-            inner.in_flight += 1;
-            inner.max_in_flight = inner.max_in_flight.max(inner.in_flight);
-            inner.next_latency()
-        };
-        if !latency.is_zero() {
-            tokio::time::sleep(latency).await;
-        }
-        self.etcd.lock().in_flight -= 1;
+        // Out of flight once it applies, below.
+        drop(self.etcd.commit_in_flight().await);
         let revision = self.txn(writes)?;
         if state.is_some() {
             self.fence = revision;
@@ -371,12 +379,7 @@ impl Sink for MemorySink {
     }
 
     fn encode_state(&self, state: &State) -> Result<Arc<[u8]>, SinkError> {
-        serde_json::to_vec(state)
-            .map(Arc::from)
-            .map_err(|e| SinkError::BadState {
-                key: self.state_key.clone(),
-                reason: e.to_string(),
-            })
+        state.encode(&self.state_key)
     }
 
     fn commit_chained(
@@ -389,17 +392,8 @@ impl Sink for MemorySink {
         async move {
             let mut writes = writes(ops);
             writes.push((sink.state_key.clone(), Some(state.to_vec())));
-            let latency = {
-                let mut inner = sink.etcd.lock();
-                inner.in_flight += 1;
-                inner.max_in_flight = inner.max_in_flight.max(inner.in_flight);
-                inner.next_latency()
-            };
             // Out of flight when it lands, or when the engine drops it (a session that ended).
-            let _in_flight = InFlightGuard(sink.etcd.clone());
-            if !latency.is_zero() {
-                tokio::time::sleep(latency).await;
-            }
+            let _in_flight = sink.etcd.commit_in_flight().await;
             // As etcd would answer a txn sent before its predecessor landed: asked again.
             while sink.behind(&ahead) {
                 tokio::time::sleep(Duration::from_millis(1)).await;

@@ -65,6 +65,16 @@ pub struct Selected {
 }
 
 impl State {
+    /// The state as sinks store it (JSON); `key`: where, for the error.
+    pub fn encode(&self, key: &str) -> Result<std::sync::Arc<[u8]>, super::SinkError> {
+        serde_json::to_vec(self)
+            .map(std::sync::Arc::from)
+            .map_err(|e| super::SinkError::BadState {
+                key: key.to_owned(),
+                reason: e.to_string(),
+            })
+    }
+
     /// The selection this state records.
     pub fn selected(&self) -> Selected {
         Selected {
