@@ -351,6 +351,11 @@ start_etcd() { # name binary port
     return
   fi
   log "starting $name on port $port ($("$bin" --version | head -1))"
+  # Empty at every start: tests write under prefixes of their own and nothing outlives the
+  # server, while a data dir kept from earlier runs (GBs after a few `make test`s) cost a minute
+  # of CPU to load and, five minutes later, ~20 s of CPU compacting, in the middle of whatever
+  # ran next (`make bench` measures on the same two cores).
+  rm -rf "${DIR:?}/$name"
   mkdir -p "$DIR/$name"
   setsid nohup "$bin" --name testenv --data-dir "$DIR/$name" \
     --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \

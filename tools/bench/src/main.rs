@@ -114,7 +114,7 @@ async fn main() -> Result<()> {
 
 fn report(dir: &Path, results: &[Measure]) -> Result<()> {
     println!(
-        "\n| etcd | source | scenario | seconds | rate | ratio | phases (s) | peak RSS (MB) | cores: agent / etcd / db |"
+        "\n| etcd | source | scenario | seconds | rate | ratio | phases (s) | peak RSS (MB) | cores: agent / etcd / db / other |"
     );
     println!("|---|---|---|---:|---:|---:|---|---:|---:|");
     let fmt = |v: Option<f64>, d: usize| v.map_or("-".into(), |v| format!("{v:.d$}"));
@@ -132,7 +132,12 @@ fn report(dir: &Path, results: &[Measure]) -> Result<()> {
         };
         let cores = m
             .cores
-            .map_or("-".into(), |(a, e, d)| format!("{a:.2} / {e:.2} / {d:.2}"));
+            .map_or("-".into(), |c| {
+                format!(
+                    "{:.2} / {:.2} / {:.2} / {:.2}",
+                    c.agent, c.etcd, c.db, c.other
+                )
+            });
         let lag = m.lag_ms.map_or(String::new(), |(a, b, c)| {
             format!(" (lag ms p50/p99/max {a:.0}/{b:.0}/{c:.0})")
         });

@@ -2,6 +2,8 @@
 
 use serde_json::{json, Value};
 
+use crate::stream::Cores;
+
 #[derive(Debug, Default, Clone)]
 pub struct Measure {
     /// "3.4" or "3.5".
@@ -22,8 +24,8 @@ pub struct Measure {
     pub counts: Vec<(String, f64)>,
     pub lag_ms: Option<(f64, f64, f64)>,
     pub peak_rss_mb: Option<f64>,
-    /// CPU cores used on average: agent, etcd, database server.
-    pub cores: Option<(f64, f64, f64)>,
+    /// CPU cores used on average: agent, etcd, database server, the rest of the machine.
+    pub cores: Option<Cores>,
 }
 
 impl Measure {
@@ -54,7 +56,7 @@ impl Measure {
             "counts": self.counts.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
             "lag_ms": self.lag_ms.map(|(a, b, c)| json!({"p50": a, "p99": b, "max": c})),
             "peak_rss_mb": self.peak_rss_mb,
-            "cores": self.cores.map(|(a, e, d)| json!({"agent": a, "etcd": e, "database": d})),
+            "cores": self.cores.map(|c| json!({"agent": c.agent, "etcd": c.etcd, "database": c.db, "other": c.other})),
         })
     }
 }

@@ -16,7 +16,7 @@ use crate::proxy::DelayProxy;
 use crate::server::{
     context_switches, find_process, http_get, metric, txn_handling, EtcdServer, EtcdVersion,
 };
-use crate::stream::{self, cpu_before_agent, cpu_now};
+use crate::stream::{self, Cpu};
 use crate::ETCD_PORT;
 
 /// The JSON value size of a `bench_accounts` row, as pgbench's accounts give.
@@ -107,7 +107,7 @@ impl Bench {
             }
             _ => (etcd.client.clone(), None),
         };
-        let cpu = etcd.pid().map_or(0.0, crate::server::cpu_seconds_tree);
+        let cpu = Cpu::etcd(&etcd);
         let rate = ceiling::measure(
             &client,
             "/bench-ceiling/items/",
@@ -116,7 +116,7 @@ impl Bench {
             VALUE_BYTES,
         )
         .await?;
-        let etcd_cpu = etcd.pid().map_or(0.0, crate::server::cpu_seconds_tree) - cpu;
+        let cores = Cpu::etcd(&etcd).cores_since(&cpu, keys as f64 / rate);
         let (txns, handling) = txn_handling(&etcd.url).await?;
         etcd.stop().await?;
         println!(
@@ -130,7 +130,7 @@ impl Bench {
             seconds: Some(seconds),
             rate: Some(rate),
             ratio: Some(1.0),
-            cores: Some((0.0, etcd_cpu / seconds, 0.0)),
+            cores: Some(cores),
             counts: {
                 let mut counts = vec![
                     ("etcd txns".into(), txns),
@@ -292,12 +292,12 @@ impl Bench {
         ));
         self.settle(db, source).await?;
         let db_pid = self.db_pid(source);
-        let before = cpu_before_agent(etcd, db_pid);
+        let before = Cpu::before_agent(etcd, db_pid);
         let mut agent = Agent::start(&self.agent_bin, &config, log)?;
         let seconds = agent
             .wait_for_sync(&etcd.client, "/bench-state/accounts")
             .await?;
-        let after = cpu_now(&agent, etcd, db_pid);
+        let after = Cpu::now(&agent, etcd, db_pid);
         let rss = agent.peak_rss_mb()?;
         agent.stop().await?;
         let at = |needle: &str| agent.phase_seconds(needle);
@@ -346,11 +346,7 @@ impl Bench {
             phases,
             counts,
             peak_rss_mb: Some(rss),
-            cores: Some((
-                after.0 / seconds,
-                (after.1 - before.1) / seconds,
-                (after.2 - before.2) / seconds,
-            )),
+            cores: Some(after.cores_since(&before, seconds)),
             ..self.base(version, name, scenario)
         };
         println!(
@@ -410,7 +406,7 @@ impl Bench {
         ))
         .await?;
         let db_pid = self.db_pid(source);
-        let before = cpu_before_agent(&etcd, db_pid);
+        let before = Cpu::before_agent(&etcd, db_pid);
         let mut agent = Agent::start(
             &self.agent_bin,
             &config,
@@ -420,7 +416,7 @@ impl Bench {
         let marker = "/bench/catchup/bench_catchup/0";
         let (txns_before, handling_before) = txn_handling(&etcd.url).await?;
         let seconds = agent.wait_for_key(&etcd.client, marker).await?;
-        let after = cpu_now(&agent, &etcd, db_pid);
+        let after = Cpu::now(&agent, &etcd, db_pid);
         let switches = agent.pid().map_or(0.0, context_switches);
         let (txns_after, handling_after) = txn_handling(&etcd.url).await?;
         let agent_metrics = http_get(&metrics, "/metrics").await?;
@@ -468,11 +464,7 @@ impl Bench {
                 ("agent context switches".into(), switches),
             ],
             peak_rss_mb: Some(rss),
-            cores: Some((
-                after.0 / seconds,
-                (after.1 - before.1) / seconds,
-                (after.2 - before.2) / seconds,
-            )),
+            cores: Some(after.cores_since(&before, seconds)),
             ..self.base(
                 version,
                 name,
