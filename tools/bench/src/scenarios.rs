@@ -11,6 +11,7 @@ use etcd_client::DeleteOptions;
 use crate::agent::Agent;
 use crate::ceiling;
 use crate::db::{Db, Source, TestEnv};
+use crate::load::CpuLoad;
 use crate::measure::Measure;
 use crate::proxy::DelayProxy;
 use crate::server::{
@@ -26,6 +27,8 @@ const DUMP_SIZES: [u64; 3] = [1_000_000, 2_000_000, 4_000_000];
 /// Catch-up: this many single-row inserts, then as many single-row updates.
 const CATCHUP_ROWS: u64 = 100_000;
 const SEQUENTIAL_CEILING_KEYS: u64 = 200_000;
+/// The count that holds a scenario's ratio to the ceiling beside its own CPU load.
+const CONTENDED_RATIO: &str = "ratio to the ceiling beside as much CPU load";
 
 /// `BENCH_SCALE=0.1` runs every scenario at a tenth of its size (to try the bench out).
 pub fn scaled(n: u64) -> u64 {
@@ -88,12 +91,16 @@ impl Bench {
     /// etcd's ingest ceiling for `keys` keys with `in_flight` txns of 127 puts, on a fresh etcd,
     /// measured right before the scenario it is the baseline of (`for`): these machines drift
     /// by ±20% within minutes, so a baseline taken at the start of the run would not do.
+    ///
+    /// `beside`: cores of CPU load to run beside it (see `load`), for the ceiling a scenario's
+    /// own processes left etcd.
     async fn ceiling(
         &mut self,
         version: &EtcdVersion,
         keys: u64,
         in_flight: usize,
         baseline_of: &str,
+        beside: Option<f64>,
     ) -> Result<f64> {
         // A port of its own: the scenario's etcd may be up already.
         let etcd = EtcdServer::start(&self.dir, version, ETCD_PORT + 10).await?;
@@ -107,6 +114,7 @@ impl Bench {
             }
             _ => (etcd.client.clone(), None),
         };
+        let load = beside.map(CpuLoad::start);
         let cpu = Cpu::etcd(&etcd);
         let rate = ceiling::measure(
             &client,
@@ -117,10 +125,14 @@ impl Bench {
         )
         .await?;
         let cores = Cpu::etcd(&etcd).cores_since(&cpu, keys as f64 / rate);
+        drop(load);
+        let beside_label = beside.map_or(String::new(), |c| {
+            format!(" beside a {c:.2}-core CPU load (as much as the agent and the database used)")
+        });
         let (txns, handling) = txn_handling(&etcd.url).await?;
         etcd.stop().await?;
         println!(
-            "etcd {}: ceiling {} puts/txn x {in_flight} in flight, {keys} keys: {rate:.0} keys/s (baseline of {baseline_of})",
+            "etcd {}: ceiling {} puts/txn x {in_flight} in flight{beside_label}, {keys} keys: {rate:.0} keys/s (baseline of {baseline_of})",
             version.label,
             ceiling::TXN_PUTS
         );
@@ -146,7 +158,7 @@ impl Bench {
                 version,
                 "etcd",
                 &format!(
-                    "ceiling, {} puts/txn x {in_flight} in flight (baseline of {baseline_of})",
+                    "ceiling, {} puts/txn x {in_flight} in flight{beside_label} (baseline of {baseline_of})",
                     ceiling::TXN_PUTS
                 ),
             )
@@ -192,15 +204,19 @@ impl Bench {
                 rows,
                 16,
                 &format!("{} dump of {rows}", source.name()),
+                None,
             ))
             .await?;
             if first_ceiling == 0.0 {
                 first_ceiling = ceiling;
             }
             let etcd = EtcdServer::start(&self.dir, version, ETCD_PORT).await?;
-            let m = self
+            let mut m = self
                 .dump_once(version, source, db, &etcd, rows, "first dump", ceiling)
                 .await?;
+            if rows == scaled(DUMP_SIZES[0]) {
+                self.against_contended(version, &mut m, rows, 16).await?;
+            }
             self.results.push(m);
             if rows == scaled(DUMP_SIZES[0]) {
                 // Re-dump: the rows' keys are there, 10% of the rows are not, the state is gone
@@ -403,6 +419,7 @@ impl Bench {
             scaled(SEQUENTIAL_CEILING_KEYS),
             1,
             &format!("{name} catch-up"),
+            None,
         ))
         .await?;
         let db_pid = self.db_pid(source);
@@ -441,7 +458,7 @@ impl Bench {
             version.label,
             rate / sequential
         );
-        self.results.push(Measure {
+        let mut m = Measure {
             rows: Some(txns),
             seconds: Some(seconds),
             rate: Some(rate),
@@ -476,10 +493,37 @@ impl Bench {
                     None => "catch-up, 200k single-row txns".into(),
                 },
             )
-        });
-        if let Some(m) = self.results.last() {
-            println!("  {:?}", m.counts);
-        }
+        };
+        self.against_contended(version, &mut m, scaled(SEQUENTIAL_CEILING_KEYS), 1)
+            .await?;
+        println!("  {:?}", m.counts);
+        self.results.push(m);
+        Ok(())
+    }
+
+    /// Adds to `m`'s counts its rate as a ratio to etcd's ceiling beside as much CPU load as
+    /// its agent and database used (see `load`): what etcd could have taken with that CPU
+    /// spent by anything else.
+    async fn against_contended(
+        &mut self,
+        version: &EtcdVersion,
+        m: &mut Measure,
+        keys: u64,
+        in_flight: usize,
+    ) -> Result<()> {
+        let Some(cores) = m.cores else {
+            return Ok(());
+        };
+        let contended = Box::pin(self.ceiling(
+            version,
+            keys,
+            in_flight,
+            &format!("{} {}", m.source, m.scenario),
+            Some(cores.agent + cores.db),
+        ))
+        .await?;
+        m.counts
+            .push((CONTENDED_RATIO.into(), m.rate.unwrap_or(0.0) / contended));
         Ok(())
     }
 
@@ -575,6 +619,14 @@ pub fn checks(results: &[Measure]) -> Vec<(String, f64, String, bool)> {
                 "≥ 0.85".into(),
                 r >= 0.85,
             ));
+            if let Some(r) = contended(one) {
+                out.push((
+                    format!("{label}: 1M dump, ratio to the ceiling beside as much CPU load"),
+                    r,
+                    "for reference".into(),
+                    true,
+                ));
+            }
         }
         if let (Some(one), Some(four)) = (one, four) {
             let r = four.seconds.unwrap_or(0.0) / one.seconds.unwrap_or(1.0);
@@ -594,17 +646,21 @@ pub fn checks(results: &[Measure]) -> Vec<(String, f64, String, bool)> {
                 r <= 1.3,
             ));
         }
-        let rss = results
+        let dump_rss: Vec<f64> = results
             .iter()
             .filter(|m| m.etcd == etcd && m.source == source && m.scenario.contains("dump"))
             .filter_map(|m| m.peak_rss_mb)
-            .fold(0.0, f64::max);
-        out.push((
-            format!("{label}: peak RSS of the dumps (MB)"),
-            rss,
-            "≤ 100".into(),
-            rss <= 100.0,
-        ));
+            .collect();
+        let rss = dump_rss.iter().copied().fold(0.0, f64::max);
+        // (No dumps: `BENCH_ONLY=catchup`.)
+        out.extend((!dump_rss.is_empty()).then(|| {
+            (
+                format!("{label}: peak RSS of the dumps (MB)"),
+                rss,
+                "≤ 100".into(),
+                rss <= 100.0,
+            )
+        }));
         if let Some(c) = results
             .iter()
             .find(|m| m.etcd == etcd && m.source == source && m.scenario.starts_with("catch-up"))
@@ -616,9 +672,26 @@ pub fn checks(results: &[Measure]) -> Vec<(String, f64, String, bool)> {
                 "≥ 0.70".into(),
                 r >= 0.70,
             ));
+            if let Some(r) = contended(c) {
+                out.push((
+                    format!(
+                        "{label}: catch-up, ratio to the sequential ceiling beside as much CPU load"
+                    ),
+                    r,
+                    "for reference".into(),
+                    true,
+                ));
+            }
         }
     }
     out
+}
+
+fn contended(m: &Measure) -> Option<f64> {
+    m.counts
+        .iter()
+        .find(|(name, _)| name == CONTENDED_RATIO)
+        .map(|(_, r)| *r)
 }
 
 /// `BENCH_ETCD_DELAY_MS`: etcd as far away as this, each way, for the catch-ups and their
