@@ -211,12 +211,10 @@ impl Bench {
                 first_ceiling = ceiling;
             }
             let etcd = EtcdServer::start(&self.dir, version, ETCD_PORT).await?;
-            let mut m = self
+            let m = self
                 .dump_once(version, source, db, &etcd, rows, "first dump", ceiling)
                 .await?;
-            if rows == scaled(DUMP_SIZES[0]) {
-                self.against_contended(version, &mut m, rows, 16).await?;
-            }
+            let first = self.results.len();
             self.results.push(m);
             if rows == scaled(DUMP_SIZES[0]) {
                 // Re-dump: the rows' keys are there, 10% of the rows are not, the state is gone
@@ -266,6 +264,13 @@ impl Bench {
                 db.load_accounts(1, rows).await?;
             }
             etcd.stop().await?;
+            if rows == scaled(DUMP_SIZES[0]) {
+                // After the re-dump, which a second etcd of 1M keys just before slowed down.
+                self.settle(db, source).await?;
+                let mut m = self.results.remove(first);
+                self.against_contended(version, &mut m, rows, 16).await?;
+                self.results.insert(first, m);
+            }
         }
         Ok(first_ceiling)
     }
