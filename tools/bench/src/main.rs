@@ -10,8 +10,9 @@
 //! puts per txn; 16 in flight for dumps, 1 for the ordered txns of a catch-up). The 1M dumps
 //! and the catch-ups are also put against a second ceiling, measured beside a busy loop using
 //! as many cores as their agent and database did (`load`): on two shared cores any such CPU
-//! costs etcd, and this separates that cost from the agent's use of etcd. It prints a
-//! table, writes
+//! costs etcd, and this separates that cost from the agent's use of etcd. Every row has the
+//! cores each process used and how many of its threads waited for a core on average (`cpu`):
+//! a scenario bound by the wait rather than its own work shows it. It prints a table, writes
 //! `target/bench/results.json` and a plot of dump time against rows (`dump-scaling.svg`).
 //!
 //! `etcd-sync-bench ceiling URL [KEYS] [IN_FLIGHT]` measures one ceiling against a running etcd;
@@ -19,6 +20,7 @@
 
 mod agent;
 mod ceiling;
+mod cpu;
 mod db;
 mod load;
 mod measure;
@@ -118,9 +120,9 @@ async fn main() -> Result<()> {
 
 fn report(dir: &Path, results: &[Measure]) -> Result<()> {
     println!(
-        "\n| etcd | source | scenario | seconds | rate | ratio | phases (s) | peak RSS (MB) | cores: agent / etcd / db / other |"
+        "\n| etcd | source | scenario | seconds | rate | ratio | phases (s) | peak RSS (MB) | cores: agent / etcd / db / other | waiting for a core: agent / etcd / db |"
     );
-    println!("|---|---|---|---:|---:|---:|---|---:|---:|");
+    println!("|---|---|---|---:|---:|---:|---|---:|---:|---:|");
     let fmt = |v: Option<f64>, d: usize| v.map_or("-".into(), |v| format!("{v:.d$}"));
     for m in results {
         let phases = m
@@ -140,11 +142,17 @@ fn report(dir: &Path, results: &[Measure]) -> Result<()> {
                 c.agent, c.etcd, c.db, c.other
             )
         });
+        let waiting = m.cores.map_or("-".into(), |c| {
+            format!(
+                "{:.2} / {:.2} / {:.2}",
+                c.waiting.agent, c.waiting.etcd, c.waiting.db
+            )
+        });
         let lag = m.lag_ms.map_or(String::new(), |(a, b, c)| {
             format!(" (lag ms p50/p99/max {a:.0}/{b:.0}/{c:.0})")
         });
         println!(
-            "| {} | {} | {}{lag} | {} | {} | {ratio} | {phases} | {} | {cores} |",
+            "| {} | {} | {}{lag} | {} | {} | {ratio} | {phases} | {} | {cores} | {waiting} |",
             m.etcd,
             m.source,
             m.scenario,

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::stream::Cores;
+use crate::cpu::Cores;
 
 #[derive(Debug, Default, Clone)]
 pub struct Measure {
@@ -24,7 +24,8 @@ pub struct Measure {
     pub counts: Vec<(String, f64)>,
     pub lag_ms: Option<(f64, f64, f64)>,
     pub peak_rss_mb: Option<f64>,
-    /// CPU cores used on average: agent, etcd, database server, the rest of the machine.
+    /// CPU cores used on average: agent, etcd, database server, the rest of the machine; and
+    /// the threads of each waiting for a core.
     pub cores: Option<Cores>,
 }
 
@@ -57,6 +58,7 @@ impl Measure {
             "lag_ms": self.lag_ms.map(|(a, b, c)| json!({"p50": a, "p99": b, "max": c})),
             "peak_rss_mb": self.peak_rss_mb,
             "cores": self.cores.map(|c| json!({"agent": c.agent, "etcd": c.etcd, "database": c.db, "other": c.other})),
+            "waiting_for_a_core": self.cores.map(|c| json!({"agent": c.waiting.agent, "etcd": c.waiting.etcd, "database": c.waiting.db})),
         })
     }
 }

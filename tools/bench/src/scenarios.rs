@@ -10,14 +10,13 @@ use etcd_client::DeleteOptions;
 
 use crate::agent::Agent;
 use crate::ceiling;
+use crate::cpu::{context_switches, cpu_seconds_tree, Cpu};
 use crate::db::{Db, Source, TestEnv};
 use crate::load::CpuLoad;
 use crate::measure::Measure;
 use crate::proxy::DelayProxy;
-use crate::server::{
-    context_switches, find_process, http_get, metric, txn_handling, EtcdServer, EtcdVersion,
-};
-use crate::stream::{self, Cpu};
+use crate::server::{find_process, http_get, metric, txn_handling, EtcdServer, EtcdVersion};
+use crate::stream;
 use crate::ETCD_PORT;
 
 /// The JSON value size of a `bench_accounts` row, as pgbench's accounts give.
@@ -284,9 +283,9 @@ impl Bench {
             return Ok(());
         };
         for _ in 0..60 {
-            let before = crate::server::cpu_seconds_tree(pid);
+            let before = cpu_seconds_tree(pid);
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            if crate::server::cpu_seconds_tree(pid) - before < 0.05 {
+            if cpu_seconds_tree(pid) - before < 0.05 {
                 break;
             }
         }

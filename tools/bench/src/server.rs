@@ -140,62 +140,6 @@ pub async fn http_get(url: &str, path: &str) -> Result<String> {
     Ok(body)
 }
 
-/// Context switches of all of a process's threads so far (voluntary and not): how often it
-/// went to sleep and woke up.
-pub fn context_switches(pid: u32) -> f64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0.0;
-    };
-    tasks
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
-        .flat_map(|status| {
-            status
-                .lines()
-                .filter(|l| l.contains("ctxt_switches:"))
-                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-                .collect::<Vec<_>>()
-        })
-        .sum()
-}
-
-/// CPU seconds of a process and all its descendants, the exited ones included (the kernel
-/// adds a reaped child's time to its parent's): a database server with its backends, or the
-/// agent with mysqldump.
-pub fn cpu_seconds_tree(pid: u32) -> f64 {
-    let Some(fields) = stat_fields(pid) else {
-        return 0.0;
-    };
-    // utime, stime, cutime, cstime.
-    let own: f64 = fields.get(11..15).map_or(0.0, |f| {
-        f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
-    }) / 100.0;
-    own + children(pid).into_iter().map(cpu_seconds_tree).sum::<f64>()
-}
-
-fn stat_fields(pid: u32) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    Some(
-        stat.rsplit(')')
-            .next()?
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect(),
-    )
-}
-
-fn children(pid: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&child| {
-            stat_fields(child).and_then(|f| f.get(1).and_then(|p| p.parse::<u32>().ok()))
-                == Some(pid)
-        })
-        .collect()
-}
-
 /// The pid of the first process whose command line contains every one of `parts`.
 pub fn find_process(parts: &[&str]) -> Option<u32> {
     let entries = std::fs::read_dir("/proc").ok()?;

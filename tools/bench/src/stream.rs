@@ -11,9 +11,10 @@ use etcd_client::{Client as Etcd, WatchOptions};
 use futures_util::StreamExt;
 
 use crate::agent::Agent;
+use crate::cpu::Cpu;
 use crate::db::{huge_rows, Db, Source, TestEnv};
 use crate::measure::Measure;
-use crate::server::{cpu_seconds_tree, EtcdServer};
+use crate::server::EtcdServer;
 
 const STREAM_SECONDS: u64 = 30;
 const FIXED_RATE: u64 = 2_000;
@@ -107,85 +108,6 @@ pub async fn run(
         ..base.clone()
     });
     Ok(out)
-}
-
-/// CPU seconds so far of the processes a scenario involves, and of the whole machine.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Cpu {
-    agent: f64,
-    etcd: f64,
-    db: f64,
-    machine: f64,
-}
-
-/// Cores used on average over a scenario. `other` is the rest of the machine (the bench's own
-/// client, the test environment's idle servers, the kernel's threads): what the scenario's
-/// processes did not get of the two cores, so a run disturbed by something else shows it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Cores {
-    pub agent: f64,
-    pub etcd: f64,
-    pub db: f64,
-    pub other: f64,
-}
-
-impl Cpu {
-    /// Before the agent starts (its own count starts at 0).
-    pub fn before_agent(etcd: &EtcdServer, db_pid: Option<u32>) -> Self {
-        Cpu {
-            agent: 0.0,
-            etcd: etcd.pid().map_or(0.0, cpu_seconds_tree),
-            db: db_pid.map_or(0.0, cpu_seconds_tree),
-            machine: machine_busy_seconds(),
-        }
-    }
-
-    /// Now: the agent (with mysqldump), etcd, the database server, the machine.
-    pub fn now(agent: &Agent, etcd: &EtcdServer, db_pid: Option<u32>) -> Self {
-        Cpu {
-            agent: agent.pid().map_or(0.0, cpu_seconds_tree),
-            ..Self::before_agent(etcd, db_pid)
-        }
-    }
-
-    /// Etcd alone (a ceiling: its client is the bench, counted in `other`).
-    pub fn etcd(etcd: &EtcdServer) -> Self {
-        Self::before_agent(etcd, None)
-    }
-
-    pub fn cores_since(&self, before: &Cpu, seconds: f64) -> Cores {
-        let per_second = |now: f64, then: f64| (now - then).max(0.0) / seconds;
-        let agent = per_second(self.agent, before.agent);
-        let etcd = per_second(self.etcd, before.etcd);
-        let db = per_second(self.db, before.db);
-        Cores {
-            agent,
-            etcd,
-            db,
-            other: (per_second(self.machine, before.machine) - agent - etcd - db).max(0.0),
-        }
-    }
-}
-
-/// CPU seconds the whole machine has been busy (not idle, not waiting for I/O) since boot.
-fn machine_busy_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
-        return 0.0;
-    };
-    // cpu  user nice system idle iowait irq softirq steal ...
-    stat.lines()
-        .next()
-        .map(|line| {
-            line.split_whitespace()
-                .skip(1)
-                .take(8)
-                .enumerate()
-                .filter(|(i, _)| *i != 3 && *i != 4)
-                .filter_map(|(_, v)| v.parse::<f64>().ok())
-                .sum::<f64>()
-                / 100.0
-        })
-        .unwrap_or(0.0)
 }
 
 /// Watches `prefix` until `expected` puts arrived; returns when the last one did.
