@@ -24,10 +24,14 @@ struct Usage {
 }
 
 impl Usage {
+    /// One walk of the process tree for both counts.
     fn of(pid: Option<u32>) -> Self {
-        pid.map_or_else(Self::default, |pid| Usage {
-            ran: cpu_seconds_tree(pid),
-            waited: run_queue_seconds_tree(pid),
+        pid.map_or_else(Self::default, |pid| {
+            let tree = tree(pid);
+            Usage {
+                ran: tree.iter().map(|&p| cpu_seconds(p)).sum(),
+                waited: tree.iter().map(|&p| run_queue_seconds(p)).sum(),
+            }
         })
     }
 }
@@ -117,12 +121,12 @@ fn machine_busy_seconds() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Seconds the live threads of a process and its live descendants spent runnable but not
-/// running (`/proc/<pid>/task/<tid>/schedstat`, second field). Exited threads' waits are
-/// lost, so a tree whose threads come and go reads low; the agent's, etcd's and the
-/// walsender's threads live through a scenario.
-pub fn run_queue_seconds_tree(pid: u32) -> f64 {
-    let own: f64 = std::fs::read_dir(format!("/proc/{pid}/task"))
+/// Seconds the live threads of a process spent runnable but not running
+/// (`/proc/<pid>/task/<tid>/schedstat`, second field). Exited threads' waits are lost, so a
+/// process whose threads come and go reads low; the agent's, etcd's and the walsender's
+/// threads live through a scenario.
+fn run_queue_seconds(pid: u32) -> f64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
         .map(|tasks| {
             tasks
                 .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
@@ -130,11 +134,7 @@ pub fn run_queue_seconds_tree(pid: u32) -> f64 {
                 .sum::<f64>()
                 / 1e9
         })
-        .unwrap_or(0.0);
-    own + children(pid)
-        .into_iter()
-        .map(run_queue_seconds_tree)
-        .sum::<f64>()
+        .unwrap_or(0.0)
 }
 
 /// Context switches of all of a process's threads so far (voluntary and not): how often it
@@ -159,14 +159,18 @@ pub fn context_switches(pid: u32) -> f64 {
 /// adds a reaped child's time to its parent's): a database server with its backends, or the
 /// agent with mysqldump.
 pub fn cpu_seconds_tree(pid: u32) -> f64 {
+    tree(pid).into_iter().map(cpu_seconds).sum()
+}
+
+/// A process's own CPU seconds and those of its reaped children.
+fn cpu_seconds(pid: u32) -> f64 {
     let Some(fields) = stat_fields(pid) else {
         return 0.0;
     };
     // utime, stime, cutime, cstime.
-    let own: f64 = fields.get(11..15).map_or(0.0, |f| {
+    fields.get(11..15).map_or(0.0, |f| {
         f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
-    }) / 100.0;
-    own + children(pid).into_iter().map(cpu_seconds_tree).sum::<f64>()
+    }) / 100.0
 }
 
 fn stat_fields(pid: u32) -> Option<Vec<String>> {
@@ -180,15 +184,26 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
     )
 }
 
-fn children(pid: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&child| {
-            stat_fields(child).and_then(|f| f.get(1).and_then(|p| p.parse::<u32>().ok()))
-                == Some(pid)
+/// `pid` and its live descendants, from one scan of `/proc`.
+fn tree(pid: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                .filter_map(|p| Some((p, stat_fields(p)?.get(1)?.parse::<u32>().ok()?)))
+                .collect()
         })
-        .collect()
+        .unwrap_or_default();
+    let mut out = vec![pid];
+    let mut next = 0;
+    while let Some(&parent) = out.get(next) {
+        out.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        next += 1;
+    }
+    out
 }
