@@ -2,7 +2,6 @@
 //! functions, which is what makes a dumped and a streamed row byte-identical.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 
 use base64::Engine as _;
 use etcd_sync_api::{TableId, TableSchema, Value};
@@ -32,18 +31,38 @@ pub enum EncodeError {
 
 /// Percent-encodes `%` and `/`, the two characters that would make a key segment ambiguous.
 pub fn escape_segment(segment: &str, out: &mut String) {
-    for c in segment.chars() {
-        match c {
-            '%' => out.push_str("%25"),
-            '/' => out.push_str("%2F"),
-            c => out.push(c),
-        }
+    let mut start = 0;
+    for (i, byte) in segment.bytes().enumerate() {
+        let escaped = match byte {
+            b'%' => "%25",
+            b'/' => "%2F",
+            _ => continue,
+        };
+        // `byte` is ASCII, so `i` is a character boundary.
+        out.push_str(&segment[start..i]);
+        out.push_str(escaped);
+        start = i + 1;
     }
+    out.push_str(&segment[start..]);
+}
+
+/// The table's segment of its keys: `schema.table` or `table`, escaped.
+fn push_table_segment(table: &TableId, out: &mut String) {
+    if let Some(schema) = &table.schema {
+        escape_segment(schema, out);
+        out.push('.');
+    }
+    escape_segment(&table.name, out);
 }
 
 /// `<prefix>/<table>/`: every key of the table starts with it.
 pub fn table_prefix(prefix: &str, table: &TableId) -> String {
-    table_name_prefix(prefix, &table.to_string())
+    let mut out = String::with_capacity(prefix.len() + table.name.len() + 2);
+    out.push_str(prefix);
+    out.push('/');
+    push_table_segment(table, &mut out);
+    out.push('/');
+    out
 }
 
 /// [`table_prefix`] for a table named as it is printed (`table` or `schema.table`).
@@ -56,9 +75,13 @@ pub fn table_name_prefix(prefix: &str, table: &str) -> String {
     out
 }
 
-/// `<prefix>/<table>/<pk>[/<pk2>...]`.
+/// `<prefix>/<table>/<pk>[/<pk2>...]`. Built in one buffer: the dump makes one per row.
 pub fn row_key(prefix: &str, table: &TableSchema, row: &[Value]) -> Result<String, EncodeError> {
-    let mut key = table_prefix(prefix, &table.id);
+    let mut key = String::with_capacity(prefix.len() + table.id.name.len() + 24 * table.key.len());
+    key.push_str(prefix);
+    key.push('/');
+    push_table_segment(&table.id, &mut key);
+    key.push('/');
     for (n, &index) in table.key.iter().enumerate() {
         if n > 0 {
             key.push('/');
@@ -70,9 +93,21 @@ pub fn row_key(prefix: &str, table: &TableSchema, row: &[Value]) -> Result<Strin
                 column: table.columns[index].name.clone(),
             });
         }
-        escape_segment(&key_text(value), &mut key);
+        push_key_text(value, &mut key);
     }
     Ok(key)
+}
+
+/// A key value's canonical text, escaped.
+fn push_key_text(value: &Value, out: &mut String) {
+    match value {
+        Value::Text(s) | Value::Number(s) | Value::Json(s) | Value::ZeroDate(s) => {
+            escape_segment(s, out)
+        }
+        // Digits, a sign, `true` or `false`: nothing to escape, nothing to allocate.
+        Value::Int(_) | Value::UInt(_) | Value::Bool(_) => write_value(value, out),
+        other => escape_segment(&key_text(other), out),
+    }
 }
 
 /// A key value's canonical text: strings as they are, everything else as in its JSON form.
@@ -119,7 +154,7 @@ pub fn encode_columns(
     }
     let previous: Option<HashMap<String, &RawValue>> =
         base.and_then(|text| serde_json::from_str(text).ok());
-    let mut out = String::with_capacity(64 + 16 * row.len());
+    let mut out = String::with_capacity(encoded_len_hint(table, row, columns));
     out.push('{');
     for (i, &index) in columns.iter().enumerate() {
         let (column, value) = (&table.columns[index], &row[index]);
@@ -177,6 +212,24 @@ pub fn raw_value(
     })
 }
 
+/// About the length of the row's JSON, so that its buffer is allocated once.
+fn encoded_len_hint(table: &TableSchema, row: &[Value], columns: &[usize]) -> usize {
+    columns
+        .iter()
+        .map(|&i| {
+            let value = match &row[i] {
+                Value::Text(s) => s.len() + 8,
+                Value::Number(s) | Value::Json(s) => s.len(),
+                Value::Bytes(b) => b.len() / 3 * 4 + 6,
+                Value::Array(items) => 24 * items.len() + 2,
+                _ => 24,
+            };
+            table.columns[i].name.len() + 4 + value
+        })
+        .sum::<usize>()
+        + 2
+}
+
 /// Whether a row needs its previous version to be encoded.
 pub fn has_unchanged(row: &[Value]) -> bool {
     row.iter().any(|v| matches!(v, Value::Unchanged))
@@ -186,12 +239,8 @@ fn write_value(value: &Value, out: &mut String) {
     match value {
         Value::Null | Value::Unchanged | Value::ZeroDate(_) => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Int(i) => {
-            let _ = write!(out, "{i}");
-        }
-        Value::UInt(u) => {
-            let _ = write!(out, "{u}");
-        }
+        Value::Int(i) => out.push_str(itoa::Buffer::new().format(*i)),
+        Value::UInt(u) => out.push_str(itoa::Buffer::new().format(*u)),
         Value::Float(f) => {
             if f.is_nan() {
                 out.push_str("\"NaN\"");
@@ -236,32 +285,59 @@ fn write_value(value: &Value, out: &mut String) {
 fn write_string(s: &str, out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push('"');
+    let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, byte) in s.bytes().enumerate() {
-        let escape = match byte {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            0..=0x1f => "",
-            _ => continue,
-        };
-        // `byte` is ASCII, so `i` is a character boundary.
-        out.push_str(&s[start..i]);
-        if escape.is_empty() {
-            out.push_str("\\u00");
-            out.push(char::from(HEX[usize::from(byte >> 4)]));
-            out.push(char::from(HEX[usize::from(byte & 0xf)]));
-        } else {
-            out.push_str(escape);
+    let mut i = 0;
+    while i < bytes.len() {
+        // Eight bytes at a time while none needs escaping: most text has nothing to escape.
+        if let Some(word) = bytes[i..].first_chunk::<8>() {
+            if !any_byte_needs_escape(u64::from_ne_bytes(*word)) {
+                i += 8;
+                continue;
+            }
         }
-        start = i + 1;
+        let end = (i + 8).min(bytes.len());
+        while i < end {
+            let byte = bytes[i];
+            i += 1;
+            let escape = match byte {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0x08 => "\\b",
+                0x0c => "\\f",
+                0..=0x1f => "",
+                _ => continue,
+            };
+            // `byte` is ASCII, so both ends are character boundaries.
+            out.push_str(&s[start..i - 1]);
+            if escape.is_empty() {
+                out.push_str("\\u00");
+                out.push(char::from(HEX[usize::from(byte >> 4)]));
+                out.push(char::from(HEX[usize::from(byte & 0xf)]));
+            } else {
+                out.push_str(escape);
+            }
+            start = i;
+        }
     }
     out.push_str(&s[start..]);
     out.push('"');
+}
+
+/// Whether any of the eight bytes in `word` is a control character, `"` or `\` (the
+/// zero-byte test of "Bit Twiddling Hacks", exact for the word as a whole; bytes of UTF-8
+/// sequences, 0x80 and above, never match).
+fn any_byte_needs_escape(word: u64) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
+    let quote = has_zero(word ^ (ONES * u64::from(b'"')));
+    let backslash = has_zero(word ^ (ONES * u64::from(b'\\')));
+    below_space | quote | backslash != 0
 }
 
 #[cfg(test)]
@@ -285,6 +361,41 @@ mod tests {
             let mut ours = String::new();
             write_string(&sample, &mut ours);
             assert_eq!(ours, serde_json::to_string(&sample).unwrap(), "{sample:?}");
+        }
+    }
+
+    /// Every character that needs escaping, at every offset of strings long enough to take the
+    /// eight-byte path, beside multi-byte characters.
+    #[test]
+    fn long_strings_are_escaped_at_every_offset() {
+        let specials = ['"', '\\', '\n', '\u{0}', '\u{1f}', ' ', '\u{7f}', 'é', '😀'];
+        for special in specials {
+            for len in 0..40 {
+                for at in 0..len {
+                    let sample: String = (0..len)
+                        .map(|i| if i == at { special } else { 'a' })
+                        .collect();
+                    let mut ours = String::new();
+                    write_string(&sample, &mut ours);
+                    assert_eq!(ours, serde_json::to_string(&sample).unwrap(), "{sample:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn any_byte_needs_escape_matches_each_byte() {
+        for byte in 0u8..=255 {
+            for at in 0..8 {
+                let mut word = [b'a'; 8];
+                word[at] = byte;
+                let want = byte < 0x20 || byte == b'"' || byte == b'\\';
+                assert_eq!(
+                    any_byte_needs_escape(u64::from_ne_bytes(word)),
+                    want,
+                    "{byte:#x} at {at}"
+                );
+            }
         }
     }
 
@@ -315,6 +426,15 @@ mod tests {
             name: "in/voices".into(),
         };
         assert_eq!(table_prefix("/p", &schema_table), "/p/billing.in%2Fvoices/");
+        let t = TableSchema {
+            id: schema_table,
+            ..table(&["a", "b"], vec![0, 1])
+        };
+        let row = vec![Value::Int(-7), Value::UInt(u64::MAX)];
+        assert_eq!(
+            row_key("/p", &t, &row).unwrap(),
+            "/p/billing.in%2Fvoices/-7/18446744073709551615"
+        );
     }
 
     /// The README's contract: a key segment is the JSON form without quotes.

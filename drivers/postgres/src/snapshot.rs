@@ -146,27 +146,21 @@ async fn copy_table(
             chunk = stream.next() => chunk.transpose().map_err(|e| pg_error(&context, e))?,
         };
         let Some(chunk) = chunk else { break };
-        pending.extend_from_slice(&chunk);
-        while let Some(newline) = pending.iter().position(|&b| b == b'\n') {
-            let line = pending.split_to(newline + 1);
-            batch.push(text_row(
-                &line[..newline],
-                &table.types,
-                &schema.id,
-                &context,
-            )?);
-            if batch.len() == DUMP_BATCH_ROWS {
-                total += batch.len() as u64;
-                let rows = std::mem::replace(&mut batch, Vec::with_capacity(DUMP_BATCH_ROWS));
-                send(
-                    out,
-                    DumpEvent::Rows {
-                        table: Arc::clone(schema),
-                        rows,
-                    },
-                )
-                .await?;
-            }
+        for_each_line(&mut pending, &chunk, |line| {
+            batch.push(text_row(line, &table.types, &schema.id, &context)?);
+            Ok(())
+        })?;
+        if batch.len() >= DUMP_BATCH_ROWS {
+            total += batch.len() as u64;
+            let rows = std::mem::replace(&mut batch, Vec::with_capacity(DUMP_BATCH_ROWS));
+            send(
+                out,
+                DumpEvent::Rows {
+                    table: Arc::clone(schema),
+                    rows,
+                },
+            )
+            .await?;
         }
     }
     if !pending.is_empty() {
@@ -193,6 +187,32 @@ async fn copy_table(
         },
     )
     .await
+}
+
+/// Calls `line` for every complete line `chunk` ends (without its newline); keeps a line cut
+/// between chunks in `pending`. The server sends one row per CopyData message, so rows are
+/// read from the chunk itself, and `pending` is the rare case.
+fn for_each_line(
+    pending: &mut BytesMut,
+    chunk: &[u8],
+    mut line: impl FnMut(&[u8]) -> Result<(), DriverError>,
+) -> Result<(), DriverError> {
+    let mut rest = chunk;
+    if !pending.is_empty() {
+        let Some(newline) = memchr::memchr(b'\n', rest) else {
+            pending.extend_from_slice(rest);
+            return Ok(());
+        };
+        pending.extend_from_slice(&rest[..newline]);
+        rest = &rest[newline + 1..];
+        line(&std::mem::take(pending))?;
+    }
+    while let Some(newline) = memchr::memchr(b'\n', rest) {
+        line(&rest[..newline])?;
+        rest = &rest[newline + 1..];
+    }
+    pending.extend_from_slice(rest);
+    Ok(())
 }
 
 async fn send<T>(out: &mpsc::Sender<T>, event: T) -> Result<(), DriverError> {
@@ -228,4 +248,31 @@ fn text_row(
         )));
     }
     Ok(row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows come out whole and in order however the text is cut into chunks.
+    #[test]
+    fn lines_cut_between_chunks_are_put_together() {
+        let text = b"1\tone\n22\ttwo\n\n333\tthree\n";
+        let want: Vec<&[u8]> = vec![b"1\tone", b"22\ttwo", b"", b"333\tthree"];
+        for first in 0..=text.len() {
+            for second in first..=text.len() {
+                let mut pending = BytesMut::new();
+                let mut got: Vec<Vec<u8>> = Vec::new();
+                for chunk in [&text[..first], &text[first..second], &text[second..]] {
+                    for_each_line(&mut pending, chunk, |line| {
+                        got.push(line.to_vec());
+                        Ok(())
+                    })
+                    .unwrap();
+                }
+                assert_eq!(got, want, "cut at {first} and {second}");
+                assert!(pending.is_empty());
+            }
+        }
+    }
 }

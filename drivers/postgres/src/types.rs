@@ -308,10 +308,14 @@ pub fn copy_fields(
 ) -> Result<(), String> {
     // Borrowed from the line unless escaped: a String per field was a fifth of the dump's
     // allocations.
-    for raw in line.split(|&b| b == b'\t') {
+    let mut start = 0;
+    let ends = memchr::memchr_iter(b'\t', line).chain(std::iter::once(line.len()));
+    for end in ends {
+        let raw = &line[start..end];
+        start = end + 1;
         if raw == b"\\N" {
             each(None)?;
-        } else if raw.contains(&b'\\') {
+        } else if memchr::memchr(b'\\', raw).is_some() {
             each(Some(&unescape_copy(raw)?))?;
         } else {
             each(Some(
