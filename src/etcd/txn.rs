@@ -109,7 +109,9 @@ impl Store {
                     retried = attempt > 0;
                     let mut kv = self.kv();
                     let txn = txn.clone();
-                    async move { kv.txn(txn).await }
+                    // Boxed: gRPC's request future is kilobytes, and the task each txn runs in
+                    // would copy it whole every time it moves (spawned, polled, finished).
+                    Box::pin(async move { kv.txn(txn).await })
                 })
                 .await?;
             if let Some(metrics) = &self.metrics {
