@@ -1,7 +1,7 @@
 //! Prometheus metrics, and the health state `/readyz` reports.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -10,6 +10,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+
+use etcd_sync_api::TableSchema;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TableLabels {
@@ -21,6 +23,38 @@ pub struct ChangeLabels {
     pub table: String,
     /// insert, update, delete, truncate
     pub op: &'static str,
+}
+
+/// Entries [`ChangeCounters`] keeps before it starts over (each schema a table had counts).
+const CHANGE_COUNTERS_KEPT: usize = 4096;
+
+/// The `changes_applied` counters the stream has used, by table schema and operation: a
+/// lookup in the family formats and hashes the table's name, and the stream counts every
+/// change.
+#[derive(Default)]
+pub struct ChangeCounters {
+    /// By the schema's address; the schema is kept so that the address is not reused.
+    known: std::collections::HashMap<(usize, &'static str), (Arc<TableSchema>, Counter)>,
+}
+
+impl ChangeCounters {
+    pub fn inc(&mut self, metrics: &Metrics, table: &Arc<TableSchema>, op: &'static str) {
+        let at = (Arc::as_ptr(table) as usize, op);
+        if let Some((_, counter)) = self.known.get(&at) {
+            counter.inc();
+            return;
+        }
+        if self.known.len() >= CHANGE_COUNTERS_KEPT {
+            self.known.clear();
+        }
+        let labels = ChangeLabels {
+            table: table.id.to_string(),
+            op,
+        };
+        let counter = metrics.changes_applied.get_or_create(&labels).clone();
+        counter.inc();
+        self.known.insert(at, (Arc::clone(table), counter));
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

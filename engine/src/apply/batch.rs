@@ -13,9 +13,10 @@ pub(super) struct Batch {
 
 impl Batch {
     pub(super) fn set(&mut self, key: String, value: Option<Vec<u8>>) {
-        let size = key.len() + value.as_ref().map_or(0, Vec::len) + 16;
-        if let Some(old) = self.ops.insert(key.clone(), value) {
-            self.bytes -= key.len() + old.map_or(0, |v| v.len()) + 16;
+        let key_len = key.len();
+        let size = key_len + value.as_ref().map_or(0, Vec::len) + 16;
+        if let Some(old) = self.ops.insert(key, value) {
+            self.bytes -= key_len + old.map_or(0, |v| v.len()) + 16;
         }
         self.bytes += size;
     }

@@ -30,7 +30,7 @@ use tracing::{info, warn};
 
 use super::{EngineError, Settings};
 use crate::encode::{has_unchanged, table_prefix, EncodeError};
-use crate::metrics::ChangeLabels;
+use crate::metrics::ChangeCounters;
 use crate::shape::Shapes;
 use crate::sink::Phase;
 use crate::sink::{Sink, SinkScan};
@@ -211,6 +211,7 @@ struct Applier<'a, S: Sink> {
     backlog: bool,
     /// Each table's options applied to its rows.
     shapes: Shapes,
+    counters: ChangeCounters,
     /// Tables joining the stream, while their snapshot runs.
     join: Option<Join>,
     /// The joining tables' next txn goes before the stream's next group.
@@ -256,6 +257,7 @@ impl<'a, S: Sink> Applier<'a, S> {
             max_ops: settings.max_txn_ops - 1,
             backlog: false,
             shapes: Shapes::new(Arc::clone(&settings.options)),
+            counters: ChangeCounters::default(),
             lingering: false,
             stats: Stats {
                 idle: true,
@@ -359,23 +361,17 @@ impl<'a, S: Sink> Applier<'a, S> {
         Ok(())
     }
 
-    fn count(&self, change: &Change) {
-        let (tables, op): (Vec<&Arc<TableSchema>>, &'static str) = match change {
-            Change::Insert { table, .. } => (vec![table], "insert"),
-            Change::Update { table, .. } => (vec![table], "update"),
-            Change::Delete { table, .. } => (vec![table], "delete"),
-            Change::Truncate { tables } => (tables.iter().collect(), "truncate"),
-        };
-        for table in tables {
-            let labels = ChangeLabels {
-                table: table.id.to_string(),
-                op,
-            };
-            self.settings
-                .metrics
-                .changes_applied
-                .get_or_create(&labels)
-                .inc();
+    fn count(&mut self, change: &Change) {
+        let metrics = &self.settings.metrics;
+        match change {
+            Change::Insert { table, .. } => self.counters.inc(metrics, table, "insert"),
+            Change::Update { table, .. } => self.counters.inc(metrics, table, "update"),
+            Change::Delete { table, .. } => self.counters.inc(metrics, table, "delete"),
+            Change::Truncate { tables } => {
+                for table in tables {
+                    self.counters.inc(metrics, table, "truncate");
+                }
+            }
         }
     }
 

@@ -296,6 +296,9 @@ impl RowShape {
 pub struct Shapes {
     options: Arc<Options>,
     by_table: std::collections::HashMap<TableId, Arc<RowShape>>,
+    /// The last shape asked for: a stream's changes mostly come table by table, and this
+    /// spares hashing the table's name for each of them.
+    last: Option<Arc<RowShape>>,
 }
 
 impl Shapes {
@@ -303,13 +306,20 @@ impl Shapes {
         Self {
             options,
             by_table: Default::default(),
+            last: None,
         }
     }
 
     /// The shape of rows of `schema` (the same table may come with a new schema mid-stream).
     pub fn get(&mut self, schema: &Arc<TableSchema>) -> Result<Arc<RowShape>, ShapeError> {
+        if let Some(last) = &self.last {
+            if Arc::ptr_eq(&last.schema, schema) {
+                return Ok(Arc::clone(last));
+            }
+        }
         if let Some(shape) = self.by_table.get(&schema.id) {
             if Arc::ptr_eq(&shape.schema, schema) || *shape.schema == **schema {
+                self.last = Some(Arc::clone(shape));
                 return Ok(Arc::clone(shape));
             }
         }
@@ -321,6 +331,7 @@ impl Shapes {
             false,
         )?);
         self.by_table.insert(schema.id.clone(), Arc::clone(&shape));
+        self.last = Some(Arc::clone(&shape));
         Ok(shape)
     }
 }
