@@ -380,8 +380,11 @@ impl<W: SinkWriter> BatchWriter<W> {
         let ops = std::mem::replace(&mut self.ops, Vec::with_capacity(self.max_ops));
         self.bytes = 0;
         let writer = self.writer.clone();
-        self.in_flight
-            .spawn(async move { writer.commit(ops).await });
+        let commit = async move { writer.commit(ops).await };
+        match self.writer.runtime() {
+            Some(runtime) => self.in_flight.spawn_on(commit, &runtime),
+            None => self.in_flight.spawn(commit),
+        };
         Ok(())
     }
 

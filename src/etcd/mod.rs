@@ -57,7 +57,7 @@ pub struct Store {
 /// The runtime that drives etcd's connections (gRPC's connection and buffer tasks), on a
 /// thread of its own: on the engine's runtime a response waited for a worker busy decoding
 /// or building the next group, as tasks there yield only when they run out of work.
-fn io_runtime() -> Result<&'static tokio::runtime::Runtime, SinkError> {
+pub(super) fn io_runtime() -> Result<&'static tokio::runtime::Runtime, SinkError> {
     static RUNTIME: std::sync::OnceLock<Result<tokio::runtime::Runtime, String>> =
         std::sync::OnceLock::new();
     RUNTIME

@@ -115,6 +115,10 @@ impl SinkWriter for Writer {
     async fn commit(&self, ops: Vec<Op>) -> Result<i64, SinkError> {
         Writer::commit(self, ops).await
     }
+
+    fn runtime(&self) -> Option<tokio::runtime::Handle> {
+        super::io_runtime().ok().map(|r| r.handle().clone())
+    }
 }
 
 impl SinkScan for Scan<'_> {

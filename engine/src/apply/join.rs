@@ -412,7 +412,12 @@ impl<'a, S: Sink> Applier<'a, S> {
                 continue;
             }
             let writer = store.writer();
-            join.flights.spawn(async move { writer.commit(ops).await });
+            let runtime = writer.runtime();
+            let commit = async move { writer.commit(ops).await };
+            match runtime {
+                Some(runtime) => join.flights.spawn_on(commit, &runtime),
+                None => join.flights.spawn(commit),
+            };
         }
     }
 }

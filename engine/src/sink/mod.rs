@@ -112,6 +112,12 @@ pub trait Sink: Clone + Send + Sync + 'static {
 /// Fenced txns from many tasks at once.
 pub trait SinkWriter: Clone + Send + Sync + 'static {
     fn commit(&self, ops: Vec<Op>) -> impl Future<Output = Result<i64, SinkError>> + Send;
+    /// The runtime to run [`SinkWriter::commit`]'s tasks on (`None`: the engine's own). The
+    /// one that drives the sink's connections saves each txn two thread hand-offs: its
+    /// request and its answer no longer cross threads on the way.
+    fn runtime(&self) -> Option<tokio::runtime::Handle> {
+        None
+    }
 }
 
 /// A read of a prefix, a page at a time (an empty page: the end).
