@@ -17,8 +17,8 @@ use super::{EngineError, Settings};
 use crate::encode::table_prefix;
 use crate::metrics::TableLabels;
 use crate::shape::Shapes;
+use crate::sink::{spawn_commit, Sink, SinkScan, SinkWriter};
 use crate::sink::{Op, Phase, ScanStats, SinkError};
-use crate::sink::{Sink, SinkScan, SinkWriter};
 
 /// Row batches buffered between the driver and etcd.
 const DUMP_CHANNEL_BATCHES: usize = 16;
@@ -379,12 +379,7 @@ impl<W: SinkWriter> BatchWriter<W> {
         }
         let ops = std::mem::replace(&mut self.ops, Vec::with_capacity(self.max_ops));
         self.bytes = 0;
-        let writer = self.writer.clone();
-        let commit = async move { writer.commit(ops).await };
-        match self.writer.runtime() {
-            Some(runtime) => self.in_flight.spawn_on(commit, &runtime),
-            None => self.in_flight.spawn(commit),
-        };
+        spawn_commit(&mut self.in_flight, self.writer.clone(), ops);
         Ok(())
     }
 

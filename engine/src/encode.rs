@@ -58,11 +58,15 @@ fn push_table_segment(table: &TableId, out: &mut String) {
 /// `<prefix>/<table>/`: every key of the table starts with it.
 pub fn table_prefix(prefix: &str, table: &TableId) -> String {
     let mut out = String::with_capacity(prefix.len() + table.name.len() + 2);
+    push_table_prefix(prefix, table, &mut out);
+    out
+}
+
+fn push_table_prefix(prefix: &str, table: &TableId, out: &mut String) {
     out.push_str(prefix);
     out.push('/');
-    push_table_segment(table, &mut out);
+    push_table_segment(table, out);
     out.push('/');
-    out
 }
 
 /// [`table_prefix`] for a table named as it is printed (`table` or `schema.table`).
@@ -78,10 +82,7 @@ pub fn table_name_prefix(prefix: &str, table: &str) -> String {
 /// `<prefix>/<table>/<pk>[/<pk2>...]`. Built in one buffer: the dump makes one per row.
 pub fn row_key(prefix: &str, table: &TableSchema, row: &[Value]) -> Result<String, EncodeError> {
     let mut key = String::with_capacity(prefix.len() + table.id.name.len() + 24 * table.key.len());
-    key.push_str(prefix);
-    key.push('/');
-    push_table_segment(&table.id, &mut key);
-    key.push('/');
+    push_table_prefix(prefix, &table.id, &mut key);
     for (n, &index) in table.key.iter().enumerate() {
         if n > 0 {
             key.push('/');

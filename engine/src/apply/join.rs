@@ -30,7 +30,7 @@ use tokio::task::JoinSet;
 
 use super::Applier;
 use crate::encode::table_prefix;
-use crate::sink::{ListedKey, Op, Phase, Sink, SinkError, SinkScan, SinkWriter};
+use crate::sink::{spawn_commit, ListedKey, Op, Phase, Sink, SinkError, SinkScan};
 use crate::EngineError;
 
 /// Keys listed by the stale-key pass, with their table.
@@ -411,13 +411,7 @@ impl<'a, S: Sink> Applier<'a, S> {
             if ops.is_empty() {
                 continue;
             }
-            let writer = store.writer();
-            let runtime = writer.runtime();
-            let commit = async move { writer.commit(ops).await };
-            match runtime {
-                Some(runtime) => join.flights.spawn_on(commit, &runtime),
-                None => join.flights.spawn(commit),
-            };
+            spawn_commit(&mut join.flights, store.writer(), ops);
         }
     }
 }

@@ -120,6 +120,21 @@ pub trait SinkWriter: Clone + Send + Sync + 'static {
     }
 }
 
+/// Starts `writer`'s commit of `ops` as a task of `tasks`, on the writer's runtime if it has
+/// one.
+pub(crate) fn spawn_commit<W: SinkWriter>(
+    tasks: &mut tokio::task::JoinSet<Result<i64, SinkError>>,
+    writer: W,
+    ops: Vec<Op>,
+) {
+    let runtime = writer.runtime();
+    let commit = async move { writer.commit(ops).await };
+    match runtime {
+        Some(runtime) => tasks.spawn_on(commit, &runtime),
+        None => tasks.spawn(commit),
+    };
+}
+
 /// A read of a prefix, a page at a time (an empty page: the end).
 pub trait SinkScan: Send {
     fn next(&mut self) -> impl Future<Output = Result<Page, SinkError>> + Send;
