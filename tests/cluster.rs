@@ -324,9 +324,18 @@ async fn answers_lost(mut world: World) {
     world.wait_for_sync_phase(&mut agent, SYNC_TIMEOUT).await;
     let from = state_revision(&world).await;
     let transfers = world.start_transfers(4, 200).await;
-    for _ in 0..12 {
+    // A cut falls after whichever request comes next, a txn's or a lease's: on a slow etcd,
+    // with few txns, twelve may all miss the txns; cut on (up to 40) until one has hit.
+    for cut in 0..40 {
         tokio::time::sleep(Duration::from_millis(700)).await;
         proxy.cut_after_next_request();
+        if cut >= 11
+            && agent
+                .log()
+                .contains("an earlier attempt of this txn was applied")
+        {
+            break;
+        }
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (committed, _) = transfers.stop().await;
