@@ -147,6 +147,7 @@ pub fn postgres_driver(config: &Config) -> PostgresDriver {
         publication: db.postgres.publication.clone(),
         filter: table_filter(config),
         dump_connections: db.postgres.dump_connections,
+        sql_catch_up: db.postgres.sql_catch_up,
         pushdown: config
             .tables
             .options

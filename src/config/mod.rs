@@ -25,6 +25,9 @@ pub mod defaults {
     pub const SLOT: &str = "etcd_sync";
     pub const PUBLICATION: &str = "etcd_sync";
     pub const DUMP_CONNECTIONS: usize = 2;
+    /// A large backlog is read through logical decoding's SQL interface (a third of the
+    /// source's CPU per transaction of the walsender's).
+    pub const SQL_CATCH_UP: bool = true;
     pub const ENDPOINT: &str = "http://127.0.0.1:2379";
     pub const PREFIX: &str = "/sync";
     pub const STATE_PREFIX_ROOT: &str = "/etcd-sync";
@@ -240,6 +243,9 @@ pub struct PostgresOptions {
     pub publication: String,
     #[serde(default = "default_dump_connections")]
     pub dump_connections: usize,
+    /// Read a backlog of 16 MiB of WAL or more through logical decoding's SQL interface.
+    #[serde(default = "default_sql_catch_up")]
+    pub sql_catch_up: bool,
 }
 
 impl Default for PostgresOptions {
@@ -248,6 +254,7 @@ impl Default for PostgresOptions {
             slot: default_slot(),
             publication: default_publication(),
             dump_connections: default_dump_connections(),
+            sql_catch_up: default_sql_catch_up(),
         }
     }
 }
@@ -345,6 +352,10 @@ fn default_slot() -> String {
 fn default_publication() -> String {
     defaults::PUBLICATION.into()
 }
+fn default_sql_catch_up() -> bool {
+    defaults::SQL_CATCH_UP
+}
+
 fn default_dump_connections() -> usize {
     defaults::DUMP_CONNECTIONS
 }

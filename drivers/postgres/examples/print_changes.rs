@@ -50,6 +50,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         slot: "print_changes".into(),
         publication: "print_changes".into(),
+        sql_catch_up: true,
         filter: TableFilter {
             include: vec![table],
             exclude: Vec::new(),

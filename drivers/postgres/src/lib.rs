@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
 mod catalog;
+mod catchup;
 mod conn;
 mod error;
 pub mod lsn;
@@ -48,6 +49,8 @@ pub struct PostgresConfig {
     pub dump_connections: usize,
     /// Table options the server may apply (columns read, row filters), by table name.
     pub pushdown: std::collections::BTreeMap<String, etcd_sync_api::Pushdown>,
+    /// Read a large backlog through logical decoding's SQL interface (see [`catchup`]).
+    pub sql_catch_up: bool,
 }
 
 pub struct PostgresDriver {
@@ -365,9 +368,28 @@ impl etcd_sync_api::Driver for PostgresDriver {
             (None, current) => current,
         };
         self.take_over_slot(&client).await?;
+        let start = stream::Start {
+            lsn: start,
+            partitions,
+        };
+        let mut decoder = stream::Decoder::new(client, types, tables, start, out);
+        let mut acks = acks;
+        if self.config.sql_catch_up {
+            let sql = self.query_client().await?;
+            let target = catchup::Target {
+                slot,
+                publication: &self.config.publication,
+            };
+            let outcome = catchup::run(&sql, target, &mut decoder, &mut acks, &cancel).await?;
+            drop(sql);
+            if let catchup::Outcome::Stopped = outcome {
+                return Ok(());
+            }
+        }
+        let resume = decoder.resume_lsn();
         let mut repl = self.replication_connection().await?;
         let sql = format!(
-            "START_REPLICATION SLOT {} LOGICAL {start} (proto_version '1', publication_names {})",
+            "START_REPLICATION SLOT {} LOGICAL {resume} (proto_version '1', publication_names {})",
             quote_ident(slot),
             quote_literal(&quote_ident(&self.config.publication)),
         );
@@ -379,12 +401,8 @@ impl etcd_sync_api::Driver for PostgresDriver {
                 )),
                 _ => conn_error("starting replication", e),
             })?;
-        info!(%slot, from = %start, "streaming changes");
-        let start = stream::Start {
-            lsn: start,
-            partitions,
-        };
-        let session = stream::Session::new(repl, client, types, tables, start, out, acks);
+        info!(%slot, from = %resume, "streaming changes");
+        let session = stream::Session::new(repl, decoder, acks);
         session.run(cancel).await
     }
 

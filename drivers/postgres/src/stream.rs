@@ -52,7 +52,7 @@ pub struct Session {
 }
 
 /// Turns pgoutput messages into stream events; owns everything but the connection.
-struct Decoder {
+pub struct Decoder {
     client: Client,
     types: TypeCatalog,
     /// Primary-key column names of the selected tables.
@@ -77,47 +77,16 @@ struct Decoder {
 }
 
 impl Session {
+    /// A session on a replication connection in CopyBoth mode, continuing `decoder`'s work.
     pub fn new(
         repl: ReplicationConnection,
-        client: Client,
-        types: TypeCatalog,
-        tables: Vec<PgTable>,
-        start: Start,
-        out: mpsc::Sender<StreamEvent>,
+        decoder: Decoder,
         acks: watch::Receiver<Position>,
     ) -> Self {
-        let keys = tables
-            .iter()
-            .map(|t| {
-                let names = t
-                    .schema
-                    .key_column_names()
-                    .into_iter()
-                    .map(str::to_owned)
-                    .collect();
-                (t.schema.id.clone(), names)
-            })
-            .collect();
         Self {
             repl,
             acks,
-            decoder: Decoder {
-                client,
-                types,
-                keys,
-                relations: HashMap::new(),
-                out,
-                in_transaction: false,
-                transaction_has_changes: false,
-                batch: Vec::new(),
-                batch_bytes: 0,
-                last_sent: start.lsn,
-                acked: start.lsn,
-                confirmable: start.lsn,
-                confirmed: Lsn(0),
-                partitions: start.partitions,
-                tables,
-            },
+            decoder,
         }
     }
 
@@ -174,11 +143,7 @@ impl Session {
     }
 
     fn take_ack(&mut self) -> Result<(), DriverError> {
-        let lsn = lsn_of(&self.acks.borrow_and_update())?;
-        let d = &mut self.decoder;
-        d.acked = d.acked.max(lsn);
-        d.confirmable = d.confirmable.max(lsn);
-        Ok(())
+        self.decoder.take_ack(&mut self.acks)
     }
 
     /// Tells the server what it may discard; with `always`, even when nothing moved (so that
@@ -206,25 +171,106 @@ impl Session {
 
     /// Stops taking data, lets the engine commit what it holds, and confirms its last position.
     async fn shutdown(mut self) -> Result<(), DriverError> {
+        self.decoder.finish(&mut self.acks).await?;
+        self.send_status(true).await?;
+        self.repl.terminate().await;
+        Ok(())
+    }
+}
+
+impl Decoder {
+    pub fn new(
+        client: Client,
+        types: TypeCatalog,
+        tables: Vec<PgTable>,
+        start: Start,
+        out: mpsc::Sender<StreamEvent>,
+    ) -> Self {
+        let keys = tables
+            .iter()
+            .map(|t| {
+                let names = t
+                    .schema
+                    .key_column_names()
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect();
+                (t.schema.id.clone(), names)
+            })
+            .collect();
+        Self {
+            client,
+            types,
+            keys,
+            relations: HashMap::new(),
+            out,
+            in_transaction: false,
+            transaction_has_changes: false,
+            batch: Vec::new(),
+            batch_bytes: 0,
+            last_sent: start.lsn,
+            acked: start.lsn,
+            confirmable: start.lsn,
+            confirmed: Lsn(0),
+            partitions: start.partitions,
+            tables,
+        }
+    }
+
+    /// The query connection the decoder uses between messages.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Where streaming may resume: nothing before it is owed to the engine any more (handed
+    /// over, or without changes for it).
+    pub fn resume_lsn(&self) -> Lsn {
+        self.last_sent.max(self.confirmable)
+    }
+
+    /// What may be confirmed to the server now, and whether it moved since it last was.
+    pub fn take_confirmable(&mut self) -> Option<Lsn> {
+        (self.confirmable != self.confirmed).then(|| {
+            self.confirmed = self.confirmable;
+            self.confirmable
+        })
+    }
+
+    /// Takes the engine's newest acknowledgement.
+    pub fn take_ack(&mut self, acks: &mut watch::Receiver<Position>) -> Result<(), DriverError> {
+        let lsn = lsn_of(&acks.borrow_and_update())?;
+        self.acked = self.acked.max(lsn);
+        self.confirmable = self.confirmable.max(lsn);
+        Ok(())
+    }
+
+    /// Ends the engine's input and waits (a bounded time) for its acknowledgement of
+    /// everything handed over.
+    pub async fn finish(
+        &mut self,
+        acks: &mut watch::Receiver<Position>,
+    ) -> Result<(), DriverError> {
         // Replacing our sender drops it, so the engine sees the end of the stream.
-        self.decoder.out = mpsc::channel(1).0;
-        let mut session = self;
+        self.out = mpsc::channel(1).0;
         let wait = async {
-            while session.acks.changed().await.is_ok() {
-                session.take_ack()?;
+            while acks.changed().await.is_ok() {
+                self.take_ack(acks)?;
             }
             Ok::<_, DriverError>(())
         };
         if tokio::time::timeout(SHUTDOWN_ACK_WAIT, wait).await.is_err() {
             warn!("the engine did not finish within {SHUTDOWN_ACK_WAIT:?}; confirming what it acknowledged");
         }
-        session.send_status(true).await?;
-        session.repl.terminate().await;
         Ok(())
     }
-}
 
-impl Decoder {
+    /// Handles one pgoutput message (an XLogData payload, or a row of the SQL interface).
+    pub async fn handle_logical(&mut self, data: Bytes) -> Result<(), DriverError> {
+        let message = pgoutput::decode_logical_message(data)
+            .map_err(|e| DriverError::Protocol(e.to_string()))?;
+        self.logical(message).await.map(drop)
+    }
+
     /// Fails with [`DriverError::Resnapshot`] once the partitions differ from the dump's.
     async fn check_partitions(&self) -> Result<(), DriverError> {
         let Some(expected) = &self.partitions else {
