@@ -84,6 +84,14 @@ impl PostgresDriver {
                 format!("all {max_slots} replication slots are in use: raise max_replication_slots in postgresql.conf and restart, or drop an unused slot"),
             )
         });
+        // A large backlog is read from a temporary copy of the slot: one more slot, briefly.
+        let with_ours = slots + i32::from(ours == 0);
+        if self.config.sql_catch_up && with_ours == max_slots {
+            items.push(CheckItem::warn(
+                "SQL catch-up",
+                format!("no replication slot would be free for the copy a large backlog is read from (max_replication_slots = {max_slots}): such a backlog goes to the walsender, using about twice the server's CPU; raise max_replication_slots by one"),
+            ));
+        }
         items.push(if senders < max_senders {
             CheckItem::ok(
                 "WAL senders",
