@@ -1,7 +1,7 @@
 //! The dump's stale keys, for both databases against etcd 3.4 and 3.5: a first dump into empty
 //! prefixes makes no stale-key pass at all; a dump over the keys of an earlier one (the position
 //! lost) deletes exactly the keys of rows gone meanwhile, leftovers included, and etcd equals
-//! the database afterwards.
+//! the database afterwards. The table is large enough for the pass to list it in parts at once.
 
 mod common;
 
@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use common::{World, CONVERGE_TIMEOUT, SYNC_TIMEOUT};
 
-const ROWS: i64 = 3_000;
+/// Enough rows for the stale-key pass to cut the table into parts (of about 4,096 keys).
+const ROWS: i64 = 20_000;
 
 async fn first_dump_then_redump_over_stale_keys(mut world: World, version: &str) {
     world.use_etcd_version(version).await;
@@ -36,7 +37,7 @@ async fn first_dump_then_redump_over_stale_keys(mut world: World, version: &str)
     assert!(agent.terminate(Duration::from_secs(30)).success());
 
     // While no agent runs: rows deleted, changed and added; a key no row ever had; the position
-    // lost. The next start dumps again over the 3,000 keys.
+    // lost. The next start dumps again over the 20,000 keys.
     world
         .sql(&format!(
             "DELETE FROM items WHERE id % 10 = 0;
@@ -54,6 +55,17 @@ async fn first_dump_then_redump_over_stale_keys(mut world: World, version: &str)
     let mut agent = world.start_agent();
     world.wait_for_sync_phase(&mut agent, SYNC_TIMEOUT).await;
     let log = agent.log();
+    let started = log
+        .lines()
+        .find(|l| l.contains("dump phase 2/3: stale-key pass started"))
+        .unwrap_or_else(|| panic!("no stale-key pass over existing keys:\n{log}"));
+    let parts: usize = started
+        .split("parts=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(parts >= 4, "the table was not listed in parts: {started}");
     let line = log
         .lines()
         .find(|l| l.contains("dump phase 2/3: stale keys deleted"))

@@ -255,7 +255,7 @@ impl Driver for ScriptedDriver {
     }
 }
 
-fn settings(max_txn_ops: usize) -> Settings {
+pub(crate) fn settings(max_txn_ops: usize) -> Settings {
     Settings {
         prefix: PREFIX.into(),
         state_prefix: STATE_PREFIX.into(),
@@ -556,6 +556,23 @@ async fn a_lost_position_is_dumped_again_and_stale_keys_go() {
     script.push(vec![insert(11, "after")]);
     converges(&script, &etcd).await;
     assert!(!etcd.data(PREFIX).contains_key("/p/users/4"));
+    engine.stop().await.unwrap();
+}
+
+/// A re-dump over a table large enough to be listed in parts at once: stale keys spread
+/// over every part, and a run of them as long as a part, all go.
+#[tokio::test]
+async fn a_re_dump_listed_in_parts_deletes_every_stale_key() {
+    let (script, etcd, engine) = dumped(1000, 128).await;
+    script
+        .initial
+        .lock()
+        .unwrap()
+        .retain(|id, _| id % 10 != 0 && !(200..450).contains(id));
+    script.lose_position.store(true, Ordering::SeqCst);
+    script.push(vec![insert(5000, "after")]);
+    converges(&script, &etcd).await;
+    assert_eq!(etcd.data(PREFIX).len(), 1000 - 100 - 225 + 1);
     engine.stop().await.unwrap();
 }
 

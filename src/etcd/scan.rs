@@ -66,6 +66,16 @@ impl Store {
         }
     }
 
+    /// Reads the keys alone under `prefix` in `[from, to)` (`to`: the prefix's end when `None`).
+    pub fn scan_range(&self, prefix: &str, from: &str, to: Option<&str>) -> Scan<'_> {
+        let whole = self.scan(prefix, false);
+        Scan {
+            start: from.as_bytes().to_vec(),
+            end: to.map_or(whole.end.clone(), |to| to.as_bytes().to_vec()),
+            ..whole
+        }
+    }
+
     /// A scan of keys and values that reads the whole prefix at one revision (the first
     /// request's), as a snapshot.
     pub fn snapshot_scan(&self, prefix: &str) -> Scan<'_> {

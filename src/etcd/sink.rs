@@ -73,6 +73,10 @@ impl Sink for Store {
         Store::scan(self, prefix, with_values)
     }
 
+    fn scan_range(&self, prefix: &str, from: &str, to: Option<&str>) -> Scan<'_> {
+        Store::scan_range(self, prefix, from, to)
+    }
+
     async fn count(&self, prefix: &str) -> Result<i64, SinkError> {
         Store::count(self, prefix).await
     }

@@ -414,10 +414,20 @@ impl Sink for MemorySink {
         MemoryScan {
             etcd: self.etcd.clone(),
             prefix: prefix.to_owned(),
+            from: prefix.to_owned(),
+            to: None,
             after: None,
             with_values,
             done: false,
             stats: ScanStats::default(),
+        }
+    }
+
+    fn scan_range(&self, prefix: &str, from: &str, to: Option<&str>) -> MemoryScan {
+        MemoryScan {
+            from: from.to_owned(),
+            to: to.map(str::to_owned),
+            ..self.scan(prefix, false)
         }
     }
 
@@ -526,6 +536,9 @@ impl SinkWriter for MemoryWriter {
 pub struct MemoryScan {
     etcd: MemoryEtcd,
     prefix: String,
+    /// The range read: `[from, to)`, `to` the prefix's end when `None`.
+    from: String,
+    to: Option<String>,
     after: Option<String>,
     with_values: bool,
     done: bool,
@@ -543,9 +556,10 @@ impl SinkScan for MemoryScan {
         let inner = self.etcd.lock();
         let page: crate::sink::Page = inner
             .kvs
-            .range(self.after.clone().unwrap_or_else(|| self.prefix.clone())..)
+            .range(self.after.clone().unwrap_or_else(|| self.from.clone())..)
             .filter(|(k, _)| Some(*k) != self.after.as_ref())
             .take_while(|(k, _)| k.starts_with(&self.prefix))
+            .take_while(|(k, _)| self.to.as_ref().is_none_or(|to| *k < to))
             .take(PAGE)
             .map(|(k, kv)| {
                 (

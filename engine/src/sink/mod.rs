@@ -85,6 +85,10 @@ pub trait Sink: Clone + Send + Sync + 'static {
     fn writer(&self) -> Self::Writer;
     /// Every key under `prefix` in key order, a page at a time, in time linear in their number.
     fn scan(&self, prefix: &str, with_values: bool) -> Self::Scan<'_>;
+    /// The keys alone under `prefix` from `from` (inclusive, under the prefix) to `to`
+    /// (exclusive; the prefix's end when `None`), read as [`Sink::scan`] reads: disjoint ranges
+    /// scanned at once share a long prefix out between requests in flight together.
+    fn scan_range(&self, prefix: &str, from: &str, to: Option<&str>) -> Self::Scan<'_>;
     fn count(&self, prefix: &str) -> impl Future<Output = Result<i64, SinkError>> + Send;
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Vec<u8>>, SinkError>> + Send;
     /// Checks that a txn of `max_ops` operations is accepted.

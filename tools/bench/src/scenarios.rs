@@ -51,6 +51,12 @@ fn only_catchup() -> bool {
     std::env::var("BENCH_ONLY").is_ok_and(|v| v == "catchup")
 }
 
+/// `BENCH_ONLY=redump` runs the 1M first dump and the re-dump alone (a minute per etcd and
+/// source).
+fn only_redump() -> bool {
+    std::env::var("BENCH_ONLY").is_ok_and(|v| v == "redump")
+}
+
 pub struct Bench {
     pub env: TestEnv,
     pub dir: PathBuf,
@@ -69,6 +75,10 @@ impl Bench {
                 continue;
             }
             let parallel = Box::pin(self.dumps(version, source, &db)).await?;
+            if only_redump() {
+                db.drop().await?;
+                continue;
+            }
             Box::pin(self.catchup(version, source, &db)).await?;
             if version.label == "3.4" {
                 self.streams(version, source, &db, parallel).await?;
@@ -263,6 +273,9 @@ impl Bench {
                 db.load_accounts(1, rows).await?;
             }
             etcd.stop().await?;
+            if only_redump() {
+                break;
+            }
             if rows == scaled(DUMP_SIZES[0]) {
                 // After the re-dump, which a second etcd of 1M keys just before slowed down.
                 self.settle(db, source).await?;
