@@ -380,6 +380,19 @@ cluster_endpoints() {
   echo "$endpoints"
 }
 
+launch_cluster_member() { # index binary initial-cluster
+  local i=$1 bin=$2 initial=$3
+  local port=$((ETCD_CLUSTER_PORT + 2 * (i - 1)))
+  mkdir -p "$DIR/etcd-cluster$i"
+  setsid nohup "$bin" --name "cluster$i" --data-dir "$DIR/etcd-cluster$i" \
+    --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
+    --listen-peer-urls "http://127.0.0.1:$((port + 1))" --initial-advertise-peer-urls "http://127.0.0.1:$((port + 1))" \
+    --initial-cluster "$initial" --initial-cluster-token etcd-sync-testenv \
+    --auto-compaction-mode revision --auto-compaction-retention 100000 \
+    >"$DIR/etcd-cluster$i.log" 2>&1 </dev/null &
+  echo $! >"$DIR/etcd-cluster$i.pid"
+}
+
 # Members cluster1..3 of one cluster, started together (a member alone waits for a quorum).
 start_etcd_cluster() {
   local bin endpoints initial="" i port
@@ -396,17 +409,22 @@ start_etcd_cluster() {
   for i in 1 2 3; do
     port=$((ETCD_CLUSTER_PORT + 2 * (i - 1)))
     ETCDCTL_API=3 etcdctl --endpoints "http://127.0.0.1:$port" endpoint health >/dev/null 2>&1 && continue
-    mkdir -p "$DIR/etcd-cluster$i"
-    setsid nohup "$bin" --name "cluster$i" --data-dir "$DIR/etcd-cluster$i" \
-      --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
-      --listen-peer-urls "http://127.0.0.1:$((port + 1))" --initial-advertise-peer-urls "http://127.0.0.1:$((port + 1))" \
-      --initial-cluster "$initial" --initial-cluster-token etcd-sync-testenv \
-      --auto-compaction-mode revision --auto-compaction-retention 100000 \
-      >"$DIR/etcd-cluster$i.log" 2>&1 </dev/null &
-    echo $! >"$DIR/etcd-cluster$i.pid"
+    launch_cluster_member "$i" "$bin" "$initial"
   done
+  local restarts=0
   for _ in $(seq 1 150); do
     ETCDCTL_API=3 etcdctl --endpoints "$endpoints" endpoint health >/dev/null 2>&1 && return
+    # Our ports lie in the kernel's ephemeral range: a client socket of something else may hold
+    # one for a moment (seen once: "bind: address already in use"). Start such a member again.
+    for i in 1 2 3; do
+      if ! kill -0 "$(cat "$DIR/etcd-cluster$i.pid")" 2>/dev/null &&
+        grep -q "address already in use" "$DIR/etcd-cluster$i.log" && [ $restarts -lt 5 ]; then
+        restarts=$((restarts + 1))
+        log "cluster$i could not bind its port; starting it again"
+        sleep 1
+        launch_cluster_member "$i" "$bin" "$initial"
+      fi
+    done
     sleep 0.2
   done
   log "the etcd cluster did not become healthy; see $DIR/etcd-cluster*.log"

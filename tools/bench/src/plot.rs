@@ -10,7 +10,8 @@ const HEIGHT: f64 = 400.0;
 const MARGIN: f64 = 60.0;
 const COLORS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
 
-/// One line per (etcd version, source) through (0, 0) and each first dump's (rows, seconds).
+/// One line per (etcd version, source) through (0, 0) and each first dump's (rows, seconds),
+/// the median of a size's rounds.
 pub fn dump_scaling(results: &[Measure]) -> String {
     let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     for m in results.iter().filter(|m| m.scenario == "first dump") {
@@ -22,6 +23,16 @@ pub fn dump_scaling(results: &[Measure]) -> String {
             Some((_, points)) => points.push((rows as f64, seconds)),
             None => series.push((label, vec![(rows as f64, seconds)])),
         }
+    }
+    // Rounds of one size: their median.
+    for (_, points) in &mut series {
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut merged: Vec<(f64, f64)> = Vec::new();
+        for chunk in points.chunk_by(|a, b| a.0 == b.0) {
+            let seconds = crate::scenarios::median(chunk.iter().map(|p| p.1).collect());
+            merged.push((chunk[0].0, seconds.unwrap_or(0.0)));
+        }
+        *points = merged;
     }
     let max_rows = series
         .iter()
