@@ -65,7 +65,7 @@ soak: toolchain testenv
 	$(BUILD_NOTE)
 	SOAK_SECONDS=$${SOAK_SECONDS:-600} $(CARGO) test --test soak -- --ignored --nocapture
 
-## Benchmarks against etcd's own ingest ceilings, etcd 3.4 and 3.5 (not part of `make test`; ~20 minutes).
+## Benchmarks against etcd's own ingest ceilings, etcd 3.4 and 3.5 (not part of `make test`; ~25 minutes).
 bench: toolchain testenv
 	$(BUILD_NOTE)
 	$(CARGO) build --release -p etcd-sync -p etcd-sync-bench
