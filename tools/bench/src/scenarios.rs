@@ -213,23 +213,10 @@ impl Bench {
         for rows in DUMP_SIZES.map(scaled) {
             db.load_accounts(loaded + 1, rows).await?;
             loaded = rows;
-            db.drop_slot("accounts").await?;
-            self.settle(db, source).await?;
-            let ceiling = Box::pin(self.ceiling(
-                version,
-                rows,
-                16,
-                &format!("{} dump of {rows}", source.name()),
-                None,
-            ))
-            .await?;
+            let (ceiling, etcd, m) = Box::pin(self.first_dump(version, source, db, rows)).await?;
             if first_ceiling == 0.0 {
                 first_ceiling = ceiling;
             }
-            let etcd = EtcdServer::start(&self.dir, version, ETCD_PORT).await?;
-            let m = self
-                .dump_once(version, source, db, &etcd, rows, "first dump", ceiling)
-                .await?;
             let first = self.results.len();
             self.results.push(m);
             if rows == scaled(DUMP_SIZES[0]) {
@@ -291,26 +278,39 @@ impl Bench {
                 self.results.insert(first, m);
                 // More rounds of the first dump alone, each against its own ceiling.
                 for _ in 1..ROUNDS {
-                    db.drop_slot("accounts").await?;
-                    self.settle(db, source).await?;
-                    let ceiling = Box::pin(self.ceiling(
-                        version,
-                        rows,
-                        16,
-                        &format!("{} dump of {rows}", source.name()),
-                        None,
-                    ))
-                    .await?;
-                    let etcd = EtcdServer::start(&self.dir, version, ETCD_PORT).await?;
-                    let m = self
-                        .dump_once(version, source, db, &etcd, rows, "first dump", ceiling)
-                        .await?;
+                    let (_, etcd, m) = Box::pin(self.first_dump(version, source, db, rows)).await?;
                     self.results.push(m);
                     etcd.stop().await?;
                 }
             }
         }
         Ok(first_ceiling)
+    }
+
+    /// A first dump of the `rows` loaded, into a fresh etcd, against a ceiling measured right
+    /// before it: the ceiling, the etcd (still running) and the measure.
+    async fn first_dump(
+        &mut self,
+        version: &EtcdVersion,
+        source: Source,
+        db: &Db,
+        rows: u64,
+    ) -> Result<(f64, EtcdServer, Measure)> {
+        db.drop_slot("accounts").await?;
+        self.settle(db, source).await?;
+        let ceiling = Box::pin(self.ceiling(
+            version,
+            rows,
+            16,
+            &format!("{} dump of {rows}", source.name()),
+            None,
+        ))
+        .await?;
+        let etcd = EtcdServer::start(&self.dir, version, ETCD_PORT).await?;
+        let m = self
+            .dump_once(version, source, db, &etcd, rows, "first dump", ceiling)
+            .await?;
+        Ok((ceiling, etcd, m))
     }
 
     /// Waits until the database server has gone quiet (under 5% of a core over a second, for
