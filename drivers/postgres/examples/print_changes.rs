@@ -2,7 +2,7 @@
 //! change stream, to stdout, until Ctrl-C.
 //!
 //! ```sh
-//! PGHOST=127.0.0.1 PGPORT=55432 PGUSER=sync PGPASSWORD=sync PGDATABASE=app \
+//! PGHOST=127.0.0.1 PGPORT=25432 PGUSER=sync PGPASSWORD=sync PGDATABASE=app \
 //!   cargo run -p etcd-sync-postgres --example print_changes -- users
 //! ```
 //!

@@ -40,7 +40,7 @@ use measure::Measure;
 use server::EtcdVersion;
 
 /// The bench's own etcd port (the tests' etcd is on another).
-pub const ETCD_PORT: u16 = 52479;
+pub const ETCD_PORT: u16 = 22479;
 
 #[tokio::main]
 async fn main() -> Result<()> {
