@@ -411,26 +411,16 @@ start_etcd_cluster() {
     ETCDCTL_API=3 etcdctl --endpoints "http://127.0.0.1:$port" endpoint health >/dev/null 2>&1 && continue
     launch_cluster_member "$i" "$bin" "$initial"
   done
-  local restarts=0
   for _ in $(seq 1 150); do
     ETCDCTL_API=3 etcdctl --endpoints "$endpoints" endpoint health >/dev/null 2>&1 && return
-    # Our ports lie below the kernel's ephemeral range (32768-60999), where they used to be and
-    # where a client socket (a member dialing a peer not yet up) took one ("bind: address already
-    # in use", five restarts in a row on CI). Should a port still be taken, say by what.
-    for i in 1 2 3; do
-      if ! kill -0 "$(cat "$DIR/etcd-cluster$i.pid")" 2>/dev/null &&
-        grep -q "address already in use" "$DIR/etcd-cluster$i.log" && [ $restarts -lt 5 ]; then
-        restarts=$((restarts + 1))
-        log "cluster$i could not bind its port; starting it again. Sockets on it:"
-        ss -tanp 2>/dev/null | grep -E ":$((ETCD_CLUSTER_PORT + 2 * (i - 1)))|:$((ETCD_CLUSTER_PORT + 2 * (i - 1) + 1))" >&2 || true
-        sleep 1
-        launch_cluster_member "$i" "$bin" "$initial"
-      fi
-    done
     sleep 0.2
   done
   log "the etcd cluster did not become healthy; see $DIR/etcd-cluster*.log"
   tail -n 5 "$DIR"/etcd-cluster*.log >&2
+  # Our ports lie below the kernel's ephemeral range (32768-60999): in it, a client socket (a
+  # member dialing a peer not yet up) once held a member's port ("bind: address already in use").
+  log "sockets on the cluster's ports:"
+  ss -tanp "( sport >= :$ETCD_CLUSTER_PORT and sport <= :$((ETCD_CLUSTER_PORT + 5)) )" >&2 || true
   exit 1
 }
 
