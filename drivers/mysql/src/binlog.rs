@@ -1,17 +1,15 @@
 //! One session on the binary log: row events to the engine's changes, XID/COMMIT as the
 //! transaction boundary, DDL as a cue to reload column types.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use etcd_sync_api::{Change, DriverError, Row, StreamEvent, Value, CHANGES_EVENT_BYTES};
+use etcd_sync_api::{Change, DriverError, StreamEvent, CHANGES_EVENT_BYTES};
 use futures_util::StreamExt;
 use mysql_async::binlog::events::{
     Event, EventData, OptionalMetaExtractor, RowsEventData, TableMapEvent,
 };
-use mysql_async::binlog::row::BinlogRow;
-use mysql_async::binlog::value::BinlogValue;
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn};
 use tokio::sync::mpsc;
@@ -19,14 +17,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::error::my_error;
+use crate::rows::Layout;
 use crate::schema::MyTable;
-use crate::types::json_value;
 use crate::{BinlogPosition, MysqlDriver};
 
 /// Changes per [`StreamEvent::Changes`]: large transactions travel in pieces of this size.
 const CHANGES_PER_EVENT: usize = 256;
 /// MariaDB's GTID event, which `mysql_common` does not decode.
 const MARIADB_GTID_EVENT: u8 = 162;
+/// Table maps remembered at most: a new table id comes with every DDL and table flush.
+const TABLE_MAPS: usize = 1024;
 
 /// Refuses a position the server no longer has: by GTID on MariaDB when the position has one,
 /// else by file and offset.
@@ -105,6 +105,12 @@ fn split_gtid(gtid: &str) -> Option<(u32, u64)> {
     Some((domain, seq))
 }
 
+/// A table map as it was seen, and the selected table it maps (None: not selected).
+struct TableMap {
+    tme: TableMapEvent<'static>,
+    selected: Option<(Arc<MyTable>, Arc<Layout>)>,
+}
+
 pub struct Session<'a> {
     driver: &'a MysqlDriver,
     conn: Option<Conn>,
@@ -115,8 +121,8 @@ pub struct Session<'a> {
     batch: Vec<Change>,
     batch_bytes: usize,
     has_changes: bool,
-    /// Table map ids whose column names were compared with information_schema.
-    checked_table_maps: HashSet<u64>,
+    /// Table maps seen, by table id: each was checked against information_schema once.
+    table_maps: HashMap<u64, TableMap>,
     /// The server writes event checksums (`binlog_checksum` is not NONE).
     checksums: bool,
     seen_format: bool,
@@ -145,7 +151,7 @@ impl<'a> Session<'a> {
             batch: Vec::new(),
             batch_bytes: 0,
             has_changes: false,
-            checked_table_maps: HashSet::new(),
+            table_maps: HashMap::new(),
             checksums: true,
             seen_format: false,
         }
@@ -284,6 +290,8 @@ impl<'a> Session<'a> {
                 self.tables.insert(key, Arc::new(table));
             }
         }
+        // Every table map is checked again against the tables as they are now.
+        self.table_maps.clear();
         Ok(())
     }
 
@@ -298,50 +306,16 @@ impl<'a> Session<'a> {
                 rows.table_id()
             )));
         };
-        let key = (
-            tme.database_name().into_owned(),
-            tme.table_name().into_owned(),
-        );
-        let Some(mut table) = self.tables.get(&key).cloned() else {
+        // A table id may stand for another table after a server restart: the map must match.
+        let selected = match self.table_maps.get(&rows.table_id()) {
+            Some(known) if known.tme == *tme => known.selected.clone(),
+            _ => self.map_table(tme).await?,
+        };
+        let Some((table, layout)) = selected else {
             return Ok(());
         };
-        if !self.checked_table_maps.contains(&rows.table_id()) {
-            // With binlog_row_metadata=FULL the table map names the columns: a difference
-            // from what information_schema said means a DDL we have not caught up with.
-            let names = column_names(tme);
-            if !names.is_empty() && !same_columns(&names, &table) {
-                self.reload_tables().await?;
-                table = self.tables.get(&key).cloned().ok_or(DriverError::Stopped)?;
-                if !same_columns(&names, &table) {
-                    return Err(DriverError::Protocol(format!(
-                        "table {}: the binary log's columns {names:?} differ from information_schema's; \
-                         the table changed again since this event (see the README's schema-change limits)",
-                        table.schema.id
-                    )));
-                }
-            }
-            self.checked_table_maps.insert(rows.table_id());
-        }
-        if tme.columns_count() as usize != table.types.len() {
-            // A DDL we did not see as such (or that raced our reload).
-            self.reload_tables().await?;
-            table = self.tables.get(&key).cloned().ok_or(DriverError::Stopped)?;
-            if tme.columns_count() as usize != table.types.len() {
-                return Err(DriverError::Protocol(format!(
-                    "table {}: the binary log has {} columns, information_schema {}",
-                    table.schema.id,
-                    tme.columns_count(),
-                    table.types.len()
-                )));
-            }
-        }
-        for pair in rows.rows(tme) {
-            let (before, after) = pair.map_err(|e| {
-                DriverError::Protocol(format!("table {}: decoding rows: {e}", table.schema.id))
-            })?;
-            let before = before.map(|r| to_row(&table, r)).transpose()?;
-            let after = after.map(|r| to_row(&table, r)).transpose()?;
-            let change = match (before, after) {
+        for pair in layout.rows(&table, rows) {
+            let change = match pair? {
                 (None, Some(row)) => Change::Insert {
                     table: Arc::clone(&table.schema),
                     row,
@@ -365,6 +339,75 @@ impl<'a> Session<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Checks a table map not seen before against information_schema and remembers it.
+    async fn map_table(
+        &mut self,
+        tme: &TableMapEvent<'_>,
+    ) -> Result<Option<(Arc<MyTable>, Arc<Layout>)>, DriverError> {
+        let key = (
+            tme.database_name().into_owned(),
+            tme.table_name().into_owned(),
+        );
+        let selected = match self.tables.get(&key).cloned() {
+            None => None,
+            Some(table) => {
+                let table = self.checked(tme, &key, table).await?;
+                let layout = Layout::of(tme).map_err(|e| {
+                    DriverError::Protocol(format!("table {}: its table map: {e}", table.schema.id))
+                })?;
+                Some((table, Arc::new(layout)))
+            }
+        };
+        if self.table_maps.len() >= TABLE_MAPS {
+            self.table_maps.clear();
+        }
+        self.table_maps.insert(
+            tme.table_id(),
+            TableMap {
+                tme: tme.clone().into_owned(),
+                selected: selected.clone(),
+            },
+        );
+        Ok(selected)
+    }
+
+    /// The table as information_schema has it now, if the table map agrees with it.
+    async fn checked(
+        &mut self,
+        tme: &TableMapEvent<'_>,
+        key: &(String, String),
+        mut table: Arc<MyTable>,
+    ) -> Result<Arc<MyTable>, DriverError> {
+        // With binlog_row_metadata=FULL the table map names the columns: a difference from
+        // what information_schema said means a DDL we have not caught up with.
+        let names = column_names(tme);
+        if !names.is_empty() && !same_columns(&names, &table) {
+            self.reload_tables().await?;
+            table = self.tables.get(key).cloned().ok_or(DriverError::Stopped)?;
+            if !same_columns(&names, &table) {
+                return Err(DriverError::Protocol(format!(
+                    "table {}: the binary log's columns {names:?} differ from information_schema's; \
+                     the table changed again since this event (see the README's schema-change limits)",
+                    table.schema.id
+                )));
+            }
+        }
+        if tme.columns_count() as usize != table.types.len() {
+            // A DDL we did not see as such (or that raced our reload).
+            self.reload_tables().await?;
+            table = self.tables.get(key).cloned().ok_or(DriverError::Stopped)?;
+            if tme.columns_count() as usize != table.types.len() {
+                return Err(DriverError::Protocol(format!(
+                    "table {}: the binary log has {} columns, information_schema {}",
+                    table.schema.id,
+                    tme.columns_count(),
+                    table.types.len()
+                )));
+            }
+        }
+        Ok(table)
     }
 
     async fn flush(&mut self) -> Result<(), DriverError> {
@@ -411,34 +454,6 @@ fn same_columns(names: &[String], table: &MyTable) -> bool {
         .iter()
         .map(String::as_str)
         .eq(table.schema.columns.iter().map(|c| c.name.as_str()))
-}
-
-fn to_row(table: &MyTable, row: BinlogRow) -> Result<Row, DriverError> {
-    let values = row.unwrap();
-    if values.len() != table.types.len() {
-        return Err(DriverError::Protocol(format!(
-            "table {}: a row has {} values for {} columns",
-            table.schema.id,
-            values.len(),
-            table.types.len()
-        )));
-    }
-    values
-        .into_iter()
-        .zip(&table.types)
-        .map(|(value, ty)| match value {
-            BinlogValue::Value(v) => ty
-                .binlog_value(v)
-                .map_err(|e| DriverError::Protocol(format!("table {}: {e}", table.schema.id))),
-            BinlogValue::Jsonb(j) => serde_json::Value::try_from(j)
-                .map(json_value)
-                .map_err(|e| DriverError::Protocol(format!("table {}: JSON value: {e}", table.schema.id))),
-            BinlogValue::JsonDiff(_) => Err(DriverError::Misconfigured(format!(
-                "table {}: the binary log holds partial JSON updates: set binlog_row_value_options = '' on the server",
-                table.schema.id
-            ))),
-        })
-        .collect::<Result<Vec<Value>, _>>()
 }
 
 /// `mysql_async` does not check event checksums; a corrupt event must not reach etcd.

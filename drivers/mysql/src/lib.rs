@@ -15,6 +15,7 @@ mod binlog;
 mod dump;
 pub mod dump_parser;
 mod error;
+mod rows;
 mod schema;
 mod server;
 mod tls;
