@@ -180,3 +180,254 @@ fn invalid(message: String) -> io::Error {
 fn decode_error(table: &impl std::fmt::Display, e: io::Error) -> DriverError {
     DriverError::Protocol(format!("table {table}: decoding rows: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use etcd_sync_api::{Column, TableId, TableSchema};
+    use mysql_async::binlog::events::{
+        DeleteRowsEvent, PartialUpdateRowsEvent, UpdateRowsEvent, WriteRowsEvent,
+    };
+    use mysql_async::binlog::row::BinlogRow;
+    use mysql_async::binlog::BinlogVersion;
+    use mysql_common::binlog::events::FormatDescriptionEvent;
+    use mysql_common::binlog::BinlogCtx;
+    use mysql_common::proto::MyDeserialize;
+
+    use super::*;
+    use crate::types::{Charset, MyType};
+
+    const LONG: u8 = 3;
+    const DOUBLE: u8 = 5;
+    const LONGLONG: u8 = 8;
+    const VARCHAR: u8 = 15;
+    const JSON: u8 = 245;
+
+    /// A table map event's body: `columns` as (type, metadata), `optional` metadata after.
+    fn table_map(columns: &[(u8, &[u8])], optional: &[u8]) -> Vec<u8> {
+        let mut b = vec![7, 0, 0, 0, 0, 0, 0, 0];
+        b.extend([1, b'd', 0, 1, b't', 0, columns.len() as u8]);
+        b.extend(columns.iter().map(|(ty, _)| *ty));
+        let meta: Vec<u8> = columns
+            .iter()
+            .flat_map(|(_, m)| m.iter().copied())
+            .collect();
+        b.push(meta.len() as u8);
+        b.extend(meta);
+        b.extend(vec![0xff; columns.len().div_ceil(8)]);
+        b.extend(optional);
+        b
+    }
+
+    /// A rows event's body with every column in its images, then `rows`.
+    fn rows_event(columns: usize, images: usize, rows: &[u8]) -> Vec<u8> {
+        let mut b = vec![7, 0, 0, 0, 0, 0, 0, 0, 2, 0, columns as u8];
+        for _ in 0..images {
+            b.extend(vec![0xff; columns.div_ceil(8)]);
+        }
+        b.extend(rows);
+        b
+    }
+
+    fn parse<'a, T: MyDeserialize<'a, Ctx = BinlogCtx<'a>>>(
+        bytes: &'a [u8],
+        fde: &'a FormatDescriptionEvent<'a>,
+        event_type: u8,
+    ) -> T {
+        ParseBuf(bytes)
+            .parse(BinlogCtx::new(bytes.len(), fde, event_type))
+            .unwrap()
+    }
+
+    fn my_table(types: Vec<MyType>) -> MyTable {
+        let columns = (0..types.len())
+            .map(|i| Column {
+                name: format!("c{i}"),
+                type_name: String::new(),
+            })
+            .collect();
+        MyTable {
+            database: "d".into(),
+            name: "t".into(),
+            schema: Arc::new(TableSchema {
+                id: TableId {
+                    schema: None,
+                    name: "t".into(),
+                },
+                columns,
+                key: vec![0],
+            }),
+            types,
+            estimated_rows: None,
+        }
+    }
+
+    /// What `mysql_common`'s own row iterator and the same conversion give: the oracle.
+    fn oracle(table: &MyTable, row: Option<BinlogRow>) -> Option<Row> {
+        row.map(|row| {
+            row.unwrap()
+                .into_iter()
+                .zip(&table.types)
+                .map(|(value, ty)| match value {
+                    BinlogValue::Value(v) => ty.binlog_value(v).unwrap(),
+                    other => panic!("unexpected {other:?}"),
+                })
+                .collect()
+        })
+    }
+
+    fn one_row(values: &[&[u8]], nulls: u8) -> Vec<u8> {
+        let mut b = vec![nulls];
+        for v in values {
+            b.extend(*v);
+        }
+        b
+    }
+
+    #[test]
+    fn images_decode_as_mysql_common_decodes_them() {
+        let fde = FormatDescriptionEvent::new(BinlogVersion::Version4);
+        // int, bigint unsigned (the optional metadata's signedness), varchar(20), double, a
+        // nullable int; numeric columns' signedness bits, most significant first.
+        let columns: &[(u8, &[u8])] = &[
+            (LONG, &[]),
+            (LONGLONG, &[]),
+            (VARCHAR, &[80, 0]),
+            (DOUBLE, &[8]),
+            (LONG, &[]),
+        ];
+        let tme_bytes = table_map(columns, &[1, 1, 0b0100_0000]);
+        let tme: TableMapEvent<'_> = parse(&tme_bytes, &fde, 19);
+        let table = my_table(vec![
+            MyType::Int {
+                unsigned: false,
+                bits: 32,
+            },
+            MyType::Int {
+                unsigned: true,
+                bits: 64,
+            },
+            MyType::Text {
+                charset: Charset::Utf8,
+            },
+            MyType::Double,
+            MyType::Int {
+                unsigned: false,
+                bits: 32,
+            },
+        ]);
+        let layout = Layout::of(&tme).unwrap();
+        let text = "héllo".as_bytes();
+        let mut varchar = vec![text.len() as u8];
+        varchar.extend(text);
+        let a = one_row(
+            &[
+                &(-5i32).to_le_bytes(),
+                &u64::MAX.to_le_bytes(),
+                &varchar,
+                &1.5f64.to_le_bytes(),
+                &7i32.to_le_bytes(),
+            ],
+            0,
+        );
+        let b = one_row(
+            &[
+                &i32::MIN.to_le_bytes(),
+                &0u64.to_le_bytes(),
+                &[0],
+                &(-0.25f64).to_le_bytes(),
+            ],
+            0b1_0000,
+        );
+        let events: Vec<(u8, Vec<u8>)> = vec![
+            (30, rows_event(5, 1, &[a.clone(), b.clone()].concat())),
+            (31, rows_event(5, 2, &[a.clone(), b.clone()].concat())),
+            (32, rows_event(5, 1, &b)),
+        ];
+        for (event_type, bytes) in &events {
+            let rows = match event_type {
+                30 => RowsEventData::WriteRowsEvent(parse::<WriteRowsEvent>(bytes, &fde, 30)),
+                31 => RowsEventData::UpdateRowsEvent(parse::<UpdateRowsEvent>(bytes, &fde, 31)),
+                _ => RowsEventData::DeleteRowsEvent(parse::<DeleteRowsEvent>(bytes, &fde, 32)),
+            };
+            let ours: Vec<_> = layout
+                .rows(&table, &rows)
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let theirs: Vec<_> = rows
+                .rows(&tme)
+                .map(|pair| {
+                    let (before, after) = pair.unwrap();
+                    (oracle(&table, before), oracle(&table, after))
+                })
+                .collect();
+            assert_eq!(ours, theirs, "event type {event_type}");
+            assert!(!ours.is_empty());
+        }
+        let ours: Vec<_> = layout
+            .rows(
+                &table,
+                &RowsEventData::WriteRowsEvent(parse(&events[0].1, &fde, 30)),
+            )
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            ours[1],
+            (
+                None,
+                Some(vec![
+                    Value::Int(i64::from(i32::MIN)),
+                    Value::Int(0),
+                    Value::Text(String::new()),
+                    Value::Float(-0.25),
+                    Value::Null,
+                ])
+            )
+        );
+    }
+
+    #[test]
+    fn partial_json_updates_are_refused_and_whole_ones_decoded() {
+        let fde = FormatDescriptionEvent::new(BinlogVersion::Version4);
+        let tme_bytes = table_map(&[(LONG, &[]), (JSON, &[4])], &[]);
+        let tme: TableMapEvent<'_> = parse(&tme_bytes, &fde, 19);
+        let table = my_table(vec![
+            MyType::Int {
+                unsigned: false,
+                bits: 32,
+            },
+            MyType::Json,
+        ]);
+        let layout = Layout::of(&tme).unwrap();
+        // The JSON literal true: a 2-byte binary value.
+        let json: &[u8] = &[2, 0, 0, 0, 4, 1];
+        let before = one_row(&[&1i32.to_le_bytes(), json], 0);
+        let image = |options: &[u8]| {
+            let mut after = options.to_vec();
+            after.extend(one_row(&[&1i32.to_le_bytes(), json], 0));
+            rows_event(2, 2, &[before.clone(), after].concat())
+        };
+        // Value options 0: whole values.
+        let whole = image(&[0]);
+        let rows = RowsEventData::PartialUpdateRowsEvent(parse::<PartialUpdateRowsEvent>(
+            &whole, &fde, 39,
+        ));
+        let decoded: Vec<_> = layout
+            .rows(&table, &rows)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let row = vec![Value::Int(1), json_value(serde_json::Value::Bool(true))];
+        assert_eq!(decoded, vec![(Some(row.clone()), Some(row))]);
+        // PARTIAL_JSON_UPDATES with the JSON column's bit set: a diff the agent cannot apply.
+        let partial = image(&[1, 1]);
+        let rows = RowsEventData::PartialUpdateRowsEvent(parse::<PartialUpdateRowsEvent>(
+            &partial, &fde, 39,
+        ));
+        let refused = layout.rows(&table, &rows).next().unwrap();
+        assert!(
+            matches!(&refused, Err(DriverError::Misconfigured(m)) if m.contains("binlog_row_value_options")),
+            "{refused:?}"
+        );
+    }
+}
