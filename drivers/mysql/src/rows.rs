@@ -60,16 +60,13 @@ impl Layout {
 
     /// The (before, after) images of each row of `rows`, a table map of `table`.
     pub fn rows<'a>(&'a self, table: &'a MyTable, rows: &'a RowsEventData<'a>) -> Images<'a> {
-        let present = |image: Option<usize>| image.unwrap_or(self.columns.len());
         Images {
             layout: self,
             table,
             data: ParseBuf(rows.rows_data()),
-            before: rows.columns_before_image().is_some(),
-            after: rows.columns_after_image().is_some(),
+            before: rows.columns_before_image().map(|c| c.count_ones()),
+            after: rows.columns_after_image().map(|c| c.count_ones()),
             shared_image: matches!(rows, RowsEventData::PartialUpdateRowsEvent(_)),
-            before_columns: present(rows.columns_before_image().map(|c| c.count_ones())),
-            after_columns: present(rows.columns_after_image().map(|c| c.count_ones())),
         }
     }
 }
@@ -79,12 +76,11 @@ pub struct Images<'a> {
     layout: &'a Layout,
     table: &'a MyTable,
     data: ParseBuf<'a>,
-    before: bool,
-    after: bool,
+    /// Columns in each row's before and after image, for the events that have one.
+    before: Option<usize>,
+    after: Option<usize>,
     /// A partial update: the after image starts with its value options.
     shared_image: bool,
-    before_columns: usize,
-    after_columns: usize,
 }
 
 impl Iterator for Images<'_> {
@@ -96,12 +92,12 @@ impl Iterator for Images<'_> {
         }
         let pair = (|| {
             let before = match self.before {
-                true => Some(self.image(self.before_columns, false)?),
-                false => None,
+                Some(present) => Some(self.image(present, false)?),
+                None => None,
             };
             let after = match self.after {
-                true => Some(self.image(self.after_columns, self.shared_image)?),
-                false => None,
+                Some(present) => Some(self.image(present, self.shared_image)?),
+                None => None,
             };
             Ok((before, after))
         })();
