@@ -13,7 +13,8 @@ pub struct Cpu {
     agent: Usage,
     etcd: Usage,
     db: Usage,
-    machine: f64,
+    machine: Machine,
+    probe: (u64, u64),
 }
 
 /// Seconds a process tree ran and waited for a core.
@@ -36,6 +37,14 @@ impl Usage {
     }
 }
 
+/// CPU seconds of the whole machine since boot: busy (its processes and the kernel's work,
+/// not idle, not waiting for I/O), and stolen by the hypervisor.
+#[derive(Debug, Clone, Copy, Default)]
+struct Machine {
+    busy: f64,
+    stolen: f64,
+}
+
 /// Cores used on average over a scenario. `other` is the rest of the machine (the bench's own
 /// client, the test environment's idle servers, the kernel's threads): what the scenario's
 /// processes did not get of the two cores, so a run disturbed by something else shows it.
@@ -47,6 +56,11 @@ pub struct Cores {
     pub other: f64,
     /// Threads waiting for a core on average (run-queue seconds per second), per process.
     pub waiting: Waiting,
+    /// Cores the hypervisor ran something else on, on average (`steal` in `/proc/stat`).
+    pub stolen: f64,
+    /// CPU microseconds the bench's probe took per piece of fixed work over the scenario
+    /// (`probe`): higher when the machine's cores did less per CPU-second.
+    pub probe_us: Option<f64>,
 }
 
 /// Threads of each process runnable but not running, on average.
@@ -64,7 +78,8 @@ impl Cpu {
             agent: Usage::default(),
             etcd: Usage::of(etcd.pid()),
             db: Usage::of(db_pid),
-            machine: machine_busy_seconds(),
+            machine: machine_seconds(),
+            probe: crate::probe::totals(),
         }
     }
 
@@ -90,7 +105,10 @@ impl Cpu {
             agent,
             etcd,
             db,
-            other: (per_second(self.machine, before.machine) - agent - etcd - db).max(0.0),
+            other: (per_second(self.machine.busy, before.machine.busy) - agent - etcd - db)
+                .max(0.0),
+            stolen: per_second(self.machine.stolen, before.machine.stolen),
+            probe_us: crate::probe::micros_per_piece(self.probe, before.probe),
             waiting: Waiting {
                 agent: per_second(self.agent.waited, before.agent.waited),
                 etcd: per_second(self.etcd.waited, before.etcd.waited),
@@ -100,25 +118,33 @@ impl Cpu {
     }
 }
 
-/// CPU seconds the whole machine has been busy (not idle, not waiting for I/O) since boot.
-fn machine_busy_seconds() -> f64 {
+/// CPU seconds the whole machine has been busy and had stolen since boot.
+fn machine_seconds() -> Machine {
     let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
-        return 0.0;
+        return Machine::default();
     };
     // cpu  user nice system idle iowait irq softirq steal ...
-    stat.lines()
+    let fields: Vec<f64> = stat
+        .lines()
         .next()
         .map(|line| {
             line.split_whitespace()
                 .skip(1)
                 .take(8)
-                .enumerate()
-                .filter(|(i, _)| *i != 3 && *i != 4)
-                .filter_map(|(_, v)| v.parse::<f64>().ok())
-                .sum::<f64>()
-                / 100.0
+                .filter_map(|v| v.parse::<f64>().ok())
+                .collect()
         })
-        .unwrap_or(0.0)
+        .unwrap_or_default();
+    let busy = fields
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| ![3, 4, 7].contains(i))
+        .map(|(_, v)| v)
+        .sum::<f64>();
+    Machine {
+        busy: busy / 100.0,
+        stolen: fields.get(7).copied().unwrap_or(0.0) / 100.0,
+    }
 }
 
 /// Seconds the live threads of a process spent runnable but not running

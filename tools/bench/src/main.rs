@@ -16,7 +16,8 @@
 //! `target/bench/results.json` and a plot of dump time against rows (`dump-scaling.svg`).
 //!
 //! `etcd-sync-bench ceiling URL [KEYS] [IN_FLIGHT]` measures one ceiling against a running etcd;
-//! `etcd-sync-bench plot RESULTS.json OUT.svg` draws the plot again from a results file.
+//! `etcd-sync-bench plot RESULTS.json OUT.svg` draws the plot again from a results file;
+//! `etcd-sync-bench probe` prints what the machine's speed probe (`probe`) reads for 10 s.
 
 mod agent;
 mod ceiling;
@@ -25,6 +26,7 @@ mod db;
 mod load;
 mod measure;
 mod plot;
+mod probe;
 mod proxy;
 mod scenarios;
 mod server;
@@ -66,6 +68,16 @@ async fn main() -> Result<()> {
         );
         return Ok(());
     }
+    if args.first().map(String::as_str) == Some("probe") {
+        probe::start();
+        for _ in 0..10 {
+            let then = probe::totals();
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let us = probe::micros_per_piece(probe::totals(), then);
+            println!("{:.0} CPU µs per piece", us.unwrap_or(f64::NAN));
+        }
+        return Ok(());
+    }
     if args.first().map(String::as_str) == Some("plot") {
         let (Some(json), Some(svg)) = (args.get(1), args.get(2)) else {
             bail!("usage: etcd-sync-bench plot RESULTS.json OUT.svg");
@@ -86,6 +98,7 @@ async fn main() -> Result<()> {
         .and_then(|i| args.get(i + 1))
         .map(String::as_str);
     let env = TestEnv::load()?;
+    probe::start();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
@@ -120,9 +133,10 @@ async fn main() -> Result<()> {
 
 fn report(dir: &Path, results: &[Measure]) -> Result<()> {
     println!(
-        "\n| etcd | source | scenario | seconds | rate | ratio | phases (s) | peak RSS (MB) | cores: agent / etcd / db / other | waiting for a core: agent / etcd / db |"
+        "\n| etcd | source | scenario | seconds | rate | ratio | phases (s) | peak RSS (MB) | cores: agent / etcd / db / other | waiting for a core: agent / etcd / db | stolen cores | probe CPU per piece, × run median |"
     );
-    println!("|---|---|---|---:|---:|---:|---|---:|---:|---:|");
+    println!("|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|");
+    let probe_median = median(results.iter().filter_map(|m| m.cores?.probe_us).collect());
     let fmt = |v: Option<f64>, d: usize| v.map_or("-".into(), |v| format!("{v:.d$}"));
     for m in results {
         let phases = m
@@ -148,11 +162,16 @@ fn report(dir: &Path, results: &[Measure]) -> Result<()> {
                 c.waiting.agent, c.waiting.etcd, c.waiting.db
             )
         });
+        let stolen = m.cores.map_or("-".into(), |c| format!("{:.2}", c.stolen));
+        let probe = match (m.cores.and_then(|c| c.probe_us), probe_median) {
+            (Some(us), Some(median)) => format!("{:.2}", us / median),
+            _ => "-".into(),
+        };
         let lag = m.lag_ms.map_or(String::new(), |(a, b, c)| {
             format!(" (lag ms p50/p99/max {a:.0}/{b:.0}/{c:.0})")
         });
         println!(
-            "| {} | {} | {}{lag} | {} | {} | {ratio} | {phases} | {} | {cores} | {waiting} |",
+            "| {} | {} | {}{lag} | {} | {} | {ratio} | {phases} | {} | {cores} | {waiting} | {stolen} | {probe} |",
             m.etcd,
             m.source,
             m.scenario,
@@ -181,4 +200,9 @@ fn report(dir: &Path, results: &[Measure]) -> Result<()> {
     std::fs::write(&svg, plot::dump_scaling(results))?;
     println!("\nwritten to {} and {}", path.display(), svg.display());
     Ok(())
+}
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied()
 }
