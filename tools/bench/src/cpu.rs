@@ -14,7 +14,7 @@ pub struct Cpu {
     etcd: Usage,
     db: Usage,
     machine: Machine,
-    probe: (u64, u64),
+    probe: crate::probe::Totals,
 }
 
 /// Seconds a process tree ran and waited for a core.
@@ -59,8 +59,9 @@ pub struct Cores {
     /// Cores the hypervisor ran something else on, on average (`steal` in `/proc/stat`).
     pub stolen: f64,
     /// CPU microseconds the bench's probe took per piece of fixed work over the scenario
-    /// (`probe`): higher when the machine's cores did less per CPU-second.
-    pub probe_us: Option<f64>,
+    /// (`probe`), arithmetic and pointer chase: higher when the machine's cores did less per
+    /// CPU-second.
+    pub probe_us: Option<(f64, f64)>,
 }
 
 /// Threads of each process runnable but not running, on average.

@@ -73,8 +73,9 @@ async fn main() -> Result<()> {
         for _ in 0..10 {
             let then = probe::totals();
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            let us = probe::micros_per_piece(probe::totals(), then);
-            println!("{:.0} CPU µs per piece", us.unwrap_or(f64::NAN));
+            let (arithmetic, chase) =
+                probe::micros_per_piece(probe::totals(), then).unwrap_or((f64::NAN, f64::NAN));
+            println!("CPU µs per piece: arithmetic {arithmetic:.0}, pointer chase {chase:.0}");
         }
         return Ok(());
     }
@@ -133,10 +134,12 @@ async fn main() -> Result<()> {
 
 fn report(dir: &Path, results: &[Measure]) -> Result<()> {
     println!(
-        "\n| etcd | source | scenario | seconds | rate | ratio | phases (s) | peak RSS (MB) | cores: agent / etcd / db / other | waiting for a core: agent / etcd / db | stolen cores | probe CPU per piece, × run median |"
+        "\n| etcd | source | scenario | seconds | rate | ratio | phases (s) | peak RSS (MB) | cores: agent / etcd / db / other | waiting for a core: agent / etcd / db | stolen cores | probe CPU per piece, × run median: arithmetic / pointer chase |"
     );
     println!("|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|");
-    let probe_median = median(results.iter().filter_map(|m| m.cores?.probe_us).collect());
+    let probes = results.iter().filter_map(|m| m.cores?.probe_us);
+    let probe_median =
+        median(probes.clone().map(|p| p.0).collect()).zip(median(probes.map(|p| p.1).collect()));
     let fmt = |v: Option<f64>, d: usize| v.map_or("-".into(), |v| format!("{v:.d$}"));
     for m in results {
         let phases = m
@@ -164,7 +167,7 @@ fn report(dir: &Path, results: &[Measure]) -> Result<()> {
         });
         let stolen = m.cores.map_or("-".into(), |c| format!("{:.2}", c.stolen));
         let probe = match (m.cores.and_then(|c| c.probe_us), probe_median) {
-            (Some(us), Some(median)) => format!("{:.2}", us / median),
+            (Some(us), Some(median)) => format!("{:.2} / {:.2}", us.0 / median.0, us.1 / median.1),
             _ => "-".into(),
         };
         let lag = m.lag_ms.map_or(String::new(), |(a, b, c)| {

@@ -59,7 +59,11 @@ impl Measure {
             "peak_rss_mb": self.peak_rss_mb,
             "cores": self.cores.map(|c| json!({"agent": c.agent, "etcd": c.etcd, "database": c.db, "other": c.other})),
             "waiting_for_a_core": self.cores.map(|c| json!({"agent": c.waiting.agent, "etcd": c.waiting.etcd, "database": c.waiting.db})),
-            "machine": self.cores.map(|c| json!({"stolen_cores": c.stolen, "probe_us_per_piece": c.probe_us})),
+            "machine": self.cores.map(|c| json!({
+                "stolen_cores": c.stolen,
+                "probe_us_per_piece": c.probe_us.map(|p| p.0),
+                "probe_us_per_chase": c.probe_us.map(|p| p.1),
+            })),
         })
     }
 }

@@ -15,7 +15,7 @@ use crate::db::{Db, Source, TestEnv};
 use crate::load::CpuLoad;
 use crate::measure::Measure;
 use crate::proxy::DelayProxy;
-use crate::server::{find_process, http_get, metric, txn_handling, EtcdServer, EtcdVersion};
+use crate::server::{find_process, http_get, metric, txn_handling, Disk, EtcdServer, EtcdVersion};
 use crate::stream;
 use crate::ETCD_PORT;
 
@@ -131,6 +131,7 @@ impl Bench {
             _ => (etcd.client.clone(), None),
         };
         let load = beside.map(CpuLoad::start);
+        let disk = Disk::of(&etcd.url).await?;
         let cpu = Cpu::etcd(&etcd);
         let rate = ceiling::measure(
             &client,
@@ -146,6 +147,7 @@ impl Bench {
             format!(" beside a {c:.2}-core CPU load (as much as the agent and the database used)")
         });
         let (txns, handling) = txn_handling(&etcd.url).await?;
+        let disk = Disk::of(&etcd.url).await?.counts_since(&disk);
         etcd.stop().await?;
         println!(
             "etcd {}: ceiling {} puts/txn x {in_flight} in flight{beside_label}, {keys} keys: {rate:.0} keys/s (baseline of {baseline_of})",
@@ -168,6 +170,7 @@ impl Bench {
                 if in_flight == 1 {
                     counts.push(("client ms per txn".into(), per_txn_ms(seconds, txns)));
                 }
+                counts.extend(disk);
                 counts
             },
             ..self.base(
@@ -351,12 +354,16 @@ impl Bench {
         ));
         self.settle(db, source).await?;
         let db_pid = self.db_pid(source);
+        let (txns_before, handling_before) = txn_handling(&etcd.url).await?;
+        let disk = Disk::of(&etcd.url).await?;
         let before = Cpu::before_agent(etcd, db_pid);
         let mut agent = Agent::start(&self.agent_bin, &config, log)?;
         let seconds = agent
             .wait_for_sync(&etcd.client, "/bench-state/accounts")
             .await?;
         let after = Cpu::now(&agent, etcd, db_pid);
+        let (txns_after, handling_after) = txn_handling(&etcd.url).await?;
+        let disk = Disk::of(&etcd.url).await?.counts_since(&disk);
         let rss = agent.peak_rss_mb()?;
         agent.stop().await?;
         let at = |needle: &str| agent.phase_seconds(needle);
@@ -395,6 +402,13 @@ impl Bench {
                 counts.push((name.to_owned(), v));
             }
         }
+        let txns = txns_after - txns_before;
+        counts.push(("etcd txns".into(), txns));
+        counts.push((
+            "etcd ms per txn".into(),
+            per_txn_ms(handling_after - handling_before, txns),
+        ));
+        counts.extend(disk);
         let rate = rows as f64 / seconds;
         let m = Measure {
             rows: Some(rows),

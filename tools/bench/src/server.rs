@@ -113,6 +113,49 @@ pub async fn txn_handling(url: &str) -> Result<(f64, f64)> {
     ))
 }
 
+/// What etcd's disk took so far, from its `/metrics`: WAL fsyncs (one per batch of raft
+/// entries it makes durable) and backend commits (bbolt's, every 100 ms or 10,000 writes),
+/// each a count and their seconds. On a virtual disk their latency drifts; a round whose etcd
+/// was slow for its disk shows it here.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Disk {
+    pub fsyncs: f64,
+    pub fsync_seconds: f64,
+    pub commits: f64,
+    pub commit_seconds: f64,
+}
+
+impl Disk {
+    pub async fn of(url: &str) -> Result<Self> {
+        let text = http_get(url, "/metrics").await?;
+        Ok(Disk {
+            fsyncs: metric(&text, "etcd_disk_wal_fsync_duration_seconds_count", ""),
+            fsync_seconds: metric(&text, "etcd_disk_wal_fsync_duration_seconds_sum", ""),
+            commits: metric(&text, "etcd_disk_backend_commit_duration_seconds_count", ""),
+            commit_seconds: metric(&text, "etcd_disk_backend_commit_duration_seconds_sum", ""),
+        })
+    }
+
+    /// The counts of the bench's results between `before` and now.
+    pub fn counts_since(&self, before: &Disk) -> Vec<(String, f64)> {
+        let fsyncs = self.fsyncs - before.fsyncs;
+        let commits = self.commits - before.commits;
+        let fsync_seconds = self.fsync_seconds - before.fsync_seconds;
+        let commit_seconds = self.commit_seconds - before.commit_seconds;
+        let per = |s: f64, n: f64| if n > 0.0 { s * 1e3 / n } else { 0.0 };
+        vec![
+            ("etcd WAL fsyncs".into(), fsyncs),
+            ("etcd WAL fsync s".into(), fsync_seconds),
+            ("etcd ms per WAL fsync".into(), per(fsync_seconds, fsyncs)),
+            ("etcd backend commit s".into(), commit_seconds),
+            (
+                "etcd ms per backend commit".into(),
+                per(commit_seconds, commits),
+            ),
+        ]
+    }
+}
+
 /// The sum of the samples of `name` whose labels contain `label`.
 pub fn metric(text: &str, name: &str, label: &str) -> f64 {
     text.lines()
